@@ -1,0 +1,1 @@
+"""Alert rules over the fleet state, their lifecycle, and the notifiers that reach people."""

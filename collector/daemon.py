@@ -1,0 +1,355 @@
+"""The daemon (`iot-collector run`): wires inventory, scheduler, platform client, fleet state, sinks,
+alert engine and the HTTP server together, and owns the process lifecycle.
+
+Signals: SIGTERM/SIGINT stop polling, let in-flight requests finish, flush and persist, and exit 0
+within 10 s. SIGHUP reloads the configuration (an invalid one is logged and the old one kept) and
+the inventory; the inventory file is also watched. Under systemd (NOTIFY_SOCKET) it sends READY=1,
+WATCHDOG=1 from the event loop and STOPPING=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from collector import __version__, metrics
+from collector.config import Config, ConfigError, load_config
+from collector.inventory import Inventory, InventoryError, file_mtime, load_inventory
+from collector.logs import configure_logging, register_secret
+from collector.pipeline import Pipeline
+from collector.schedule import Scheduler
+from collector.sdnotify import Notifier
+from collector.state import FleetState
+from collector.telemetry import FleetCollector, HttpServer
+
+log = structlog.get_logger("collector.daemon")
+
+SHUTDOWN_BUDGET = 9.0  # seconds, under systemd's and the issue's 10 s
+DEMO_CUSTOMERS = ("acme", "globex", "initech", "umbrella")
+RUNTIME_FILE = "collector.json"
+
+
+def register_config_secrets(config: Config) -> None:
+    for secret in (config.platform.app_secret, config.sinks.influxdb_v2.token, config.sinks.influxdb_v1.password):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+
+
+class UpstreamHealth:
+    """The `collector` entity's fields for alert rules: upstream error ratio over a sliding window."""
+
+    def __init__(self, window: float = 300.0) -> None:
+        self.window = window
+        self.samples: deque[tuple[float, float, float]] = deque()
+
+    def fields(self, now: float, spool_bytes: int, oldest: float | None, rate_ratio: float) -> dict[str, Any]:
+        total = errors = 0.0
+        for metric in metrics.UPSTREAM_REQUESTS.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    total += sample.value
+                    if sample.labels.get("outcome") != "ok":
+                        errors += sample.value
+        self.samples.append((now, total, errors))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
+            self.samples.popleft()
+        _t0, total0, errors0 = self.samples[0]
+        requests, failed = total - total0, errors - errors0
+        return {
+            "upstream_requests": requests, "upstream_errors": failed,
+            "upstream_error_ratio": failed / requests if requests else 0.0,
+            "rate_limit_ratio": rate_ratio, "spool_bytes": spool_bytes,
+            "spool_oldest_age_seconds": oldest, "labels": {},
+        }
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.state = FleetState()
+        self.stop_event = asyncio.Event()
+        self.started_at = time.time()
+        self.first_cycle: set[str] = set()
+        self.notifier = Notifier()
+        self.health = UpstreamHealth()
+        self.simulator: Any = None
+        self.client: Any = None
+        self.sinks: Any = None
+        self.alerts: Any = None
+        self.scheduler: Scheduler | None = None
+        self.http: HttpServer | None = None
+        self.pipeline: Pipeline | None = None
+        self.inventory = Inventory()
+        self._inventory_mtime: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- start ---------------------------------------------------------------------------------------------
+
+    async def _start_simulator(self) -> str | None:
+        if not self.config.simulator.embedded:
+            return None
+        from collector.simulator import Simulator
+
+        sim_cfg = self.config.simulator
+        self.simulator = Simulator(devices=sim_cfg.devices, seed=sim_cfg.seed, speed=sim_cfg.speed,
+                                   platform=self.config.platform)
+        base_url: str = await self.simulator.start("127.0.0.1", sim_cfg.port)
+        log.info("embedded simulator started", url=base_url, devices=sim_cfg.devices, speed=sim_cfg.speed)
+        return base_url
+
+    def _load_inventory(self) -> Inventory:
+        inventory = load_inventory(self.config.inventory, self.config.sharding)
+        if self.simulator is not None and not inventory.devices and not inventory.cards:
+            # The embedded demo: the simulator's whole fleet, spread over a few demo customers.
+            devices = {no: {"customer": DEMO_CUSTOMERS[i % len(DEMO_CUSTOMERS)]}
+                       for i, no in enumerate(self.simulator.device_numbers())}
+            inventory = Inventory(devices=devices, cards={})
+        return inventory
+
+    def apply_inventory(self, inventory: Inventory) -> None:
+        removed_devices, removed_sims = self.state.sync_inventory(inventory.devices, inventory.cards)
+        self.inventory = inventory
+        now = time.time()
+        if self.alerts is not None:
+            for device_no in removed_devices:
+                self.alerts.forget("device", device_no, now)
+            for iccid in removed_sims:
+                self.alerts.forget("sim", iccid, now)
+        log.info("inventory applied", devices=len(inventory.devices), cards=len(inventory.cards),
+                 removed_devices=len(removed_devices), removed_sims=len(removed_sims))
+
+    async def start(self) -> None:
+        from collector.platform.client import PlatformClient
+        from collector.sinks.pipeline import SinkPipeline
+
+        register_config_secrets(self.config)
+        state_dir = Path(self.config.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
+        base_url = await self._start_simulator()
+        self.client = PlatformClient(self.config.platform, self.config.privacy, base_url=base_url)
+        self.sinks = SinkPipeline(self.config.sinks, str(state_dir))
+        await self.sinks.start()
+        if self.config.alerts.enabled:
+            from collector.alerts.engine import AlertEngine
+
+            self.alerts = AlertEngine(self.config.alerts, state_dir, write_points=self.sinks.submit)
+            await self.alerts.start()
+        self.apply_inventory(self._load_inventory())
+        self._inventory_mtime = file_mtime(self.config.inventory)
+        self.pipeline = Pipeline(self.config, self.client, self.state, self.sinks.submit, self.alerts)
+        self.scheduler = Scheduler(self.pipeline.jobs(), self.config.platform.rate_limit,
+                                   first_cycle_done=self.first_cycle.add)
+        self._log_budget()
+        if self.config.http.enabled:
+            self.http = HttpServer(self.config.http, status=self.status, ready=self.ready,
+                                   routes=self._extra_routes())
+            await self.http.start()
+            self._write_runtime_file()
+        self._collector = FleetCollector(lambda: self.state, self._spool_state, lambda: self.config.http)
+        metrics.REGISTRY.register(self._collector)
+        self.scheduler.start()
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
+        if self.notifier.enabled:
+            self._tasks.append(asyncio.create_task(self.notifier.watchdog()))
+        self.notifier.notify(f"READY=1\nSTATUS=polling {len(self.state.devices)} devices\nMAINPID={os.getpid()}")
+        log.info("collector started", version=__version__, devices=len(self.state.devices),
+                 cards=len(self.inventory.cards), jobs=[j for j in self.scheduler.jobs])
+
+    def _extra_routes(self) -> list[Any]:
+        if self.alerts is None:
+            return []
+        from collector.alerts.http import alert_routes
+
+        return list(alert_routes(self.alerts))
+
+    def _write_runtime_file(self) -> None:
+        assert self.http is not None
+        path = Path(self.config.state_dir) / RUNTIME_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "url": f"http://{self.config.http.listen}:{self.http.port}",
+                                   "started_at": self.started_at}))
+        tmp.replace(path)
+
+    def _log_budget(self) -> None:
+        assert self.scheduler is not None
+        need, stretch = self.scheduler.need, self.scheduler.stretch
+        rate = self.config.platform.rate_limit
+        if stretch > 1.0:
+            log.warning("request budget too small: intervals stretched", need_rps=round(need, 3), rate_limit=rate,
+                        stretch=round(stretch, 2),
+                        effective={s.name: round(s.effective_interval) for s in self.scheduler.status.values()})
+        else:
+            log.info("request budget", need_rps=round(need, 3), rate_limit=rate,
+                     utilisation=f"{need / rate:.1%}")
+
+    def _spool_state(self) -> tuple[int, float | None]:
+        if self.sinks is None:
+            return 0, None
+        return self.sinks.spool_bytes(), self.sinks.oldest_age_seconds()
+
+    # --- running --------------------------------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        """Alert sweeps, the collector's own alert entity, and the inventory file watch."""
+        interval = getattr(self.config.alerts, "evaluation_interval", 15.0)
+        while not self.stop_event.is_set():
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), timeout=min(interval, 5.0))
+                return
+            except TimeoutError:
+                pass
+            now = time.time()
+            try:
+                self._watch_inventory()
+                if self.alerts is not None:
+                    spool_bytes, oldest = self._spool_state()
+                    limiter = getattr(self.client, "current_rate", None)
+                    ratio = (limiter / self.config.platform.rate_limit) if isinstance(limiter, float) else 1.0
+                    self.alerts.evaluate("collector", "collector",
+                                         self.health.fields(now, spool_bytes, oldest, ratio), now)
+                    self.alerts.sweep(now, self._lookup)
+            except Exception as exc:  # housekeeping must survive anything
+                log.error("housekeeping failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _lookup(self, kind: str, key: str) -> dict[str, Any] | None:
+        now = time.time()
+        if kind == "device":
+            d = self.state.devices.get(key)
+            return None if d is None else d.fields(now, self.config.jobs.device_status.interval)
+        if kind == "sim":
+            s = self.state.sims.get(key)
+            return None if s is None else s.fields(now)
+        if kind == "account":
+            return self.state.account.fields(now)
+        return None
+
+    def _watch_inventory(self) -> None:
+        if not self.config.inventory.watch or not self.config.inventory.file:
+            return
+        mtime = file_mtime(self.config.inventory)
+        if mtime is not None and mtime != self._inventory_mtime:
+            self._inventory_mtime = mtime
+            self.reload_inventory("file changed")
+
+    def reload_inventory(self, reason: str) -> None:
+        try:
+            inventory = self._load_inventory()
+        except InventoryError as exc:
+            log.error("inventory rejected, keeping the old one", reason=reason, problems=exc.problems)
+            return
+        self.apply_inventory(inventory)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration and the inventory."""
+        if self.config_path is None:
+            self.reload_inventory("SIGHUP")
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            metrics.CONFIG_RELOADS.labels("rejected").inc()
+            log.error("configuration rejected, keeping the old one", problems=exc.problems)
+            return
+        restart_needed = [s for s in ("platform", "sinks", "http", "simulator", "state_dir", "sharding")
+                          if getattr(new, s) != getattr(self.config, s) and s != "sharding"]
+        if restart_needed:
+            log.warning("changes to these sections take effect at the next restart", sections=restart_needed)
+            new = new.model_copy(update={s: getattr(self.config, s) for s in restart_needed})
+        old_logging = self.config.logging
+        self.config = new
+        register_config_secrets(new)
+        if new.logging != old_logging:
+            configure_logging(new.logging.level, new.logging.format)
+        self.reload_inventory("SIGHUP")
+        assert self.pipeline is not None and self.scheduler is not None
+        self.pipeline.config = new
+        self.scheduler.reschedule(self.pipeline.jobs())
+        if self.alerts is not None:
+            self.alerts.reload(new.alerts)
+        metrics.CONFIG_RELOADS.labels("ok").inc()
+        log.info("configuration reloaded")
+
+    # --- stop --------------------------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        deadline = time.monotonic() + SHUTDOWN_BUDGET
+        self.notifier.notify("STOPPING=1")
+        log.info("stopping: no new polls, finishing in-flight requests")
+        self.stop_event.set()
+        if self.scheduler is not None:
+            await self.scheduler.stop(grace=min(4.0, max(deadline - time.monotonic() - 4, 0.5)))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.alerts is not None:
+            await self.alerts.stop()
+        if self.sinks is not None:
+            await self.sinks.stop(max(deadline - time.monotonic() - 1.0, 0.5))
+        if self.client is not None:
+            await self.client.aclose()
+        if self.http is not None:
+            await self.http.stop()
+        if self.simulator is not None:
+            await self.simulator.stop()
+        if hasattr(self, "_collector"):
+            metrics.REGISTRY.unregister(self._collector)
+        self.notifier.close()
+        log.info("stopped")
+
+    # --- status ---------------------------------------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        device_jobs = {"device_status", "device_flow"} & set(self.scheduler.jobs if self.scheduler else {})
+        if device_jobs and not device_jobs & self.first_cycle:
+            return False, "first polling cycle not finished"
+        if self.sinks is not None and not self.sinks.writable():
+            return False, "spool not writable"
+        return True, "ok"
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        failing = sorted((d for d in self.state.devices.values() if d.consecutive_failures),
+                         key=lambda d: -d.consecutive_failures)
+        rate = getattr(self.client, "current_rate", None)
+        return {
+            "version": __version__, "pid": os.getpid(), "started_at": self.started_at,
+            "uptime_seconds": now - self.started_at,
+            "ready": self.ready()[0],
+            "jobs": self.scheduler.describe() if self.scheduler else [],
+            "entities": self.state.counts(),
+            "failing_devices": [{"device_no": d.device_no, "failures": d.consecutive_failures,
+                                 "error": d.last_error, "since": d.last_error_at} for d in failing[:20]],
+            "requests": {
+                "rate_limit_rps": self.config.platform.rate_limit,
+                "current_rate_rps": rate,
+                "needed_rps": self.scheduler.need if self.scheduler else None,
+                "stretch": self.scheduler.stretch if self.scheduler else None,
+            },
+            "sinks": self.sinks.status() if self.sinks else {},
+            "alerts": self.alerts.active() if self.alerts else [],
+        }
+
+
+async def run_daemon(config: Config, config_path: str | None) -> int:
+    daemon = Daemon(config, config_path)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop_event.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    try:
+        await daemon.start()
+    except Exception:
+        await daemon.stop()
+        raise
+    await daemon.stop_event.wait()
+    await daemon.stop()
+    return 0

@@ -1,0 +1,98 @@
+"""structlog set-up: JSON lines when stdout is not a terminal (journald), colours on a terminal, and
+a processor that redacts secrets from every event before it is rendered."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+SECRET_KEYS = frozenset({
+    "app_secret", "secret", "token", "password", "sign", "wifipass", "wifipass5g", "webpassword",
+    "paypassword", "authorization",
+})
+REDACTED = "<redacted>"
+
+# Secret values registered at start-up (the app secret, sink tokens...): redacted wherever they appear,
+# even inside an exception message or a URL.
+_known_secrets: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+# `"wifiPass": "..."`, `webPassword=...` inside free text (a response body in an error message).
+_INLINE = re.compile(
+    r"""(?i)(["']?(?:wifiPass5G|wifiPass|webPassword|payPassword|app_?secret|token|password)["']?\s*[:=]\s*)"""
+    r"""(["']?)[^"'&,\s}]*"""
+)
+
+
+def register_secret(value: str | None) -> None:
+    """Make a secret value redactable from any log line (no-op for empty values)."""
+    global _pattern
+    if value and len(value) >= 3:
+        _known_secrets.add(value)
+        _pattern = re.compile("|".join(re.escape(s) for s in sorted(_known_secrets, key=len, reverse=True)))
+
+
+def redact_text(text: str) -> str:
+    """Remove registered secret values and `secretField=value` pairs from free text."""
+    if _pattern is not None:
+        text = _pattern.sub(REDACTED, text)
+    return _INLINE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+
+
+def _redact_value(key: str, value: Any) -> Any:
+    if key.lower().replace("-", "_") in SECRET_KEYS or key.lower() in SECRET_KEYS:
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value("", v) for v in value]
+    if isinstance(value, BaseException):
+        return redact_text(f"{type(value).__name__}: {value}")
+    return value
+
+
+def redact_processor(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: secrets never reach a renderer."""
+    for key in list(event):
+        event[key] = _redact_value(key, event[key])
+    return event
+
+
+def _redact_rendered(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # After format_exc_info: a traceback may quote a secret.
+    if "exception" in event and isinstance(event["exception"], str):
+        event["exception"] = redact_text(event["exception"])
+    return event
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Set up structlog (and route stdlib logging of libraries through the same rendering)."""
+    stream = stream or sys.stdout
+    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    shared: Iterable[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_processor,
+    ]
+    renderer: Any
+    if use_json:
+        tail: list[Any] = [structlog.processors.format_exc_info, _redact_rendered,
+                           structlog.processors.JSONRenderer()]
+    else:
+        tail = [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+    renderer = tail
+    numeric = getattr(logging, level.upper())
+    structlog.configure(
+        processors=[*shared, *renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)

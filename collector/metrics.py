@@ -1,0 +1,78 @@
+"""The collector's own Prometheus metrics: one registry, every metric defined here so names stay
+consistent (naming guide: `iot_collector_` prefix, base units, `_total` for counters).
+
+Per-entity gauges (RSSI, battery, ...) are not here: they are read from the fleet state at scrape time
+by a custom collector (see `collector.telemetry`)."""
+
+from __future__ import annotations
+
+import platform as _platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from collector import __version__
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+P = "iot_collector"
+
+BUILD_INFO = Info(f"{P}_build", "Version of the collector", registry=REGISTRY)
+BUILD_INFO.info({"version": __version__, "python": _platform.python_version()})
+
+# --- upstream platform ------------------------------------------------------------------------------
+UPSTREAM_REQUESTS = Counter(f"{P}_upstream_requests_total", "Requests to the platform by endpoint and outcome",
+                            ["endpoint", "outcome"], registry=REGISTRY)
+UPSTREAM_LATENCY = Histogram(f"{P}_upstream_request_duration_seconds", "Platform request latency",
+                             ["endpoint"], registry=REGISTRY,
+                             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+UPSTREAM_API_ERRORS = Counter(f"{P}_upstream_api_errors_total",
+                              "Non-zero envelope codes returned by the platform", ["endpoint", "code"],
+                              registry=REGISTRY)
+UPSTREAM_RETRIES = Counter(f"{P}_upstream_retries_total", "Retried platform requests", ["endpoint"],
+                           registry=REGISTRY)
+UPSTREAM_PARSE_ERRORS = Counter(f"{P}_upstream_parse_errors_total",
+                                "Platform answers (or records in them) that could not be parsed and were skipped",
+                                ["endpoint"], registry=REGISTRY)
+RATE_LIMIT_CURRENT = Gauge(f"{P}_upstream_rate_limit_requests_per_second",
+                           "Request rate currently allowed (lowered after the platform throttles us)",
+                           registry=REGISTRY)
+RATE_LIMIT_CONFIGURED = Gauge(f"{P}_upstream_rate_limit_configured_requests_per_second",
+                              "Request rate configured in platform.rate_limit", registry=REGISTRY)
+RATE_LIMITED = Counter(f"{P}_upstream_throttled_total", "Times the platform said we were over its rate",
+                       registry=REGISTRY)
+REQUESTS_IN_FLIGHT = Gauge(f"{P}_upstream_requests_in_flight", "Platform requests in flight", registry=REGISTRY)
+
+# --- jobs -------------------------------------------------------------------------------------------
+JOB_RUNS = Counter(f"{P}_job_runs_total", "Job runs by outcome", ["job", "outcome"], registry=REGISTRY)
+JOB_DURATION = Histogram(f"{P}_job_duration_seconds", "How long one run of a job took", ["job"],
+                         registry=REGISTRY, buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 900, 3600))
+JOB_OVERRUNS = Counter(f"{P}_job_overruns_total",
+                       "Runs skipped because the previous run of the same job was still going", ["job"],
+                       registry=REGISTRY)
+JOB_LAG = Gauge(f"{P}_job_lag_seconds", "How late the last run of a job started", ["job"], registry=REGISTRY)
+JOB_LAST_SUCCESS = Gauge(f"{P}_job_last_success_timestamp_seconds", "When a job last finished without error",
+                         ["job"], registry=REGISTRY)
+POLLS = Counter(f"{P}_entity_polls_total", "Entities polled by kind and outcome", ["kind", "outcome"],
+                registry=REGISTRY)
+
+# --- sinks and spool -----------------------------------------------------------------------------------
+POINTS_COLLECTED = Counter(f"{P}_points_collected_total", "Points accepted into the spool", registry=REGISTRY)
+POINTS_WRITTEN = Counter(f"{P}_points_written_total", "Points accepted by a sink", ["sink"], registry=REGISTRY)
+POINTS_FAILED = Counter(f"{P}_points_failed_total", "Points a sink rejected for good (dead-lettered)",
+                        ["sink", "reason"], registry=REGISTRY)
+POINTS_DROPPED = Counter(f"{P}_points_dropped_total", "Points dropped before any sink took them",
+                         ["reason"], registry=REGISTRY)
+SINK_WRITE_ERRORS = Counter(f"{P}_sink_write_errors_total", "Failed write attempts (to be retried)",
+                            ["sink", "reason"], registry=REGISTRY)
+SINK_UP = Gauge(f"{P}_sink_up", "1 when the last write to the sink succeeded", ["sink"], registry=REGISTRY)
+
+# --- alerts and notifications ----------------------------------------------------------------------------
+NOTIFICATIONS = Counter(f"{P}_notifications_total", "Notifications by notifier and outcome (sent, failed, dropped)",
+                        ["notifier", "outcome"], registry=REGISTRY)
+ALERT_TRANSITIONS = Counter(f"{P}_alert_transitions_total", "Alert state changes", ["rule", "to"],
+                            registry=REGISTRY)
+ALERT_EVAL_DURATION = Histogram(f"{P}_alert_evaluation_duration_seconds", "Time spent evaluating alert rules",
+                                registry=REGISTRY, buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5))
+
+# --- process -------------------------------------------------------------------------------------------
+CONFIG_RELOADS = Counter(f"{P}_config_reloads_total", "Configuration reloads by outcome", ["outcome"],
+                         registry=REGISTRY)

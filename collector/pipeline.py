@@ -1,0 +1,221 @@
+"""What one poll does: ask the platform, update the fleet state, turn the observation into points for
+the spool, and hand the changed entities to the alert engine. Also builds the poll jobs from the
+configuration. Errors of one poll are logged and counted here; they never stop the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from collector import metrics
+from collector.config import Config
+from collector.platform.endpoints import Endpoint
+from collector.platform.errors import ApiError, PlatformError
+from collector.schedule import PollJob
+from collector.sinks import points
+from collector.state import Change, FleetState
+
+if TYPE_CHECKING:
+    from collector.alerts.engine import AlertEngine
+    from collector.platform.client import PlatformClient
+
+log = structlog.get_logger("collector.pipeline")
+
+Submit = Callable[[Sequence[str]], Awaitable[None]]
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, ApiError):
+        return f"code {exc.code}: {exc.platform_message}"
+    return str(exc) or type(exc).__name__
+
+
+class Pipeline:
+    """Polls, then fans the observation out to the state, the spool and the alert engine."""
+
+    def __init__(self, config: Config, client: PlatformClient, state: FleetState, submit: Submit,
+                 alerts: AlertEngine | None = None, clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        self.config = config
+        self.client = client
+        self.state = state
+        self.submit = submit
+        self.alerts = alerts
+        self.clock = clock or time.time
+
+    # --- fan-out -----------------------------------------------------------------------------------------
+
+    def _evaluate(self, change: Change) -> None:
+        if self.alerts is None:
+            return
+        now = self.clock()
+        interval = self.config.jobs.device_status.interval
+        for device_no in change.devices:
+            device = self.state.devices.get(device_no)
+            if device is not None:
+                self.alerts.evaluate("device", device_no, device.fields(now, interval), now)
+        for iccid in change.sims:
+            sim = self.state.sims.get(iccid)
+            if sim is not None:
+                self.alerts.evaluate("sim", iccid, sim.fields(now), now)
+        if change.account:
+            self.alerts.evaluate("account", "account", self.state.account.fields(now), now)
+
+    def _device_lines(self, change: Change) -> list[str]:
+        lines: list[str] = []
+        for device_no in change.devices:
+            device = self.state.devices[device_no]
+            if device.obs is not None:
+                lines.append(points.device_point(device.obs, device.labels))
+        for iccid in change.sims:
+            sim = self.state.sims[iccid]
+            if sim.obs is not None:
+                lines.append(points.sim_point(sim.obs, sim.labels, usage_rate_bps=sim.usage_rate(),
+                                              effective=sim.effective))
+        for event in change.new_events:
+            labels = self.state.devices[event.device_no].labels if event.device_no in self.state.devices else {}
+            lines.append(points.event_point(event, labels))
+        return lines
+
+    async def _deliver(self, change: Change, lines: list[str], kind: str, count: int) -> bool:
+        if lines:
+            await self.submit(lines)
+        self._evaluate(change)
+        metrics.POLLS.labels(kind, "ok").inc(count)
+        return True
+
+    def _failed(self, kind: str, ids: Sequence[str], exc: BaseException) -> bool:
+        metrics.POLLS.labels(kind, "error").inc(max(len(ids), 1))
+        if isinstance(exc, PlatformError):
+            log.warning("poll failed", kind=kind, ids=list(ids)[:10], count=len(ids), error=describe_error(exc),
+                        error_type=type(exc).__name__, trace_id=exc.trace_id)
+        else:
+            log.error("poll crashed", kind=kind, ids=list(ids)[:10], error=f"{type(exc).__name__}: {exc}")
+        return False
+
+    # --- polls ----------------------------------------------------------------------------------------------
+
+    async def poll_device(self, endpoint: Endpoint, ids: Sequence[str]) -> bool:
+        device_no = ids[0]
+        try:
+            call = self.client.device_flow if endpoint is Endpoint.DEVICE_FLOW else self.client.device_info
+            obs = await call(device_no)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.state.record_device_failure(device_no, describe_error(exc), self.clock())
+            self._evaluate(Change(devices=(device_no,)))
+            return self._failed("device", ids, exc)
+        change = self.state.observe_device(obs)
+        return await self._deliver(change, self._device_lines(change), "device", 1)
+
+    async def poll_card_status(self, ids: Sequence[str]) -> bool:
+        try:
+            statuses = await self.client.card_status(list(ids))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._failed("card", ids, exc)
+        change = self.state.observe_card_status(statuses)
+        lines = [points.card_status_point(s, self.state.sims[s.iccid].labels)
+                 for s in statuses if s.iccid in self.state.sims]
+        return await self._deliver(change, lines, "card", len(statuses))
+
+    async def poll_card_usage(self, ids: Sequence[str]) -> bool:
+        try:
+            usages = await self.client.card_usage(list(ids))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._failed("card", ids, exc)
+        change = self.state.observe_card_usage(usages)
+        lines = []
+        for u in usages:
+            sim = self.state.sims.get(u.iccid)
+            if sim is not None:
+                lines.append(points.card_usage_point(u, sim.labels, usage_rate_bps=sim.usage_rate()))
+        return await self._deliver(change, lines, "card", len(usages))
+
+    async def poll_card_info(self, ids: Sequence[str]) -> bool:
+        try:
+            sims = await self.client.card_info(list(ids))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._failed("card", ids, exc)
+        change = self.state.observe_card_info(sims)
+        lines = []
+        for iccid in change.sims:
+            sim = self.state.sims[iccid]
+            if sim.obs is not None:
+                lines.append(points.sim_point(sim.obs, sim.labels, usage_rate_bps=sim.usage_rate(),
+                                              effective=sim.effective))
+        return await self._deliver(change, lines, "card", len(sims))
+
+    async def poll_card_month_usage(self, ids: Sequence[str]) -> bool:
+        month = dt.datetime.now(dt.UTC).strftime("%Y%m")
+        try:
+            usages = await self.client.card_month_usage(list(ids), month)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._failed("card", ids, exc)
+        lines = [points.card_month_usage_point(u, self.state.sims[u.iccid].labels)
+                 for u in usages if u.iccid in self.state.sims]
+        return await self._deliver(Change(), lines, "card", len(usages))
+
+    async def poll_card_actions(self, ids: Sequence[str]) -> bool:
+        try:
+            actions = await self.client.card_actions(list(ids))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._failed("card", ids, exc)
+        lines = [points.card_action_point(a, self.state.sims[a.iccid].labels)
+                 for a in actions if a.iccid in self.state.sims and a.created_at is not None]
+        return await self._deliver(Change(), lines, "card", len(actions))
+
+    async def poll_account(self, _ids: Sequence[str]) -> bool:
+        try:
+            assets = await self.client.account_assets()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._failed("account", ["account"], exc)
+        change = self.state.observe_account(assets)
+        return await self._deliver(change, [points.account_point(assets, self.state.account.labels)],
+                                   "account", 1)
+
+    # --- jobs -------------------------------------------------------------------------------------------------
+
+    def jobs(self) -> list[PollJob]:
+        """The enabled poll jobs of the configuration, with the endpoints' batch limits."""
+        cfg, specs = self.config.jobs, self.config.platform.endpoint_specs()
+
+        def devices() -> list[str]:
+            return list(self.state.devices)
+
+        def cards() -> list[str]:
+            return self.state.iccids()
+
+        table: list[tuple[str, Any, Endpoint, Callable[[], Sequence[str]], Any]] = [
+            ("device_status", cfg.device_status, Endpoint.DEVICE_INFO, devices,
+             lambda ids: self.poll_device(Endpoint.DEVICE_INFO, ids)),
+            ("device_flow", cfg.device_flow, Endpoint.DEVICE_FLOW, devices,
+             lambda ids: self.poll_device(Endpoint.DEVICE_FLOW, ids)),
+            ("card_status", cfg.card_status, Endpoint.CARD_STATUS, cards, self.poll_card_status),
+            ("card_usage", cfg.card_usage, Endpoint.CARD_USAGE, cards, self.poll_card_usage),
+            ("card_info", cfg.card_info, Endpoint.CARD_INFO, cards, self.poll_card_info),
+            ("card_month_usage", cfg.card_month_usage, Endpoint.CARD_MONTH_USAGE, cards,
+             self.poll_card_month_usage),
+            ("card_actions", cfg.card_actions, Endpoint.CARD_ACTIONS, cards, self.poll_card_actions),
+            ("account_assets", cfg.account_assets, Endpoint.ACCOUNT_ASSETS, lambda: [], self.poll_account),
+        ]
+        return [PollJob(name=name, interval=job.interval, batch_limit=specs[endpoint].batch_limit,
+                        entities=entities, poll=poll)
+                for name, job, endpoint, entities, poll in table if job.enabled]

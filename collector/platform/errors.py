@@ -1,0 +1,104 @@
+"""Typed errors of the platform client. Every failure a caller can see is one of these."""
+
+from __future__ import annotations
+
+
+class PlatformError(Exception):
+    """Base of every error raised by the platform client."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, endpoint: str = "", trace_id: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.endpoint = endpoint
+        self.trace_id = trace_id
+
+    @property
+    def outcome(self) -> str:
+        """Short label for metrics (`http_error`, `timeout`, `api_error`, ...)."""
+        return "error"
+
+
+class ApiError(PlatformError):
+    """The platform answered with an envelope whose `code` is not 0."""
+
+    def __init__(self, code: int, message: str, *, endpoint: str = "", trace_id: str = "",
+                 transient: bool = False) -> None:
+        super().__init__(f"platform error {code}: {message}", endpoint=endpoint, trace_id=trace_id)
+        self.code = code
+        self.platform_message = message
+        self.transient = transient
+
+    @property
+    def outcome(self) -> str:
+        return "api_error"
+
+
+class AuthError(ApiError):
+    """The platform rejected our signature or appID: a configuration problem, never retried."""
+
+    @property
+    def outcome(self) -> str:
+        return "auth_error"
+
+
+class RateLimitedError(ApiError):
+    """The platform said we are over its request rate: retried after slowing down."""
+
+    transient = True
+
+    def __init__(self, code: int, message: str, *, endpoint: str = "", trace_id: str = "") -> None:
+        super().__init__(code, message, endpoint=endpoint, trace_id=trace_id, transient=True)
+
+    @property
+    def outcome(self) -> str:
+        return "rate_limited"
+
+
+class HttpStatusError(PlatformError):
+    """A non-2xx HTTP status. 5xx and 429 are transient, other 4xx are not."""
+
+    def __init__(self, status: int, *, endpoint: str = "", trace_id: str = "") -> None:
+        super().__init__(f"HTTP {status}", endpoint=endpoint, trace_id=trace_id)
+        self.status = status
+        self.transient = status >= 500 or status == 429
+
+    @property
+    def outcome(self) -> str:
+        return "http_error"
+
+
+class TransportError(PlatformError):
+    """Connection refused or reset, DNS failure, protocol error: transient."""
+
+    transient = True
+
+    @property
+    def outcome(self) -> str:
+        return "connection_error"
+
+
+class PlatformTimeout(PlatformError):
+    """No complete answer within the configured timeout: transient."""
+
+    transient = True
+
+    @property
+    def outcome(self) -> str:
+        return "timeout"
+
+
+class ParseError(PlatformError):
+    """The answer was not JSON, or not the shape we expect. Never retried: the same bytes would come back.
+
+    `path` names the offending field (`data.sims[1].totalFlow`).
+    """
+
+    def __init__(self, message: str, *, path: str = "", endpoint: str = "", trace_id: str = "") -> None:
+        super().__init__(f"{path}: {message}" if path else message, endpoint=endpoint, trace_id=trace_id)
+        self.path = path
+
+    @property
+    def outcome(self) -> str:
+        return "parse_error"

@@ -1,0 +1,67 @@
+"""Configuration of the sinks and of the durable spool."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, HttpUrl
+
+from collector.configtypes import ByteSize, Duration, Secret, SecretSection, Section
+
+
+class FileSinkConfig(Section):
+    """Line protocol appended to a file, rotated by size: importable later with `influx write`."""
+
+    enabled: bool = False
+    path: str = "points.lp"
+    max_bytes: ByteSize = Field(default=64 * 1024**2, gt=0)
+    backups: int = Field(default=5, ge=0)
+
+
+class InfluxV2Config(SecretSection):
+    """InfluxDB v2 write API (/api/v2/write): InfluxDB 2.x, 3.x, Cloud, 1.8+, VictoriaMetrics."""
+
+    secret_fields = ("token",)
+
+    enabled: bool = False
+    url: HttpUrl = HttpUrl("http://127.0.0.1:8086")
+    org: str = ""
+    bucket: str = "iot"
+    token: Secret | None = None
+    timeout: Duration = Field(default=10.0, gt=0)
+
+
+class InfluxV1Config(SecretSection):
+    """InfluxDB v1 write API (/write?db=&rp=): InfluxDB 1.x before 1.8 (what Debian ships)."""
+
+    secret_fields = ("password",)
+
+    enabled: bool = False
+    url: HttpUrl = HttpUrl("http://127.0.0.1:8086")
+    database: str = "iot"
+    retention_policy: str = ""
+    username: str = ""
+    password: Secret | None = None
+    create_database: bool = True
+    timeout: Duration = Field(default=10.0, gt=0)
+
+
+class SpoolConfig(Section):
+    """The on-disk queue in front of every remote sink: nothing counts as collected until it is here."""
+
+    max_bytes: ByteSize = Field(default=1024**3, gt=0)
+    segment_bytes: ByteSize = Field(default=8 * 1024**2, gt=0)
+    fsync: Literal["always", "batch", "never"] = "batch"
+
+
+class SinksConfig(Section):
+    """Every sink; several may be enabled at once."""
+
+    file: FileSinkConfig = FileSinkConfig()
+    influxdb_v2: InfluxV2Config = InfluxV2Config()
+    influxdb_v1: InfluxV1Config = InfluxV1Config()
+    batch_size: int = Field(default=5000, gt=0)
+    flush_interval: Duration = Field(default=1.0, gt=0)
+    gzip: bool = True
+    retry_max_backoff: Duration = Field(default=60.0, gt=0)
+    spool: SpoolConfig = SpoolConfig()
