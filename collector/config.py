@@ -283,7 +283,7 @@ class _Int(int):
 
 
 class _Loader(yaml.SafeLoader):
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:  # type: ignore[override]
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         value = _Int(super().construct_yaml_int(node))
         value.source = str(node.value)
         return value

@@ -66,8 +66,8 @@ class Pipeline:
         if change.account:
             self.alerts.evaluate("account", "account", self.state.account.fields(now), now)
 
-    def _device_lines(self, change: Change) -> list[str]:
-        lines: list[str] = []
+    def _device_lines(self, change: Change) -> list[str | None]:
+        lines: list[str | None] = []
         for device_no in change.devices:
             device = self.state.devices[device_no]
             if device.obs is not None:
@@ -79,12 +79,14 @@ class Pipeline:
                                               effective=sim.effective))
         for event in change.new_events:
             labels = self.state.devices[event.device_no].labels if event.device_no in self.state.devices else {}
-            lines.append(points.event_point(event, labels))
+            lines.append(points.device_event_point(event, labels))
         return lines
 
-    async def _deliver(self, change: Change, lines: list[str], kind: str, count: int) -> bool:
-        if lines:
-            await self.submit(lines)
+    async def _deliver(self, change: Change, lines: list[str | None], kind: str, count: int) -> bool:
+        # A line is None when an observation had no field worth writing.
+        ready = [line for line in lines if line is not None]
+        if ready:
+            await self.submit(ready)
         self._evaluate(change)
         metrics.POLLS.labels(kind, "ok").inc(count)
         return True
@@ -122,7 +124,7 @@ class Pipeline:
         except Exception as exc:
             return self._failed("card", ids, exc)
         change = self.state.observe_card_status(statuses)
-        lines = [points.card_status_point(s, self.state.sims[s.iccid].labels)
+        lines: list[str | None] = [points.card_status_point(s, self.state.sims[s.iccid].labels)
                  for s in statuses if s.iccid in self.state.sims]
         return await self._deliver(change, lines, "card", len(statuses))
 
@@ -134,7 +136,7 @@ class Pipeline:
         except Exception as exc:
             return self._failed("card", ids, exc)
         change = self.state.observe_card_usage(usages)
-        lines = []
+        lines: list[str | None] = []
         for u in usages:
             sim = self.state.sims.get(u.iccid)
             if sim is not None:
@@ -149,7 +151,7 @@ class Pipeline:
         except Exception as exc:
             return self._failed("card", ids, exc)
         change = self.state.observe_card_info(sims)
-        lines = []
+        lines: list[str | None] = []
         for iccid in change.sims:
             sim = self.state.sims[iccid]
             if sim.obs is not None:
@@ -165,7 +167,7 @@ class Pipeline:
             raise
         except Exception as exc:
             return self._failed("card", ids, exc)
-        lines = [points.card_month_usage_point(u, self.state.sims[u.iccid].labels)
+        lines: list[str | None] = [points.card_month_usage_point(u, self.state.sims[u.iccid].labels)
                  for u in usages if u.iccid in self.state.sims]
         return await self._deliver(Change(), lines, "card", len(usages))
 
@@ -176,7 +178,7 @@ class Pipeline:
             raise
         except Exception as exc:
             return self._failed("card", ids, exc)
-        lines = [points.card_action_point(a, self.state.sims[a.iccid].labels)
+        lines: list[str | None] = [points.card_action_point(a, self.state.sims[a.iccid].labels)
                  for a in actions if a.iccid in self.state.sims and a.created_at is not None]
         return await self._deliver(Change(), lines, "card", len(actions))
 

@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from collector import metrics
 
 log = structlog.get_logger("collector.schedule")
 
-PollFn = Callable[[Sequence[str]], Awaitable[bool]]
+PollFn = Callable[[Sequence[str]], Coroutine[Any, Any, bool]]
 """Polls one work item (a device, a batch of cards, the account); True when it succeeded."""
 
 
@@ -106,6 +106,7 @@ class Scheduler:
         self._scheduler.add_listener(self._on_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
         self._in_flight: dict[tuple[str, tuple[str, ...]], asyncio.Task[bool]] = {}
         self._finishers: set[asyncio.Task[None]] = set()
+        self._origin: dict[str, float] = {}
         self._stopping = asyncio.Event()
         self._first_cycle_done = first_cycle_done
         self.need, self.stretch = budget(jobs, rate_limit)
@@ -123,6 +124,7 @@ class Scheduler:
         interval = job.interval * self.stretch
         # The first cycle starts within a second or two: the stagger inside the cycle prevents a burst.
         first = now + 0.5 + stable_fraction("start:" + job.name) * min(interval, 2.0)
+        self._origin[job.name] = first
         self._scheduler.add_job(
             self._cycle, IntervalTrigger(seconds=interval), args=[job.name], id=job.name, name=job.name,
             max_instances=1, coalesce=True, misfire_grace_time=max(int(interval), 1),
@@ -167,15 +169,21 @@ class Scheduler:
             return
         status = self.status[name]
         interval = job.interval * self.stretch
-        start = time.time()
-        status.last_start, status.runs = start, status.runs + 1
+        now = time.time()
+        # The scheduled start of this cycle (first run + k * interval), not the moment the loop got to
+        # it, so every item keeps its place in every cycle and the last one is dispatched before the
+        # next cycle is due.
+        first = self._origin.get(name, now)
+        start = first + max(0, math.floor((now - first) / interval + 0.01)) * interval if interval > 0 else now
+        status.last_start, status.runs = now, status.runs + 1
         items = job.work_items()
-        # Cycles start at first_run + k * interval, so `start + fraction * interval` keeps every item at
-        # the same place in every cycle.
+        # Spread over the interval less a small guard, so dispatching never runs into the next cycle.
+        spread = interval - min(1.0, interval * 0.02)
         tasks: list[asyncio.Task[bool]] = []
         max_lag = 0.0
+        skipped = 0
         for fraction, ids in items:
-            slot = start + fraction * interval
+            slot = start + fraction * spread
             delay = slot - time.time()
             if delay > 0:
                 try:
@@ -189,13 +197,21 @@ class Scheduler:
             key = (name, ids)
             previous = self._in_flight.get(key)
             if previous is not None and not previous.done():
+                # Its last poll is still running: skip this turn rather than pile up.
+                skipped += 1
                 status.skipped_in_flight += 1
+                if skipped == 1:
+                    status.overruns += 1
+                    metrics.JOB_OVERRUNS.labels(name).inc()
                 continue
             task = asyncio.create_task(job.poll(ids), name=f"poll:{name}")
             self._in_flight[key] = task
             tasks.append(task)
         status.lag_seconds = max_lag
         metrics.JOB_LAG.labels(name).set(max_lag)
+        if skipped:
+            log.warning("job overrun: polls of the previous cycle still in flight were not started again",
+                        job=name, skipped=skipped, items=len(items))
         finisher = asyncio.create_task(self._finish(name, start, tasks))
         self._finishers.add(finisher)
         finisher.add_done_callback(self._finishers.discard)
@@ -204,6 +220,9 @@ class Scheduler:
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for key in [k for k, t in self._in_flight.items() if k[0] == name and t.done()]:
             self._in_flight.pop(key, None)
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                log.error("poll crashed", job=name, error=f"{type(r).__name__}: {r}")
         failures = sum(1 for r in results if r is not True)
         outcome = "ok" if failures == 0 else "error" if failures == len(results) else "partial"
         end = time.time()

@@ -1,0 +1,78 @@
+"""One alert: a (rule, entity) pair that is pending or firing, with the labels frozen when it became
+active, its rendered annotations and its timers. Also its JSON forms: the persisted one and the
+public one (`alerts list`, notifications)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PENDING = "pending"
+FIRING = "firing"
+RESOLVED = "resolved"
+INACTIVE = "inactive"
+
+
+def iso(ts: float | None) -> str | None:
+    """RFC 3339 in UTC with a Z, as Alertmanager and JSON consumers expect."""
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def alert_id(rule: str, key: str) -> str:
+    """The stable id (fingerprint) of the alert of `rule` on entity `key`: rule names never hold '/'."""
+    return f"{rule}/{key}"
+
+
+@dataclass(slots=True, eq=False)
+class Alert:
+    rule: str
+    kind: str
+    key: str
+    state: str
+    active_since: float
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    fired_at: float | None = None
+    last_held: float = 0.0
+    cleared_since: float | None = None  # firing, condition gone, kept by keep_firing_for
+    resolved_at: float | None = None
+    last_notified: float | None = None
+    value: float | None = None
+
+    @property
+    def id(self) -> str:
+        return alert_id(self.rule, self.key)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule, "kind": self.kind, "key": self.key, "state": self.state,
+            "active_since": self.active_since, "fired_at": self.fired_at, "last_held": self.last_held,
+            "cleared_since": self.cleared_since, "resolved_at": self.resolved_at,
+            "last_notified": self.last_notified, "value": self.value, "labels": self.labels,
+            "annotations": self.annotations,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Alert:
+        return cls(rule=str(data["rule"]), kind=str(data["kind"]), key=str(data["key"]), state=str(data["state"]),
+                   active_since=float(data["active_since"]), labels=dict(data.get("labels") or {}),
+                   annotations=dict(data.get("annotations") or {}), fired_at=data.get("fired_at"),
+                   last_held=float(data.get("last_held") or 0.0), cleared_since=data.get("cleared_since"),
+                   resolved_at=data.get("resolved_at"), last_notified=data.get("last_notified"),
+                   value=data.get("value"))
+
+    def public(self, silenced_by: str | None = None) -> dict[str, Any]:
+        """The alert as `alerts list`, the HTTP API and notification payloads show it."""
+        status = RESOLVED if self.resolved_at is not None else self.state
+        return {
+            "id": self.id, "rule": self.rule, "kind": self.kind, "entity": self.key, "state": status,
+            "severity": self.labels.get("severity", ""), "labels": self.labels,
+            "annotations": self.annotations, "value": self.value,
+            "active_since": iso(self.active_since), "fired_at": iso(self.fired_at),
+            "resolved_at": iso(self.resolved_at), "last_notified": iso(self.last_notified),
+            "silenced_by": silenced_by,
+        }

@@ -1,0 +1,313 @@
+"""Configuration of alerting (the `alerts:` section): rules and rule files, the thresholds of the
+default rules, notifiers with their routing and grouping, silences and maintenance windows.
+
+Rules are compiled while the section is validated, so `check-config` reports a bad expression or an
+unknown field with the rule's path and name: `alerts.rules[2] (WeakSignal).condition: unknown field
+'rsi_dbm' for kind device`. Rule files named in `rule_files` are read and compiled at the same time;
+relative paths are resolved against the directory set with `rule_files_relative_to()` (the
+configuration file's directory when the loader sets it), else the working directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as dt
+import os
+import re
+import zoneinfo
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, HttpUrl, PrivateAttr, field_validator, model_validator
+
+from collector.alerts.matchers import parse_matcher
+from collector.configtypes import Duration, Secret, SecretSection, Section, read_secret_sources
+
+if TYPE_CHECKING:
+    from collector.alerts.rules import Rule
+
+KINDS = ("device", "sim", "account", "collector")
+Kind = Literal["device", "sim", "account", "collector"]
+Severity = Literal["critical", "warning", "info"]
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_LABEL = re.compile(_NAME)
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+_rules_base: contextvars.ContextVar[Path | None] = contextvars.ContextVar("alert_rules_base", default=None)
+
+
+@contextlib.contextmanager
+def rule_files_relative_to(base: str | os.PathLike[str]) -> Iterator[None]:
+    """Resolve relative `alerts.rule_files` against `base` while validating inside this block."""
+    token = _rules_base.set(Path(base))
+    try:
+        yield
+    finally:
+        _rules_base.reset(token)
+
+
+def _check_matchers(values: list[str]) -> list[str]:
+    for text in values:
+        parse_matcher(text)
+    return values
+
+
+def _check_label_names(labels: dict[str, str]) -> dict[str, str]:
+    for key in labels:
+        if not _LABEL.match(key):
+            raise ValueError(f"label name {key!r} must match [a-zA-Z_][a-zA-Z0-9_]*")
+    return labels
+
+
+# --- rules ----------------------------------------------------------------------------------------------
+
+
+class RuleConfig(Section):
+    """One alert rule. `condition` and `clear` are expressions over the entity's fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(pattern=_NAME)
+    kind: Kind
+    condition: str
+    clear: str | None = Field(default=None, description="hysteresis: once active, the alert stays active "
+                                                         "until this holds (default: until condition stops)")
+    for_: Duration = Field(default=0.0, ge=0, alias="for")
+    keep_firing_for: Duration = Field(default=0.0, ge=0)
+    severity: Severity = "warning"
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+    _labels = field_validator("labels")(_check_label_names)
+
+
+# --- notifiers ---------------------------------------------------------------------------------------------
+
+
+class RetryConfig(Section):
+    """Delivery retries of one notifier: exponential backoff, bounded attempts."""
+
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    backoff_initial: Duration = Field(default=1.0, gt=0)
+    backoff_max: Duration = Field(default=300.0, gt=0)
+
+
+class NotifierBase(SecretSection):
+    name: str = Field(default="", pattern=r"^$|^[A-Za-z0-9_.-]+$")
+    match: list[str] = Field(default=[], description="label matchers, all must hold (severity included)")
+    max_queue: int = Field(default=1000, ge=1)
+    timeout: Duration = Field(default=10.0, gt=0)
+    retry: RetryConfig = RetryConfig()
+
+    _match = field_validator("match")(_check_matchers)
+
+
+class GroupingConfig(NotifierBase):
+    """Notifiers that receive grouped messages (one per group of alerts sharing `group_by` labels)."""
+
+    group_by: list[str] = ["alertname", "customer"]
+    group_wait: Duration = Field(default=30.0, ge=0)
+    group_interval: Duration = Field(default=300.0, gt=0)
+    repeat_interval: Duration = Field(default=4 * 3600.0, gt=0)
+    send_resolved: bool = True
+    max_alerts: int = Field(default=50, ge=1, description="alerts listed in one message; the rest are counted")
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_labels(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _LABEL.match(value):
+                raise ValueError(f"label name {value!r} must match [a-zA-Z_][a-zA-Z0-9_]*")
+        return values
+
+
+class LogNotifierConfig(GroupingConfig):
+    """Write notifications to the collector's log."""
+
+    type: Literal["log"]
+    level: Literal["info", "warning", "error"] = "warning"
+
+
+class WebhookNotifierConfig(GroupingConfig):
+    """POST a JSON document (see docs/alerts.md) to a URL, optionally signed with HMAC-SHA256."""
+
+    secret_fields = ("secret",)
+
+    type: Literal["webhook"]
+    url: HttpUrl
+    secret: Secret | None = None
+    headers: dict[str, str] = {}
+
+
+class AppriseNotifierConfig(GroupingConfig):
+    """Direct delivery through Apprise URLs (DingTalk, WeCom, Feishu, email, Slack, Telegram, json://...).
+    The URLs carry tokens: they are secrets, and may come from `urls_file` (one per line)."""
+
+    type: Literal["apprise"]
+    urls: list[Secret] = Field(min_length=1)
+    format: Literal["text", "markdown"] = "text"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _urls_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("urls_file" in data or "urls_credential" in data):
+            data = read_secret_sources({**data, "urls": None}, ("urls",))
+            text = data.get("urls") or ""
+            data["urls"] = [line.strip() for line in str(text).splitlines()
+                            if line.strip() and not line.strip().startswith("#")]
+        return data
+
+    @field_validator("urls")
+    @classmethod
+    def _known_schemes(cls, values: list[Any]) -> list[Any]:
+        for i, value in enumerate(values):
+            url = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+            if "://" not in url:
+                raise ValueError(f"urls[{i}]: not an Apprise URL (scheme://...)")
+            from collector.alerts.notifiers.apprise import check_url
+
+            problem = check_url(url)
+            if problem:
+                raise ValueError(f"urls[{i}]: {problem}")
+        return values
+
+
+class AlertmanagerNotifierConfig(NotifierBase):
+    """Prometheus Alertmanager API v2. Alertmanager does its own grouping and routing: every firing alert
+    is posted (and re-posted every `resend_interval`, as Prometheus does), resolved ones once."""
+
+    secret_fields = ("password",)
+
+    type: Literal["alertmanager"]
+    url: HttpUrl = Field(description="Alertmanager's base URL, e.g. http://127.0.0.1:9093")
+    resend_interval: Duration = Field(default=60.0, gt=0)
+    username: str = ""
+    password: Secret | None = None
+
+
+NotifierConfig = Annotated[
+    LogNotifierConfig | WebhookNotifierConfig | AppriseNotifierConfig | AlertmanagerNotifierConfig,
+    Field(discriminator="type"),
+]
+
+
+# --- silences ---------------------------------------------------------------------------------------------
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+class SilenceConfig(Section):
+    """Mute alerts whose labels match, between two instants (naive times are UTC)."""
+
+    matchers: list[str] = Field(min_length=1)
+    starts_at: dt.datetime | None = None
+    ends_at: dt.datetime
+    comment: str = ""
+    created_by: str = "config"
+
+    _matchers = field_validator("matchers")(_check_matchers)
+    _times = field_validator("starts_at", "ends_at")(lambda v: None if v is None else _aware(v))
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SilenceConfig:
+        if self.starts_at is not None and self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        return self
+
+
+class MaintenanceWindowConfig(Section):
+    """A recurring silence: every listed weekday from `start` to `end` (local time in `timezone`;
+    an `end` earlier than `start` runs past midnight)."""
+
+    name: str = ""
+    matchers: list[str] = Field(min_length=1)
+    weekdays: list[Weekday] = list(WEEKDAYS)  # type: ignore[arg-type]
+    start: dt.time
+    end: dt.time
+    timezone: str = "UTC"
+    comment: str = ""
+
+    _matchers = field_validator("matchers")(_check_matchers)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> MaintenanceWindowConfig:
+        if self.start == self.end:
+            raise ValueError("start and end must differ")
+        return self
+
+
+# --- the section ---------------------------------------------------------------------------------------------
+
+def _default_log() -> NotifierConfig:
+    return LogNotifierConfig(type="log", name="log")
+
+
+ParamValue = bool | int | float | str | list[int | float | str]
+
+
+class AlertsConfig(Section):
+    """The `alerts:` section."""
+
+    enabled: bool = False
+    evaluation_interval: Duration = Field(default=30.0, gt=0,
+                                          description="how often time-based transitions are swept")
+    default_rules: bool = True
+    disabled_rules: list[str] = []
+    params: dict[str, ParamValue] = {}
+    rules: list[RuleConfig] = []
+    rule_files: list[str] = []
+    notifiers: list[NotifierConfig] = Field(default_factory=lambda: [_default_log()])
+    silences: list[SilenceConfig] = []
+    maintenance_windows: list[MaintenanceWindowConfig] = []
+    external_url: str = Field(default="", description="base of generatorURL (default http://<hostname>:9108)")
+    write_points: bool = True
+
+    _compiled: list[Rule] | None = PrivateAttr(default=None)
+
+    @field_validator("notifiers")
+    @classmethod
+    def _names(cls, values: list[Any]) -> list[Any]:
+        seen: set[str] = set()
+        out = []
+        for value in values:
+            name = value.name or value.type
+            if name in seen:
+                raise ValueError(f"two notifiers are named {name!r}: give each a distinct name")
+            seen.add(name)
+            out.append(value if value.name else value.model_copy(update={"name": name}))
+        return out
+
+    @model_validator(mode="after")
+    def _compile(self) -> AlertsConfig:
+        from collector.alerts.rules import RuleError, compile_rules
+
+        try:
+            self._compiled = compile_rules(self, _rules_base.get())
+        except RuleError as exc:
+            raise exc.validation_error() from None
+        return self
+
+    def compiled_rules(self) -> list[Rule]:
+        """The effective rules (defaults, inline, files), compiled once at validation."""
+        if self._compiled is None:  # a copy made without validation
+            from collector.alerts.rules import compile_rules
+
+            self._compiled = compile_rules(self, _rules_base.get())
+        return self._compiled
+
+    def notifier(self, name: str) -> Any:
+        return next((n for n in self.notifiers if n.name == name), None)

@@ -1,0 +1,455 @@
+"""The rule expression language: a small, safe subset of Python expressions over an entity's fields,
+parsed with simpleeval's parser and operator table, then compiled once into nested closures.
+
+Nothing here calls `eval`, `exec` or `compile`: the parsed tree is walked once at load, each node is
+checked against a whitelist and turned into a Python closure, so evaluating a rule at run time is a
+few closure calls over the fields dict. The hot shape `field <op> constant` is one closure.
+
+Semantics (documented in docs/alerts.md):
+
+- names are the entity's fields (`collector.state.FIELDS[kind]`) or named constants (`alerts.params`);
+  an unknown name is an error at load, naming the field and the kind;
+- `labels.customer` and `labels["customer"]` read an entity label (missing label: None);
+- a missing value is None. Any comparison (`<`, `<=`, `>`, `>=`, `==`, `!=`, `in`, `not in`) with a
+  None operand is false, except explicit tests against the literal None (`x == None`, `x is None`,
+  `x != None`, `x is not None`); arithmetic with None gives None; division by zero gives None;
+- `and`, `or`, `not` and `a if c else b` follow Python (None is falsy);
+- helpers: abs, min, max, round, coalesce(a, b, ...) (first non-None), and, for annotation templates,
+  human_bytes, human_duration, percent.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator as op
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import simpleeval
+
+Fields = Mapping[str, Any]
+Fn = Callable[[Fields], Any]
+
+
+class ExprError(ValueError):
+    """An expression that cannot be used: bad syntax, a forbidden construct, an unknown name."""
+
+
+# Operators come from simpleeval's table (its safe_add / safe_mult / safe_power bound the size of
+# results); only the ones listed here are allowed.
+_OPS = simpleeval.DEFAULT_OPERATORS
+_BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    k: _OPS[k] for k in (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
+}
+_CMP: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
+    k: _OPS[k] for k in (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn)
+}
+
+
+def _fmt_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def human_bytes(value: Any) -> str | None:
+    """1536 -> '1.5 KiB'."""
+    if value is None:
+        return None
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{_fmt_number(round(size, 1))} {unit}"
+        size /= 1024
+    return None  # pragma: no cover - the loop always returns
+
+
+def human_duration(value: Any) -> str | None:
+    """3725 -> '1h 2m'; durations over a day show days and hours."""
+    if value is None:
+        return None
+    seconds = int(float(value))
+    sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    if d:
+        return f"{sign}{d}d {h}h"
+    if h:
+        return f"{sign}{h}h {m}m"
+    if m:
+        return f"{sign}{m}m {s}s"
+    return f"{sign}{s}s"
+
+
+def percent(value: Any) -> str | None:
+    """0.075 -> '7.5%'."""
+    return None if value is None else f"{_fmt_number(round(float(value) * 100, 1))}%"
+
+
+def _none_safe(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        return None if any(a is None for a in args) else fn(*args)
+    return call
+
+
+def _coalesce(*args: Any) -> Any:
+    for a in args:
+        if a is not None:
+            return a
+    return None
+
+
+HELPERS: dict[str, Callable[..., Any]] = {
+    "abs": _none_safe(abs),
+    "min": _none_safe(min),
+    "max": _none_safe(max),
+    "round": _none_safe(round),
+    "coalesce": _coalesce,
+    "human_bytes": human_bytes,
+    "human_duration": human_duration,
+    "percent": percent,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """A compiled expression: `fn(fields)` evaluates it; `fields` are the entity fields it reads."""
+
+    text: str
+    fn: Fn
+    fields: frozenset[str]
+
+
+class _Node:
+    """Compilation result of one AST node: a closure, or a constant folded at load."""
+
+    __slots__ = ("const", "fn", "is_const", "name")
+
+    def __init__(self, fn: Fn | None = None, *, const: Any = None, is_const: bool = False,
+                 name: str | None = None) -> None:
+        self.fn = fn
+        self.const = const
+        self.is_const = is_const
+        self.name = name  # set when the node is a plain field read, for specialisation
+
+    def closure(self) -> Fn:
+        if self.is_const:
+            value = self.const
+            return lambda _d: value
+        assert self.fn is not None
+        return self.fn
+
+
+def _field_compare(name: str, opcls: type[ast.cmpop], c: Any) -> Fn:
+    """`field <op> constant` as one closure (the hot path of nearly every rule)."""
+    if opcls is ast.Lt:
+        def f(d: Fields) -> bool:
+            v = d.get(name)
+            return v is not None and v < c
+    elif opcls is ast.LtE:
+        def f(d: Fields) -> bool:
+            v = d.get(name)
+            return v is not None and v <= c
+    elif opcls is ast.Gt:
+        def f(d: Fields) -> bool:
+            v = d.get(name)
+            return v is not None and v > c
+    elif opcls is ast.GtE:
+        def f(d: Fields) -> bool:
+            v = d.get(name)
+            return v is not None and v >= c
+    elif opcls is ast.Eq:
+        def f(d: Fields) -> bool:
+            v = d.get(name)
+            return v is not None and v == c
+    elif opcls is ast.NotEq:
+        def f(d: Fields) -> bool:
+            v = d.get(name)
+            return v is not None and v != c
+    elif opcls is ast.In:
+        def f(d: Fields) -> bool:
+            v = d.get(name)
+            return v is not None and v in c
+    else:
+        def f(d: Fields) -> bool:
+            v = d.get(name)
+            return v is not None and v not in c
+    return f
+
+
+def _compare_pair(left: Fn, opcls: type[ast.cmpop], right: Fn) -> Fn:
+    fn = _CMP[opcls]
+
+    def f(d: Fields) -> bool:
+        a = left(d)
+        if a is None:
+            return False
+        b = right(d)
+        return b is not None and bool(fn(a, b))
+    return f
+
+
+class _Compiler:
+    def __init__(self, kind: str, fields: frozenset[str], params: Mapping[str, Any]) -> None:
+        self.kind = kind
+        self.known = fields
+        self.params = params
+        self.used: set[str] = set()
+
+    def compile(self, node: ast.AST) -> _Node:
+        method = getattr(self, f"_{type(node).__name__}", None)
+        if method is None:
+            raise ExprError(f"{_describe(node)} is not allowed")
+        result: _Node = method(node)
+        return result
+
+    # --- leaves -----------------------------------------------------------------------------------
+
+    def _Constant(self, node: ast.Constant) -> _Node:
+        if not isinstance(node.value, int | float | str | bool | type(None)):
+            raise ExprError(f"constant {node.value!r} is not allowed")
+        return _Node(const=node.value, is_const=True)
+
+    def _Name(self, node: ast.Name) -> _Node:
+        name = node.id
+        if any(name.startswith(p) for p in simpleeval.DISALLOW_PREFIXES):
+            raise ExprError(f"name {name!r} is not allowed")
+        if name in self.known:
+            self.used.add(name)
+            if name == "labels":
+                return _Node(lambda d: d.get("labels") or {})
+            return _Node(lambda d: d.get(name), name=name)
+        if name in self.params:
+            value = self.params[name]
+            if isinstance(value, list | tuple | set):
+                value = frozenset(value)
+            return _Node(const=value, is_const=True)
+        if name in HELPERS:
+            raise ExprError(f"{name} is a function: call it, e.g. {name}(...)")
+        raise ExprError(f"unknown field {name!r} for kind {self.kind}")
+
+    def _label(self, node: ast.AST, label: Any) -> _Node:
+        if isinstance(node, ast.Name) and node.id != "labels":
+            self._Name(node)  # an unknown name is reported as such
+        if not isinstance(node, ast.Name) or node.id != "labels" or "labels" not in self.known:
+            raise ExprError(f"only entity labels can be read by key (labels.name), not {ast.unparse(node)}")
+        if not isinstance(label, str):
+            raise ExprError("a label name must be a string")
+        self.used.add("labels")
+        return _Node(lambda d: (d.get("labels") or {}).get(label))
+
+    def _Attribute(self, node: ast.Attribute) -> _Node:
+        return self._label(node.value, node.attr)
+
+    def _Subscript(self, node: ast.Subscript) -> _Node:
+        key = node.slice
+        if not isinstance(key, ast.Constant):
+            raise ExprError("a label must be read with a constant name: labels[\"customer\"]")
+        return self._label(node.value, key.value)
+
+    def _sequence(self, node: ast.List | ast.Tuple | ast.Set) -> _Node:
+        items = [self.compile(e) for e in node.elts]
+        if not all(i.is_const for i in items):
+            raise ExprError("list, tuple and set literals may only hold constants")
+        values = [i.const for i in items]
+        try:
+            return _Node(const=frozenset(values), is_const=True)
+        except TypeError:  # pragma: no cover - constants are hashable
+            return _Node(const=tuple(values), is_const=True)
+
+    _List = _Tuple = _Set = _sequence
+
+    # --- operators ----------------------------------------------------------------------------------
+
+    def _BoolOp(self, node: ast.BoolOp) -> _Node:
+        parts = [self.compile(v) for v in node.values]
+        fns = [p.closure() for p in parts]
+        if isinstance(node.op, ast.And):
+            if len(fns) == 2:
+                a, b = fns
+                return _Node(lambda d: a(d) and b(d))
+
+            def all_of(d: Fields) -> Any:
+                v: Any = True
+                for fn in fns:
+                    v = fn(d)
+                    if not v:
+                        return v
+                return v
+            return _Node(all_of)
+        if len(fns) == 2:
+            a, b = fns
+            return _Node(lambda d: a(d) or b(d))
+
+        def any_of(d: Fields) -> Any:
+            v: Any = False
+            for fn in fns:
+                v = fn(d)
+                if v:
+                    return v
+            return v
+        return _Node(any_of)
+
+    def _UnaryOp(self, node: ast.UnaryOp) -> _Node:
+        inner = self.compile(node.operand)
+        if isinstance(node.op, ast.Not):
+            if inner.is_const:
+                return _Node(const=not inner.const, is_const=True)
+            f = inner.closure()
+            return _Node(lambda d: not f(d))
+        if isinstance(node.op, ast.USub | ast.UAdd):
+            fn = op.neg if isinstance(node.op, ast.USub) else op.pos
+            if inner.is_const:
+                return self._fold(fn, inner.const)
+            g = inner.closure()
+
+            def unary(d: Fields) -> Any:
+                v = g(d)
+                return None if v is None else fn(v)
+            return _Node(unary)
+        raise ExprError(f"operator {type(node.op).__name__} is not allowed")
+
+    def _fold(self, fn: Callable[..., Any], *args: Any) -> _Node:
+        if any(a is None for a in args):
+            return _Node(const=None, is_const=True)
+        try:
+            return _Node(const=fn(*args), is_const=True)
+        except ZeroDivisionError:
+            return _Node(const=None, is_const=True)
+        except (TypeError, ValueError, simpleeval.InvalidExpression) as exc:
+            raise ExprError(f"cannot compute constant: {exc}") from None
+
+    def _BinOp(self, node: ast.BinOp) -> _Node:
+        fn = _BINOPS.get(type(node.op))
+        if fn is None:
+            raise ExprError(f"operator {type(node.op).__name__} is not allowed")
+        left, right = self.compile(node.left), self.compile(node.right)
+        if left.is_const and right.is_const:
+            return self._fold(fn, left.const, right.const)
+        a, b = left.closure(), right.closure()
+
+        def binop(d: Fields) -> Any:
+            x = a(d)
+            if x is None:
+                return None
+            y = b(d)
+            if y is None:
+                return None
+            try:
+                return fn(x, y)
+            except ZeroDivisionError:
+                return None
+        return _Node(binop)
+
+    def _Compare(self, node: ast.Compare) -> _Node:
+        operands = [self.compile(node.left)] + [self.compile(c) for c in node.comparators]
+        pairs: list[Fn] = []
+        for i, opnode in enumerate(node.ops):
+            left, right = operands[i], operands[i + 1]
+            pairs.append(self._compare(left, opnode, right))
+        if len(pairs) == 1:
+            return _Node(pairs[0])
+
+        def chain(d: Fields) -> bool:
+            return all(p(d) for p in pairs)
+        return _Node(chain)
+
+    def _compare(self, left: _Node, opnode: ast.cmpop, right: _Node) -> Fn:
+        opcls = type(opnode)
+        if opcls in (ast.Is, ast.IsNot) or (opcls in (ast.Eq, ast.NotEq)
+                                            and (_is_none(left) or _is_none(right))):
+            # Explicit missing-value tests: the only comparisons that see None.
+            if not (_is_none(left) or _is_none(right)):
+                raise ExprError("`is` / `is not` may only compare with None")
+            other = right if _is_none(left) else left
+            g = other.closure()
+            if opcls in (ast.Is, ast.Eq):
+                return lambda d: g(d) is None
+            return lambda d: g(d) is not None
+        if opcls not in _CMP:
+            raise ExprError(f"operator {opcls.__name__} is not allowed")
+        if left.name is not None and right.is_const:
+            return _field_compare(left.name, opcls, right.const)
+        if left.is_const and right.name is not None and opcls in _MIRROR:
+            return _field_compare(right.name, _MIRROR[opcls], left.const)
+        return _compare_pair(left.closure(), opcls, right.closure())
+
+    def _IfExp(self, node: ast.IfExp) -> _Node:
+        t, a, b = (self.compile(n).closure() for n in (node.test, node.body, node.orelse))
+        return _Node(lambda d: a(d) if t(d) else b(d))
+
+    def _Call(self, node: ast.Call) -> _Node:
+        if not isinstance(node.func, ast.Name) or node.func.id not in HELPERS:
+            name = node.func.id if isinstance(node.func, ast.Name) else _describe(node.func)
+            raise ExprError(f"unknown function {name!r}; allowed: {', '.join(sorted(HELPERS))}")
+        if node.keywords:
+            raise ExprError(f"{node.func.id}() takes no keyword arguments")
+        fn = HELPERS[node.func.id]
+        args = [self.compile(a) for a in node.args]
+        if not args:
+            raise ExprError(f"{node.func.id}() needs arguments")
+        if all(a.is_const for a in args):
+            return self._fold(fn, *(a.const for a in args))
+        fns = [a.closure() for a in args]
+        if len(fns) == 1:
+            f0 = fns[0]
+
+            def call1(d: Fields) -> Any:
+                try:
+                    return fn(f0(d))
+                except (TypeError, ValueError):
+                    return None
+            return _Node(call1)
+
+        def call(d: Fields) -> Any:
+            try:
+                return fn(*(f(d) for f in fns))
+            except (TypeError, ValueError):
+                return None
+        return _Node(call)
+
+
+_MIRROR: dict[type[ast.cmpop], type[ast.cmpop]] = {
+    ast.Lt: ast.Gt, ast.Gt: ast.Lt, ast.LtE: ast.GtE, ast.GtE: ast.LtE, ast.Eq: ast.Eq, ast.NotEq: ast.NotEq,
+}
+
+
+def _is_none(node: _Node) -> bool:
+    return node.is_const and node.const is None
+
+
+def _describe(node: ast.AST) -> str:
+    names = {"Lambda": "lambda", "ListComp": "a comprehension", "GeneratorExp": "a comprehension",
+             "DictComp": "a comprehension", "SetComp": "a comprehension", "Dict": "a dict literal",
+             "JoinedStr": "an f-string", "NamedExpr": "assignment (:=)", "Starred": "unpacking",
+             "Await": "await", "Slice": "slicing", "Assign": "assignment", "AugAssign": "assignment"}
+    name = type(node).__name__
+    return names.get(name, name)
+
+
+def parse(text: str) -> ast.expr:
+    """Parse one expression (simpleeval's parser); syntax errors become ExprError."""
+    if not isinstance(text, str) or not text.strip():
+        raise ExprError("empty expression")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", simpleeval.MultipleExpressions)
+            node = simpleeval.SimpleEval.parse(text.strip())
+    except SyntaxError as exc:
+        where = f" at column {exc.offset}" if exc.offset else ""
+        raise ExprError(f"syntax error{where}: {exc.msg}") from None
+    except simpleeval.MultipleExpressions:
+        raise ExprError("only one expression is allowed") from None
+    except simpleeval.InvalidExpression as exc:
+        raise ExprError(str(exc)) from None
+    if not isinstance(node, ast.Expr):
+        raise ExprError(f"{_describe(node)} is not allowed: write an expression")
+    return node.value
+
+
+def compile_expr(text: str, kind: str, fields: frozenset[str], params: Mapping[str, Any] | None = None) -> Compiled:
+    """Compile `text` for entities of `kind` whose fields are `fields`. Raises ExprError."""
+    compiler = _Compiler(kind, fields, params or {})
+    node = compiler.compile(parse(text))
+    return Compiled(text=text, fn=node.closure(), fields=frozenset(compiler.used))

@@ -1,0 +1,321 @@
+"""Compiled alert rules: the shipped default rules (default_rules.yaml), inline rules and rule files,
+merged and compiled once into `Rule` objects, plus the annotation templates.
+
+Templates are plain text with `{{ expression }}` placeholders; each placeholder is an expression of
+the same language as conditions (so `{{ labels.customer }}`, `{{ human_bytes(remaining_bytes) }}` and
+`{{ round(remaining_ratio * 100, 1) }}` work), compiled at load: an unknown field in a template is a
+configuration error too.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import yaml
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from collector.alerts.expr import Compiled, ExprError, Fn, compile_expr, parse
+from collector.state import FIELDS
+
+if TYPE_CHECKING:
+    from collector.alerts.config import AlertsConfig, RuleConfig
+
+# Fields whose value changes with the clock alone: rules reading them are re-evaluated by the sweep
+# for every known entity, not only when an observation arrives.
+TIME_FIELDS = frozenset({"status_age_seconds", "poll_age_seconds"})
+# The label naming the entity of each kind (account and collector are singletons).
+ID_LABEL = {"device": "device_no", "sim": "iccid"}
+_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+
+
+class RuleError(ValueError):
+    """Problems found while compiling rules: (pydantic-style location, message, input) triples."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str, Any]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg, _ in problems))
+
+    def validation_error(self, title: str = "AlertsConfig") -> ValidationError:
+        details = [InitErrorDetails(type=PydanticCustomError("value_error", "Value error, {reason}",
+                                                             {"reason": msg}),
+                                    loc=loc, input=value) for loc, msg, value in self.problems]
+        return ValidationError.from_exception_data(title, details)
+
+
+def format_value(value: Any) -> str:
+    """How a value shows in an annotation: None as `unknown`, floats rounded to 2 decimals."""
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.2f}".rstrip("0")
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """An annotation template, compiled: literal text and expression closures, alternating."""
+
+    text: str
+    parts: tuple[str | Fn, ...]
+
+    def render(self, fields: Mapping[str, Any]) -> str:
+        out: list[str] = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+            else:
+                try:
+                    out.append(format_value(part(fields)))
+                except Exception:  # a template never breaks a notification
+                    out.append("?")
+        return "".join(out)
+
+
+def compile_template(text: str, kind: str, params: Mapping[str, Any]) -> Template:
+    parts: list[str | Fn] = []
+    pos = 0
+    for match in _PLACEHOLDER.finditer(text):
+        if match.start() > pos:
+            parts.append(text[pos:match.start()])
+        parts.append(compile_expr(match.group(1), kind, FIELDS[kind], params).fn)
+        pos = match.end()
+    if pos < len(text):
+        parts.append(text[pos:])
+    if "{{" in "".join(p for p in parts if isinstance(p, str)):
+        raise ExprError("unclosed {{ placeholder")
+    return Template(text, tuple(parts))
+
+
+@dataclass(eq=False, slots=True)
+class Rule:
+    """One compiled rule. `identity` changes when anything that shapes its alerts' labels changes."""
+
+    name: str
+    kind: str
+    condition: Compiled
+    clear: Compiled | None
+    for_: float
+    keep_firing_for: float
+    severity: str
+    labels: dict[str, str]
+    annotations: dict[str, Template]
+    value: Fn | None
+    source: str
+    digest: str
+    identity: str
+    time_based: bool = False
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def alert_labels(self, key: str, fields: Mapping[str, Any]) -> dict[str, str]:
+        """Rule labels, then the entity's labels, then alertname, kind, entity id and severity."""
+        labels = dict(self.labels)
+        entity = fields.get("labels") or {}
+        labels.update({k: str(v) for k, v in entity.items()})
+        labels["alertname"] = self.name
+        labels["kind"] = self.kind
+        id_label = ID_LABEL.get(self.kind)
+        if id_label:
+            labels[id_label] = key
+        labels["severity"] = self.severity
+        return {k: v for k, v in labels.items() if v != ""}
+
+    def render(self, fields: Mapping[str, Any]) -> dict[str, str]:
+        return {name: t.render(fields) for name, t in self.annotations.items()}
+
+    def current_value(self, fields: Mapping[str, Any]) -> float | None:
+        if self.value is None:
+            return None
+        try:
+            v = self.value(fields)
+        except Exception:
+            return None
+        return float(v) if isinstance(v, int | float) else None
+
+
+# --- default rules ------------------------------------------------------------------------------------
+
+
+@cache
+def _default_document() -> dict[str, Any]:
+    text = resources.files("collector.alerts").joinpath("default_rules.yaml").read_text(encoding="utf-8")
+    doc = yaml.safe_load(text)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def default_params() -> dict[str, Any]:
+    """Thresholds of the default rules (override them in `alerts.params`)."""
+    return dict(_default_document().get("params") or {})
+
+
+def default_rule_configs() -> list[dict[str, Any]]:
+    return [dict(r) for r in _default_document().get("rules") or []]
+
+
+# --- compilation ----------------------------------------------------------------------------------------
+
+
+def _default_value_expr(condition: str, kind: str) -> str | None:
+    """The field a condition compares first (Prometheus' $value, roughly): `rssi_dbm < -105` -> rssi_dbm."""
+    try:
+        tree = parse(condition)
+    except ExprError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for side in (node.left, *node.comparators):
+                if isinstance(side, ast.Name) and side.id in FIELDS[kind] and side.id != "labels":
+                    return side.id
+    return None
+
+
+def _compile_one(cfg: RuleConfig, params: Mapping[str, Any], source: str,
+                 where: tuple[str | int, ...], problems: list[tuple[tuple[str | int, ...], str, Any]],
+                 prefix: str = "") -> Rule | None:
+    kind, fields = cfg.kind, FIELDS[cfg.kind]
+    before = len(problems)
+
+    def report(attr: str, exc: Exception, text: str) -> None:
+        if prefix:
+            problems.append((where, f"{prefix}{attr}: {exc}", text))
+        else:
+            problems.append(((*where, *attr.split(".")), str(exc), text))
+
+    def expr(text: str, attr: str) -> Compiled | None:
+        try:
+            return compile_expr(text, kind, fields, params)
+        except ExprError as exc:
+            report(attr, exc, text)
+            return None
+
+    condition = expr(cfg.condition, "condition")
+    clear = expr(cfg.clear, "clear") if cfg.clear is not None else None
+    annotations: dict[str, Template] = {}
+    for name, text in cfg.annotations.items():
+        try:
+            annotations[name] = compile_template(text, kind, params)
+        except ExprError as exc:
+            report(f"annotations.{name}", exc, text)
+    value_text = _default_value_expr(cfg.condition, kind)
+    value = expr(value_text, "condition") if value_text else None
+    if len(problems) > before or condition is None:
+        return None
+    used = condition.fields | (clear.fields if clear else frozenset())
+    dump = cfg.model_dump(mode="json", by_alias=True)
+    digest = hashlib.sha256(orjson.dumps({"rule": dump, "params": {k: params.get(k) for k in sorted(params)}},
+                                         option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    identity = hashlib.sha256(orjson.dumps([cfg.name, cfg.kind, cfg.severity, cfg.labels],
+                                           option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return Rule(name=cfg.name, kind=kind, condition=condition, clear=clear, for_=cfg.for_,
+                keep_firing_for=cfg.keep_firing_for, severity=cfg.severity, labels=dict(cfg.labels),
+                annotations=annotations, value=value.fn if value else None, source=source, digest=digest,
+                identity=identity, time_based=bool(used & TIME_FIELDS), config=dump)
+
+
+def _validation_messages(exc: ValidationError) -> list[str]:
+    from collector.config import validation_problems
+
+    return validation_problems(exc)
+
+
+def _read_rule_file(path: Path) -> list[Any]:
+    text = path.read_text(encoding="utf-8")
+    doc = yaml.safe_load(text)
+    if doc is None:
+        return []
+    if isinstance(doc, list):
+        return doc
+    if isinstance(doc, dict) and set(doc) <= {"rules"} and isinstance(doc.get("rules", []), list):
+        return list(doc.get("rules") or [])
+    raise ValueError("must be a list of rules or a mapping with a `rules:` list")
+
+
+def compile_rules(config: AlertsConfig, base: Path | None = None) -> list[Rule]:
+    """Merge and compile the effective rules of `config`. Raises RuleError naming each bad rule.
+
+    Order: default rules (unless `default_rules: false`), then inline rules, then rule files. A rule
+    named like a default rule replaces it; any other duplicate name is an error. `disabled_rules`
+    removes rules by name."""
+    from collector.alerts.config import RuleConfig
+
+    problems: list[tuple[tuple[str | int, ...], str, Any]] = []
+    defaults = default_params()
+    unknown_overrides = [k for k in config.params if k not in defaults]
+    params = {**defaults, **config.params}
+    for name in params:
+        if any(name in FIELDS[k] for k in FIELDS):
+            problems.append((("params", name), "a parameter may not be named like an entity field", name))
+
+    candidates: list[tuple[RuleConfig, str, tuple[str | int, ...], str]] = []
+    if config.default_rules:
+        for raw in default_rule_configs():
+            cfg = RuleConfig.model_validate(raw)
+            candidates.append((cfg, "default", ("default_rules",), f"{cfg.name}."))
+    for i, cfg in enumerate(config.rules):
+        candidates.append((cfg, f"alerts.rules[{i}]", (f"rules[{i}] ({cfg.name})",), ""))
+    for f_index, name in enumerate(config.rule_files):
+        path = Path(name)
+        if not path.is_absolute():
+            path = (base or Path.cwd()) / path
+        where: tuple[str | int, ...] = ("rule_files", f_index)
+        try:
+            raw_rules = _read_rule_file(path)
+        except OSError as exc:
+            problems.append((where, f"cannot read {path}: {exc.strerror}", name))
+            continue
+        except (yaml.YAMLError, ValueError) as exc:
+            problems.append((where, f"{path}: {exc}", name))
+            continue
+        for r_index, raw in enumerate(raw_rules):
+            label = raw.get("name", "?") if isinstance(raw, dict) else "?"
+            try:
+                cfg = RuleConfig.model_validate(raw)
+            except ValidationError as exc:
+                for msg in _validation_messages(exc):
+                    problems.append((where, f"{path}: rules[{r_index}] ({label}).{msg}", name))
+                continue
+            candidates.append((cfg, str(path), where, f"{path}: rules[{r_index}] ({cfg.name})."))
+
+    chosen: dict[str, tuple[RuleConfig, str, tuple[str | int, ...], str]] = {}
+    for cand in candidates:
+        cfg, source = cand[0], cand[1]
+        previous = chosen.get(cfg.name)
+        if previous is not None and previous[1] != "default":
+            loc, msg = ((cand[2], f"{cand[3]}name: ") if cand[3] else ((*cand[2], "name"), ""))
+            problems.append((loc, f"{msg}rule {cfg.name!r} is already defined in {previous[1]}", cfg.name))
+            continue
+        chosen[cfg.name] = cand  # a user rule named like a default one replaces it
+    for i, name in enumerate(config.disabled_rules):
+        if name not in chosen:
+            problems.append((("disabled_rules", i), f"no rule named {name!r}", name))
+    disabled = set(config.disabled_rules)
+
+    rules: list[Rule] = []
+    used_params: set[str] = set()
+    for cfg, source, where, prefix in chosen.values():
+        if cfg.name in disabled:
+            continue
+        for text in (cfg.condition, cfg.clear or "", *cfg.annotations.values()):
+            used_params.update(p for p in params if re.search(rf"\b{re.escape(p)}\b", text))
+        rule = _compile_one(cfg, params, source, where, problems, prefix)
+        if rule is not None:
+            rules.append(rule)
+    for name in unknown_overrides:
+        if name not in used_params:
+            problems.append((("params", name), "not used by any rule (the default rules' parameters are "
+                             f"{', '.join(sorted(defaults))})", config.params[name]))
+    if problems:
+        raise RuleError(problems)
+    return rules

@@ -1,0 +1,233 @@
+"""Real database servers for integration tests and benchmarks: InfluxDB 1.x (Debian's `influxd`) and
+VictoriaMetrics, started on free loopback ports with their data in a temporary directory.
+
+`InfluxServer` / `VictoriaMetricsServer` can be stopped and started again on the same port and data
+(for outage tests), and offer the query helpers the tests need: InfluxQL through `/query` and
+VictoriaMetrics' `/api/v1/export`. A missing binary raises `ServerUnavailable`; the fixtures in
+conftest.py turn that into a failure when `$CI` is set and a skip otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+INFLUXD = os.environ.get("INFLUXD", "/usr/bin/influxd")
+VICTORIA_METRICS = os.environ.get("VICTORIA_METRICS", "/usr/bin/victoria-metrics")
+
+
+class ServerUnavailable(RuntimeError):
+    """The server binary is missing or would not start."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_binary(path: str, package: str) -> str:
+    found = path if os.path.isfile(path) and os.access(path, os.X_OK) else shutil.which(os.path.basename(path))
+    if not found:
+        raise ServerUnavailable(f"{path} not found: install the Debian package `{package}` "
+                                f"(apt-get install {package}) or set ${package.upper().replace('-', '_')}")
+    return found
+
+
+class _Server:
+    """A child process that serves HTTP on `port`; stop() and start() keep port and data."""
+
+    name = "server"
+    ready_path = "/"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = root / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            log.close()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServerUnavailable(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + self.ready_path, timeout=1.0).status_code < 300:
+                    return
+            time.sleep(0.05)
+        raise ServerUnavailable(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Graceful stop (SIGTERM, then SIGKILL if it hangs)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class InfluxServer(_Server):
+    """InfluxDB 1.x (`influxd`, v1 HTTP API, InfluxQL)."""
+
+    name = "influxd"
+    ready_path = "/ping"
+
+    def __init__(self, root: Path, *, max_body_size: int = 25_000_000) -> None:
+        self.binary = find_binary(INFLUXD, "influxdb")
+        super().__init__(root)
+        self.bind_port = free_port()
+        self.config_path = root / "influxdb.conf"
+        self.config_path.write_text(f"""
+reporting-disabled = true
+bind-address = "127.0.0.1:{self.bind_port}"
+
+[meta]
+  dir = "{root / 'meta'}"
+
+[data]
+  dir = "{root / 'data'}"
+  wal-dir = "{root / 'wal'}"
+  query-log-enabled = false
+  trace-logging-enabled = false
+
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{self.port}"
+  log-enabled = false
+  max-body-size = {max_body_size}
+
+[monitor]
+  store-enabled = false
+
+[continuous_queries]
+  enabled = false
+
+[subscriber]
+  enabled = false
+
+[logging]
+  level = "warn"
+""")
+
+    def command(self) -> list[str]:
+        return [self.binary, "-config", str(self.config_path)]
+
+    def query(self, q: str, db: str = "", *, epoch: str = "ns") -> list[dict[str, Any]]:
+        """Run InfluxQL; returns the `series` of the first result (empty list if none)."""
+        response = httpx.post(self.url + "/query", params={"db": db, "epoch": epoch}, data={"q": q},
+                              timeout=30.0)
+        response.raise_for_status()
+        result = response.json()["results"][0]
+        if "error" in result:
+            raise RuntimeError(f"InfluxQL error for {q!r}: {result['error']}")
+        return list(result.get("series", []))
+
+    def rows(self, q: str, db: str) -> list[dict[str, Any]]:
+        """Rows of every series as dicts (column -> value), series tags merged in."""
+        out: list[dict[str, Any]] = []
+        for series in self.query(q, db):
+            tags = series.get("tags", {})
+            for values in series.get("values", []):
+                out.append({**tags, **dict(zip(series["columns"], values, strict=True))})
+        return out
+
+    def create_database(self, db: str) -> None:
+        self.query(f'CREATE DATABASE "{db}"')
+
+    def write(self, db: str, body: bytes, *, precision: str = "ns") -> httpx.Response:
+        return httpx.post(self.url + "/write", params={"db": db, "precision": precision}, content=body,
+                          timeout=60.0)
+
+
+class VictoriaMetricsServer(_Server):
+    """VictoriaMetrics single node (InfluxDB line protocol in, `/api/v1/export` out)."""
+
+    name = "victoria-metrics"
+    ready_path = "/health"
+
+    def __init__(self, root: Path) -> None:
+        self.binary = find_binary(VICTORIA_METRICS, "victoria-metrics")
+        super().__init__(root)
+
+    def command(self) -> list[str]:
+        return [self.binary, f"-storageDataPath={self.root / 'data'}",
+                f"-httpListenAddr=127.0.0.1:{self.port}", "-retentionPeriod=100y",
+                "-loggerLevel=ERROR", "-search.latencyOffset=0s", "-selfScrapeInterval=0"]
+
+    def force_flush(self) -> None:
+        httpx.get(self.url + "/internal/force_flush", timeout=30.0)
+
+    def export(self, match: str, *, until: Callable[[list[dict[str, Any]]], bool] | None = None,
+               timeout: float = 15.0) -> list[dict[str, Any]]:
+        """Series matching `match` (a series selector) as VictoriaMetrics exports them: one dict per
+        series with `metric` (labels), `values` and `timestamps` (ms). Ingestion is asynchronous, so
+        this polls until `until(series)` holds (default: at least one series) or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.force_flush()
+            response = httpx.get(self.url + "/api/v1/export", params={"match[]": match, "start": "0"},
+                                 timeout=30.0)
+            response.raise_for_status()
+            series = [json.loads(line) for line in response.text.splitlines() if line.strip()]
+            if (until(series) if until else bool(series)) or time.monotonic() > deadline:
+                return series
+            time.sleep(0.2)
+
+
+def start_influxd(root: Path, **kwargs: Any) -> InfluxServer:
+    root.mkdir(parents=True, exist_ok=True)
+    server = InfluxServer(root, **kwargs)
+    server.start()
+    return server
+
+
+def start_victoria_metrics(root: Path) -> VictoriaMetricsServer:
+    root.mkdir(parents=True, exist_ok=True)
+    server = VictoriaMetricsServer(root)
+    server.start()
+    return server

@@ -1,0 +1,208 @@
+"""The `alerts:` section: rules compiled at validation, errors with the rule's path and name (what
+check-config prints), rule files, default rules and their parameters, notifiers, silences."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.alerts.config import AlertsConfig, rule_files_relative_to
+from collector.alerts.rules import default_params, default_rule_configs
+from collector.alerts.silences import SilenceBook, SilenceError
+from collector.config import ConfigError, parse_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def config_of(alerts: dict[str, Any]) -> Any:
+    return parse_config({"simulator": {"embedded": True}, "alerts": alerts}, env={})
+
+
+def problems_of(alerts: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config_of(alerts)
+    return info.value.problems
+
+
+def rule(name: str, condition: str, kind: str = "device", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "kind": kind, "condition": condition, **extra}
+
+
+def test_an_unknown_field_names_the_rule_and_its_path() -> None:
+    problems = problems_of({"rules": [rule("A", "online == False"), rule("B", "battery_percent < 5"),
+                                      rule("WeakSignal", "rsi_dbm < -105")]})
+    assert problems == ["alerts.rules[2] (WeakSignal).condition: unknown field 'rsi_dbm' for kind device"]
+
+
+def test_every_bad_rule_is_reported_at_once() -> None:
+    problems = problems_of({"rules": [
+        rule("A", "rssi_dbm <"),
+        rule("B", "online == False", clear="remaining_ratio > 0.2"),
+        rule("C", "online == False", annotations={"summary": "{{ device_no }} {{ bogus }}"}),
+        rule("A", "online == False"),
+    ]})
+    assert "alerts.rules[0] (A).condition: syntax error at column 11: invalid syntax" in problems
+    assert "alerts.rules[1] (B).clear: unknown field 'remaining_ratio' for kind device" in problems
+    assert "alerts.rules[2] (C).annotations.summary: unknown field 'bogus' for kind device" in problems
+    assert "alerts.rules[3] (A).name: rule 'A' is already defined in alerts.rules[0]" in problems
+    problems = problems_of({"rules": [rule("A", "online"), {"name": "D", "kind": "gizmo", "condition": "x"}]})
+    assert problems == ["alerts.rules[1].kind: must be 'device', 'sim', 'account' or 'collector', got 'gizmo'"]
+
+
+def test_default_rules_compile_and_cover_the_issue() -> None:
+    config = config_of({"enabled": True})
+    names = {r.name: r for r in config.alerts.compiled_rules()}
+    assert set(names) == {"DeviceOffline", "WeakSignal", "LowBattery", "DataStale", "SimDataLow",
+                          "SimDataExhaustionForecast", "SimPackageExpiring", "SimSuspended",
+                          "AccountBalanceLow", "UpstreamErrorRateHigh"}
+    assert {r.kind for r in names.values()} == {"device", "sim", "account", "collector"}
+    assert names["WeakSignal"].clear is not None
+
+
+def test_default_thresholds_are_overridable_and_rules_replaceable_by_name() -> None:
+    config = config_of({"params": {"weak_signal_dbm": -110},
+                        "rules": [rule("LowBattery", "battery_percent < 5", severity="critical")],
+                        "disabled_rules": ["DataStale"]})
+    rules = {r.name: r for r in config.alerts.compiled_rules()}
+    assert "DataStale" not in rules
+    assert rules["LowBattery"].severity == "critical" and rules["LowBattery"].source == "alerts.rules[0]"
+    weak = rules["WeakSignal"].condition.fn
+    assert weak({"online": True, "rssi_dbm": -108}) is False
+    assert weak({"online": True, "rssi_dbm": -111}) is True
+
+
+def test_unknown_parameters_and_disabled_rules_are_errors() -> None:
+    problems = problems_of({"params": {"weak_signal_dmb": -110}, "disabled_rules": ["Nope"]})
+    assert problems[0] == "alerts.disabled_rules[0]: no rule named 'Nope'"
+    assert problems[1].startswith("alerts.params.weak_signal_dmb: not used by any rule")
+
+
+def test_rule_files_are_read_relative_to_the_configuration(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "extra.yaml").write_text(
+        "rules:\n  - name: Hot\n    kind: device\n    condition: wifi_clients > 8\n    for: 5m\n")
+    with rule_files_relative_to(tmp_path):
+        config = config_of({"rule_files": ["rules/extra.yaml"], "default_rules": False})
+    [hot] = config.alerts.compiled_rules()
+    assert hot.name == "Hot" and hot.for_ == 300 and hot.source == str(tmp_path / "rules" / "extra.yaml")
+
+
+def test_a_bad_rule_file_names_the_file_and_the_rule(tmp_path: Path) -> None:
+    path = tmp_path / "extra.yaml"
+    path.write_text("- name: Hot\n  kind: device\n  condition: wifi_client > 8\n"
+                    "- name: Cold\n  kind: device\n  condition: wifi_clients < 0\n  fro: 5m\n")
+    problems = problems_of({"rule_files": [str(path), str(tmp_path / "missing.yaml")]})
+    assert problems == [
+        f"alerts.rule_files[0]: {path}: rules[1] (Cold).fro: unknown key",
+        f"alerts.rule_files[1]: cannot read {tmp_path / 'missing.yaml'}: No such file or directory",
+        f"alerts.rule_files[0]: {path}: rules[0] (Hot).condition: unknown field 'wifi_client' for kind device",
+    ]
+
+
+def test_check_config_fails_on_a_bad_rule_with_exit_code_2(tmp_path: Path) -> None:
+    path = tmp_path / "collector.yaml"
+    path.write_text("simulator: {embedded: true}\nalerts:\n  enabled: true\n  rules:\n"
+                    "    - {name: WeakSignal, kind: device, condition: 'rsi_dbm < -105'}\n")
+    result = subprocess.run([sys.executable, "-m", "collector", "check-config", "-c", str(path)],
+                            capture_output=True, text=True, cwd=REPO, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2
+    assert "alerts.rules[0] (WeakSignal).condition: unknown field 'rsi_dbm' for kind device" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_notifier_configuration() -> None:
+    config = config_of({"notifiers": [
+        {"type": "alertmanager", "url": "http://127.0.0.1:9093"},
+        {"type": "webhook", "name": "hook", "url": "http://127.0.0.1:9/x", "secret": "s3cr3t",
+         "match": ["severity=~critical|warning"]},
+        {"type": "apprise", "urls": ["json://127.0.0.1:9/x", "mailto://localhost:2525?from=a@example.com&to=b@example.com"]},
+    ]})
+    names = [n.name for n in config.alerts.notifiers]
+    assert names == ["alertmanager", "hook", "apprise"]
+    assert "s3cr3t" not in str(config.alerts.model_dump(mode="json"))
+    assert problems_of({"notifiers": [{"type": "log"}, {"type": "log"}]}) == [
+        "alerts.notifiers: two notifiers are named 'log': give each a distinct name"]
+    problems = problems_of({"notifiers": [{"type": "apprise", "name": "x", "urls": ["nonsense://"]},
+                                          {"type": "log", "name": "y", "match": ["severity=~("]}]})
+    assert any(p.startswith("alerts.notifiers[0].apprise.urls: urls[0]: Apprise does not understand") for p in problems)
+    assert any(p.startswith("alerts.notifiers[1].log.match: 'severity=~(': bad regular expression") for p in problems)
+
+
+def test_webhook_secret_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "hook.secret").write_text("from-file\n")
+    config = config_of({"notifiers": [{"type": "webhook", "url": "http://127.0.0.1:9/x",
+                                       "secret_file": str(tmp_path / "hook.secret")}]})
+    assert config.alerts.notifiers[0].secret.get_secret_value() == "from-file"
+
+
+def test_apprise_urls_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "urls").write_text("# chats\njson://127.0.0.1:9/a\n\njson://127.0.0.1:9/b\n")
+    config = config_of({"notifiers": [{"type": "apprise", "urls_file": str(tmp_path / "urls")}]})
+    assert [u.get_secret_value() for u in config.alerts.notifiers[0].urls] == ["json://127.0.0.1:9/a",
+                                                                               "json://127.0.0.1:9/b"]
+
+
+def test_silences_and_maintenance_windows_from_the_configuration() -> None:
+    config = config_of({
+        "silences": [{"matchers": ["customer=acme"], "starts_at": "2025-01-01T00:00:00Z",
+                      "ends_at": "2025-01-02T00:00:00Z", "comment": "move"}],
+        "maintenance_windows": [{"name": "nightly", "matchers": ["alertname=DataStale"],
+                                 "weekdays": ["sat", "sun"], "start": "23:00", "end": "02:00",
+                                 "timezone": "Asia/Shanghai"}]})
+    book = SilenceBook(config.alerts.silences, config.alerts.maintenance_windows)
+    jan1 = dt.datetime(2025, 1, 1, 12, tzinfo=dt.UTC).timestamp()
+    assert book.silenced_by({"customer": "acme"}, jan1) is not None
+    assert book.silenced_by({"customer": "globex"}, jan1) is None
+    assert book.silenced_by({"customer": "acme"}, jan1 + 86400) is None
+    shanghai = dt.timezone(dt.timedelta(hours=8))
+    stale = {"alertname": "DataStale"}
+    saturday_night = dt.datetime(2025, 1, 4, 23, 30, tzinfo=shanghai).timestamp()
+    sunday_early = dt.datetime(2025, 1, 5, 1, 30, tzinfo=shanghai).timestamp()
+    monday_early = dt.datetime(2025, 1, 6, 1, 30, tzinfo=shanghai).timestamp()  # Sunday's window
+    friday_night = dt.datetime(2025, 1, 3, 23, 30, tzinfo=shanghai).timestamp()
+    saturday_early = dt.datetime(2025, 1, 4, 1, 30, tzinfo=shanghai).timestamp()  # Friday had none
+    assert book.silenced_by(stale, saturday_night) and book.silenced_by(stale, sunday_early)
+    assert book.silenced_by(stale, monday_early)
+    assert not book.silenced_by(stale, friday_night) and not book.silenced_by(stale, saturday_early)
+    with pytest.raises(SilenceError, match="defined in the configuration"):
+        book.remove(book.configured[0].id)
+    problems = problems_of({"silences": [{"matchers": ["a=b"], "starts_at": "2025-01-02T00:00:00Z",
+                                          "ends_at": "2025-01-01T00:00:00Z"}],
+                            "maintenance_windows": [{"matchers": ["a=b"], "start": "01:00", "end": "01:00",
+                                                     "timezone": "Mars/Olympus"}]})
+    assert any("ends_at must be after starts_at" in p for p in problems)
+    assert any("unknown time zone 'Mars/Olympus'" in p for p in problems)
+
+
+def test_api_silences_validate_their_input() -> None:
+    book = SilenceBook()
+    with pytest.raises(SilenceError, match="not a label matcher"):
+        book.add(["customer"], 0, 10, "", "", now=0)
+    with pytest.raises(SilenceError, match="already be over"):
+        book.add(["customer=acme"], 0, 10, "", "", now=20)
+    sid = book.add(["customer=acme"], 0, 100, "", "", now=20)
+    assert book.silenced_by({"customer": "acme"}, 50) == sid
+    book.remove(sid)
+    with pytest.raises(KeyError):
+        book.remove(sid)
+
+
+def test_the_defaults_file_documents_every_parameter() -> None:
+    text = (REPO / "docs" / "alerts.md").read_text(encoding="utf-8")
+    for name in default_params():
+        assert f"`{name}`" in text, name
+    for cfg in default_rule_configs():
+        assert f"`{cfg['name']}`" in text
+        assert cfg["condition"] in text, cfg["name"]
+
+
+def test_alerts_config_alone_validates() -> None:
+    config = AlertsConfig.model_validate({"enabled": True})
+    assert config.notifiers[0].type == "log" and len(config.compiled_rules()) == 10

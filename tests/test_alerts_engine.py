@@ -1,0 +1,441 @@
+"""The alert engine with a fake clock: lifecycle (pending, firing, resolved), hysteresis,
+keep_firing_for, notifications once per firing, grouping, persistence across restarts, silences,
+reload, and notifiers that fail independently."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector import metrics
+from collector.alerts.config import AlertsConfig
+from collector.alerts.engine import AlertEngine
+from collector.alerts.notifiers.base import GroupingReceiver
+
+T0 = 1_750_000_000.0
+
+
+class Clock:
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Recorder(GroupingReceiver):
+    """A grouping notifier that keeps what it delivers (and can be told to fail)."""
+
+    type = "log"
+
+    def __init__(self, config: Any, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        self.sent: list[dict[str, Any]] = []
+        self.fail = False
+
+    async def deliver(self, message: dict[str, Any], target: int) -> None:
+        if self.fail:
+            raise ConnectionError("receiver down")
+        self.sent.append(message)
+
+
+WEAK = {"name": "WeakSignal", "kind": "device", "condition": "rssi_dbm < -105", "clear": "rssi_dbm > -100",
+        "for": "2m", "annotations": {"summary": "weak {{ device_no }} {{ rssi_dbm }} dBm"}}
+OFFLINE = {"name": "DeviceOffline", "kind": "device", "condition": "online == False", "for": "0s",
+           "annotations": {"summary": "{{ device_no }} offline"}}
+
+
+def alerts_config(*rules: dict[str, Any], **extra: Any) -> AlertsConfig:
+    notifier = {"type": "log", "name": "rec", "group_wait": "10s", "group_interval": "1m",
+                "repeat_interval": "1h", "retry": {"max_attempts": 2, "backoff_initial": "10ms"}}
+    return AlertsConfig.model_validate({"enabled": True, "default_rules": False, "rules": list(rules),
+                                        "notifiers": [notifier], **extra})
+
+
+def use_recorders(engine: AlertEngine) -> None:
+    """Swap every notifier of the engine for a Recorder with the same configuration."""
+    engine.receivers = {name: Recorder(r.config, engine) for name, r in engine.receivers.items()}
+
+
+def recorder(engine: AlertEngine, name: str = "rec") -> Recorder:
+    rec = engine.receivers[name]
+    assert isinstance(rec, Recorder)
+    return rec
+
+
+def device(no: str, customer: str = "acme", **fields: Any) -> dict[str, Any]:
+    return {"device_no": no, "online": True, "rssi_dbm": -80, "labels": {"customer": customer}, **fields}
+
+
+async def settle(engine: AlertEngine, clock: Clock) -> None:
+    engine.tick(clock.t)
+    assert await engine.drain(5.0)
+
+
+@pytest.fixture
+async def make(tmp_path: Path):  # type: ignore[no-untyped-def]
+    engines: list[AlertEngine] = []
+
+    async def build(config: AlertsConfig, clock: Clock, lines: list[str] | None = None) -> tuple[AlertEngine, Recorder]:
+        async def write(batch: list[str]) -> None:
+            if lines is not None:
+                lines.extend(batch)
+
+        engine = AlertEngine(config, tmp_path, write_points=write, clock=clock)
+        use_recorders(engine)
+        await engine.start()
+        engines.append(engine)
+        return engine, engine.receivers.get("rec")
+
+    yield build
+    for engine in engines:
+        if engine._started:
+            await engine.stop(0.5)
+
+
+def states(engine: AlertEngine) -> dict[str, str]:
+    return {a["id"]: a["state"] for a in engine.active()}
+
+
+async def test_pending_then_firing_after_for_then_resolved_once(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    engine, rec = await make(alerts_config(WEAK), clock)
+    engine.evaluate("device", "d1", device("d1", rssi_dbm=-110), clock.t)
+    assert states(engine) == {"WeakSignal/d1": "pending"}
+    clock.t += 60
+    engine.evaluate("device", "d1", device("d1", rssi_dbm=-108), clock.t)
+    assert states(engine) == {"WeakSignal/d1": "pending"}
+    clock.t += 61
+    engine.sweep(clock.t, lambda kind, key: None)
+    assert states(engine) == {"WeakSignal/d1": "firing"}
+    clock.t += 10
+    await settle(engine, clock)
+    assert [m["status"] for m in rec.sent] == ["firing"]
+    for _ in range(5):  # still firing: evaluated again and again, never notified again
+        clock.t += 30
+        engine.evaluate("device", "d1", device("d1", rssi_dbm=-111), clock.t)
+        await settle(engine, clock)
+    assert len(rec.sent) == 1
+    engine.evaluate("device", "d1", device("d1", rssi_dbm=-90), clock.t)
+    assert states(engine) == {}
+    clock.t += 60
+    await settle(engine, clock)
+    assert [m["status"] for m in rec.sent] == ["firing", "resolved"]
+    assert rec.sent[1]["alerts"][0]["state"] == "resolved"
+
+
+async def test_a_pending_alert_whose_condition_stops_never_fires(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    engine, rec = await make(alerts_config(WEAK), clock)
+    engine.evaluate("device", "d1", device("d1", rssi_dbm=-110), clock.t)
+    clock.t += 30
+    engine.evaluate("device", "d1", device("d1", rssi_dbm=-95), clock.t)
+    clock.t += 600
+    engine.sweep(clock.t, lambda kind, key: None)
+    await settle(engine, clock)
+    assert states(engine) == {} and rec.sent == []
+
+
+async def test_rssi_jittering_around_the_threshold_does_not_flap(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    engine, rec = await make(alerts_config(WEAK), clock)
+    jitter = [-106, -104, -107, -103, -105.5, -101, -106, -104, -102, -106, -104] * 6
+    for rssi in jitter:  # every 30 s for 33 minutes, crossing -105 each time, never above -100
+        engine.evaluate("device", "d1", device("d1", rssi_dbm=rssi), clock.t)
+        engine.sweep(clock.t, lambda kind, key: None)
+        await settle(engine, clock)
+        clock.t += 30
+    assert states(engine) == {"WeakSignal/d1": "firing"}
+    assert [m["status"] for m in rec.sent] == ["firing"]
+    transitions = metrics.ALERT_TRANSITIONS.labels("WeakSignal", "resolved")._value.get()
+    engine.evaluate("device", "d1", device("d1", rssi_dbm=-99), clock.t)
+    clock.t += 60
+    await settle(engine, clock)
+    assert [m["status"] for m in rec.sent] == ["firing", "resolved"]
+    assert metrics.ALERT_TRANSITIONS.labels("WeakSignal", "resolved")._value.get() == transitions + 1
+
+
+async def test_keep_firing_for_holds_a_firing_alert_after_the_condition_clears(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    rule = {**OFFLINE, "keep_firing_for": "2m"}
+    engine, rec = await make(alerts_config(rule), clock)
+    engine.evaluate("device", "d1", device("d1", online=False), clock.t)
+    assert states(engine) == {"DeviceOffline/d1": "firing"}
+    clock.t += 10
+    engine.evaluate("device", "d1", device("d1", online=True), clock.t)
+    clock.t += 60
+    engine.sweep(clock.t, lambda kind, key: None)
+    await settle(engine, clock)
+    assert states(engine) == {"DeviceOffline/d1": "firing"}
+    engine.evaluate("device", "d1", device("d1", online=False), clock.t)  # back: the clock restarts
+    clock.t += 10
+    engine.evaluate("device", "d1", device("d1", online=True), clock.t)
+    clock.t += 100
+    engine.sweep(clock.t, lambda kind, key: None)
+    assert states(engine) == {"DeviceOffline/d1": "firing"}
+    clock.t += 30
+    engine.sweep(clock.t, lambda kind, key: None)
+    assert states(engine) == {}
+    clock.t += 60
+    await settle(engine, clock)
+    assert [m["status"] for m in rec.sent] == ["firing", "resolved"]
+
+
+async def test_300_devices_offline_at_once_make_one_grouped_message(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    engine, rec = await make(alerts_config(OFFLINE), clock)
+    for i in range(300):
+        engine.evaluate("device", f"d{i:03}", device(f"d{i:03}", online=False), clock.t + i * 0.01)
+    engine.evaluate("device", "other", device("other", customer="globex", online=False), clock.t)
+    clock.t += 5
+    await settle(engine, clock)
+    assert rec.sent == []  # group_wait: the outage is still arriving
+    clock.t += 6
+    await settle(engine, clock)
+    acme = [m for m in rec.sent if m["groupLabels"].get("customer") == "acme"]
+    assert len(acme) == 1 and len(rec.sent) == 2
+    message = acme[0]
+    assert message["firingCount"] == 300
+    assert message["truncatedAlerts"] == 300 - 50
+    assert message["title"] == "[FIRING:300] DeviceOffline (customer=acme)"
+    assert "- ... and 250 more" in message["text"]
+    for i in range(300):
+        engine.evaluate("device", f"d{i:03}", device(f"d{i:03}"), clock.t)
+    clock.t += 61
+    await settle(engine, clock)
+    resolved = [m for m in rec.sent if m["status"] == "resolved"]
+    assert len(resolved) == 1 and resolved[0]["resolvedCount"] == 300
+
+
+async def test_repeat_interval_resends_a_still_firing_group(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    engine, rec = await make(alerts_config(OFFLINE), clock)
+    engine.evaluate("device", "d1", device("d1", online=False), clock.t)
+    clock.t += 11
+    await settle(engine, clock)
+    for _ in range(59):
+        clock.t += 60
+        await settle(engine, clock)
+    assert len(rec.sent) == 1
+    clock.t += 60
+    await settle(engine, clock)
+    assert len(rec.sent) == 2 and rec.sent[1]["status"] == "firing"
+
+
+async def test_a_restart_mid_firing_sends_nothing_new(make, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    config = alerts_config(OFFLINE)
+    engine, rec = await make(config, clock)
+    engine.evaluate("device", "d1", device("d1", online=False), clock.t)
+    clock.t += 11
+    await settle(engine, clock)
+    assert len(rec.sent) == 1
+    await engine.stop()
+    state = json.loads((tmp_path / "alerts" / "state.json").read_text())
+    assert state["alerts"][0]["state"] == "firing"
+
+    engine2, rec2 = await make(config, clock)
+    assert states(engine2) == {"DeviceOffline/d1": "firing"}
+    for _ in range(10):
+        clock.t += 60
+        engine2.evaluate("device", "d1", device("d1", online=False), clock.t)
+        await settle(engine2, clock)
+    assert rec2.sent == []
+    engine2.evaluate("device", "d1", device("d1"), clock.t)
+    clock.t += 60
+    await settle(engine2, clock)
+    assert [m["status"] for m in rec2.sent] == ["resolved"]
+
+
+async def test_a_pending_timer_survives_a_restart(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    config = alerts_config(WEAK)
+    engine, _ = await make(config, clock)
+    engine.evaluate("device", "d1", device("d1", rssi_dbm=-110), clock.t)
+    clock.t += 60
+    await engine.stop()
+    clock.t += 61  # down for a minute: the `for` of 2 minutes elapsed meanwhile
+    engine2, rec2 = await make(config, clock)
+    assert states(engine2) == {"WeakSignal/d1": "pending"}
+    engine2.sweep(clock.t, lambda kind, key: None)
+    assert states(engine2) == {"WeakSignal/d1": "firing"}
+    assert engine2.get_alert("WeakSignal/d1").active_since == T0  # type: ignore[union-attr]
+    clock.t += 11
+    await settle(engine2, clock)
+    assert [m["status"] for m in rec2.sent] == ["firing"]
+
+
+async def test_queued_notifications_survive_a_restart(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    config = alerts_config(OFFLINE, notifiers=[{
+        "type": "log", "name": "rec", "group_wait": 0, "retry": {"max_attempts": 50, "backoff_initial": "5s"}}])
+    engine, rec = await make(config, clock)
+    rec.fail = True
+    engine.evaluate("device", "d1", device("d1", online=False), clock.t)
+    engine.tick(clock.t)
+    await engine.stop(0.2)
+    engine2, rec2 = await make(config, clock)
+    assert await engine2.drain(5.0)
+    assert [m["status"] for m in rec2.sent] == ["firing"]
+
+
+async def test_a_silenced_alert_sends_nothing_until_the_silence_ends(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    engine, rec = await make(alerts_config(OFFLINE), clock)
+    sid = engine.add_silence(["customer=acme", "alertname=~Device.*"], None, clock.t + 3600, "maintenance", "ops")
+    engine.evaluate("device", "d1", device("d1", online=False), clock.t)
+    engine.evaluate("device", "g1", device("g1", customer="globex", online=False), clock.t)
+    for _ in range(5):
+        clock.t += 60
+        await settle(engine, clock)
+    assert [m["groupLabels"]["customer"] for m in rec.sent] == ["globex"]
+    silenced = {a["entity"]: a["silenced_by"] for a in engine.active()}
+    assert silenced == {"d1": sid, "g1": None}
+    assert engine.list_silences()[0]["status"] == "active"
+    engine.remove_silence(sid)
+    clock.t += 60
+    await settle(engine, clock)
+    assert [m["groupLabels"]["customer"] for m in rec.sent] == ["globex", "acme"]
+
+
+async def test_an_alert_that_fires_and_resolves_within_a_silence_sends_nothing(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    engine, rec = await make(alerts_config(OFFLINE), clock)
+    engine.add_silence(["device_no=d1"], None, clock.t + 3600, "", "")
+    engine.evaluate("device", "d1", device("d1", online=False), clock.t)
+    clock.t += 60
+    await settle(engine, clock)
+    engine.evaluate("device", "d1", device("d1"), clock.t)
+    clock.t += 3600
+    await settle(engine, clock)
+    assert rec.sent == []
+
+
+async def test_a_receiver_that_is_down_does_not_starve_the_others(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    config = alerts_config(OFFLINE, notifiers=[
+        {"type": "log", "name": "down", "group_wait": 0, "retry": {"max_attempts": 3, "backoff_initial": "10ms"}},
+        {"type": "log", "name": "up", "group_wait": 0}])
+    engine, _ = await make(config, clock)
+    down, up = recorder(engine, "down"), recorder(engine, "up")
+    down.fail = True
+    dropped = metrics.NOTIFICATIONS.labels("down", "dropped")._value.get()
+    failed = metrics.NOTIFICATIONS.labels("down", "failed")._value.get()
+    sent = metrics.NOTIFICATIONS.labels("up", "sent")._value.get()
+    engine.evaluate("device", "d1", device("d1", online=False), clock.t)
+    await settle(engine, clock)
+    assert len(up.sent) == 1 and down.sent == []
+    assert metrics.NOTIFICATIONS.labels("down", "failed")._value.get() == failed + 3
+    assert metrics.NOTIFICATIONS.labels("down", "dropped")._value.get() == dropped + 1
+    assert metrics.NOTIFICATIONS.labels("up", "sent")._value.get() == sent + 1
+
+
+async def test_routing_by_severity_and_labels(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    critical = {**OFFLINE, "name": "Critical", "severity": "critical"}
+    config = alerts_config(OFFLINE, critical, notifiers=[
+        {"type": "log", "name": "pager", "group_wait": 0, "match": ["severity=critical"]},
+        {"type": "log", "name": "acme", "group_wait": 0, "match": ["customer=~acme|initech"]}])
+    engine, _ = await make(config, clock)
+    pager, acme = recorder(engine, "pager"), recorder(engine, "acme")
+    engine.evaluate("device", "d1", device("d1", online=False), clock.t)
+    engine.evaluate("device", "g1", device("g1", customer="globex", online=False), clock.t)
+    await settle(engine, clock)
+    assert sorted(a["id"] for m in pager.sent for a in m["alerts"]) == ["Critical/d1", "Critical/g1"]
+    assert sorted(a["id"] for m in acme.sent for a in m["alerts"]) == ["Critical/d1", "DeviceOffline/d1"]
+
+
+async def test_forget_resolves_the_alerts_of_a_removed_entity(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    engine, rec = await make(alerts_config(OFFLINE, WEAK), clock)
+    engine.evaluate("device", "d1", device("d1", online=False), clock.t)
+    engine.evaluate("device", "d2", device("d2", rssi_dbm=-110), clock.t)
+    clock.t += 11
+    await settle(engine, clock)
+    engine.forget("device", "d1", clock.t)
+    engine.forget("device", "d2", clock.t)
+    assert states(engine) == {}
+    clock.t += 60
+    await settle(engine, clock)
+    assert [m["status"] for m in rec.sent] == ["firing", "resolved"]
+
+
+async def test_every_state_change_becomes_an_alerts_point(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    lines: list[str] = []
+    engine, _ = await make(alerts_config(WEAK), clock, lines)
+    engine.evaluate("device", "d1", device("d1", rssi_dbm=-110), clock.t)
+    clock.t += 121
+    engine.evaluate("device", "d1", device("d1", rssi_dbm=-110), clock.t)
+    engine.evaluate("device", "d1", device("d1", rssi_dbm=-90), clock.t)
+    engine.evaluate("device", "d2", device("d2", rssi_dbm=-110), clock.t)
+    engine.evaluate("device", "d2", device("d2", rssi_dbm=-90), clock.t)
+    await engine.stop()
+    states_written = [line.split('state="')[1].split('"')[0] for line in lines]
+    assert states_written == ["pending", "firing", "resolved", "pending", "inactive"]
+    assert lines[1].startswith("alerts,customer=acme,entity=d1,kind=device,rule=WeakSignal,severity=warning ")
+    assert "value=-110" in lines[1]
+
+
+async def test_reload_keeps_unchanged_rules_and_resolves_changed_ones(make) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    engine, rec = await make(alerts_config(OFFLINE, WEAK), clock)
+    engine.evaluate("device", "d1", device("d1", online=False), clock.t)
+    engine.evaluate("device", "d2", device("d2", rssi_dbm=-110), clock.t)
+    clock.t += 11
+    await settle(engine, clock)
+    stricter = {**WEAK, "condition": "rssi_dbm < -108"}  # threshold only: same alerts, state kept
+    relabelled = {**OFFLINE, "labels": {"team": "noc"}}  # other labels: other alerts
+    engine.reload(alerts_config(relabelled, stricter))
+    assert engine.receivers["rec"] is rec  # same notifier configuration: same queue and groups
+    assert states(engine) == {"WeakSignal/d2": "pending"}
+    clock.t += 61
+    await settle(engine, clock)
+    assert [m["status"] for m in rec.sent] == ["firing", "resolved"]
+    engine.evaluate("device", "d1", device("d1", online=False), clock.t)
+    assert engine.get_alert("DeviceOffline/d1").labels["team"] == "noc"  # type: ignore[union-attr]
+
+
+async def test_engine_loop_persists_state_soon_after_a_change(make, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    engine, _ = await make(alerts_config(OFFLINE), clock)
+    engine.evaluate("device", "d1", device("d1", online=False), clock.t)
+    import asyncio
+
+    path = tmp_path / "alerts" / "state.json"
+    for _ in range(100):
+        if path.exists() and json.loads(path.read_text())["alerts"]:
+            break
+        await asyncio.sleep(0.05)
+    assert json.loads(path.read_text())["alerts"][0]["key"] == "d1"
+
+
+async def test_a_corrupt_state_file_is_set_aside(tmp_path: Path) -> None:
+    (tmp_path / "alerts").mkdir()
+    (tmp_path / "alerts" / "state.json").write_text("{not json")
+    engine = AlertEngine(alerts_config(OFFLINE), tmp_path, clock=Clock())
+    engine.load()
+    assert engine.active() == []
+    assert list((tmp_path / "alerts").glob("state.json.broken-*"))
+
+
+def test_time_based_rules_are_swept_for_known_entities(tmp_path: Path) -> None:
+    clock = Clock()
+    rule = {"name": "NotPolled", "kind": "device", "condition": "poll_age_seconds > 600"}
+    engine = AlertEngine(alerts_config(rule), tmp_path, clock=clock)
+    engine.evaluate("device", "d1", device("d1", poll_age_seconds=0), clock.t)
+    assert engine.active() == []
+    clock.t += 601
+    engine.sweep(clock.t, lambda kind, key: device(key, poll_age_seconds=601))
+    assert states(engine) == {"NotPolled/d1": "firing"}
+
+
+def test_evaluation_errors_count_as_false(tmp_path: Path) -> None:
+    engine = AlertEngine(alerts_config(OFFLINE), tmp_path, clock=Clock())
+    rule = {"name": "Typed", "kind": "device", "condition": "device_status < 3"}
+    engine = AlertEngine(alerts_config(rule), tmp_path, clock=Clock())
+    engine.evaluate("device", "d1", device("d1", device_status="x"), T0)
+    assert engine.active() == [] and engine.eval_errors == 1

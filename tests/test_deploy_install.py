@@ -1,0 +1,238 @@
+"""deploy/install.sh in a temporary root: what it installs and where, that a second run changes
+nothing but the program, that it never overwrites the operator's configuration, that --uninstall
+keeps configuration, secrets and state unless --purge, and that the units it installs pass
+`systemd-analyze verify` against the installed program.
+
+The package is installed from a wheel built once from this checkout, with `--no-deps` (no index, so
+the test stays fast and offline); the installed command then runs with the test environment's
+dependencies on PYTHONPATH, which proves the package and its entry point landed in the new venv.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL = REPO / "deploy" / "install.sh"
+PREFIX = "/opt/iot-collector"
+UNITS = ("iot-collector.service", "iot-collector@.service")
+
+
+def require(binary: str, package: str) -> str:
+    """The binary's path; a failure under CI (it must be installed there), a skip locally."""
+    found = shutil.which(binary)
+    if found:
+        return found
+    message = f"{binary} not found: apt-get install {package} (scripts/setup.sh --test does)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def run(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file and link under root (bytecode caches aside) -> its content hash or link target."""
+    out: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        if "__pycache__" in path.parts:
+            continue
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = "-> " + os.readlink(path)
+        elif path.is_file():
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel of this checkout, built from a copy so the work tree gets no build/ or egg-info."""
+    work = tmp_path_factory.mktemp("wheel")
+    src = work / "src"
+    src.mkdir()
+    shutil.copy(REPO / "pyproject.toml", src)
+    shutil.copy(REPO / "README.md", src)
+    shutil.copytree(REPO / "collector", src / "collector", ignore=shutil.ignore_patterns("__pycache__"))
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--disable-pip-version-check",
+        "-w", work / "dist", src)
+    (found,) = (work / "dist").glob("iot_collector-*.whl")
+    return found
+
+
+@dataclass
+class Installed:
+    root: Path
+    wheel: Path
+    first: subprocess.CompletedProcess[str]
+    second: subprocess.CompletedProcess[str]
+    before: dict[str, str]
+    after: dict[str, str]
+
+
+def install(root: Path, wheel: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run("bash", INSTALL, "--root", root, "--source", wheel, "--python", sys.executable,
+               "--pip-arg=--no-deps", "--pip-arg=--no-index", *extra)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Installed:
+    """install.sh run twice into the same root; the operator edits the config in between."""
+    root = tmp_path_factory.mktemp("root")
+    first = install(root, wheel)
+    before = tree(root)
+    config = root / "etc/iot-collector/collector.yaml"
+    config.write_text(config.read_text().replace("app_id: CHANGE-ME", "app_id: my-app"))
+    second = install(root, wheel)
+    after = tree(root)
+    return Installed(root, wheel, first, second, before, after)
+
+
+def test_install_puts_program_config_and_units_in_their_places(installed: Installed) -> None:
+    root = installed.root
+    venv = root / PREFIX.lstrip("/") / "venv"
+    assert (venv / "bin/python").exists()
+    assert os.access(venv / "bin/iot-collector", os.X_OK)
+    for unit in UNITS:
+        assert (root / "etc/systemd/system" / unit).read_bytes() == (REPO / "deploy/systemd" / unit).read_bytes()
+    assert (root / "etc/iot-collector/collector.yaml").is_file()
+    share = root / PREFIX.lstrip("/") / "share"
+    assert (share / "collector.yaml.example").read_bytes() == (REPO / "deploy/collector.yaml").read_bytes()
+    for rel in ("prometheus/iot-collector.rules.yml", "prometheus/prometheus.yml", "alertmanager/alertmanager.yml"):
+        assert (share / rel).read_bytes() == (REPO / "deploy" / rel).read_bytes(), rel
+    for dashboard in (REPO / "grafana").rglob("*.json"):
+        assert (share / "grafana" / dashboard.relative_to(REPO / "grafana")).is_file(), dashboard
+    assert (share / "doc/operations.md").is_file()
+    credstore = root / "etc/credstore"
+    assert credstore.is_dir() and (credstore.stat().st_mode & 0o777) == 0o700
+    # Nothing was written outside these.
+    top = {p.relative_to(root).parts[0] for p in root.rglob("*")}
+    assert top <= {"opt", "etc"}, top
+
+
+def test_installed_scripts_run_from_the_target_path_not_the_staging_root(installed: Installed) -> None:
+    venv = installed.root / PREFIX.lstrip("/") / "venv"
+    assert (venv / "bin/iot-collector").read_text().splitlines()[0] == f"#!{PREFIX}/venv/bin/python"
+    leaked = [p for p in (venv / "bin").iterdir()
+              if p.is_file() and not p.is_symlink() and str(installed.root).encode() in p.read_bytes()]
+    assert not leaked, f"scripts still name the staging root: {leaked}"
+
+
+def test_installed_package_runs_check_config_on_the_installed_config(installed: Installed,
+                                                                     tmp_path: Path) -> None:
+    venv = installed.root / PREFIX.lstrip("/") / "venv"
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "iot-collector.app_secret").write_text("not-a-real-secret\n")
+    # The dependencies come from the test environment (installed with --no-deps); the package itself
+    # must come from the new venv.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": sysconfig.get_paths()["purelib"],
+           "CREDENTIALS_DIRECTORY": str(creds), "STATE_DIRECTORY": str(tmp_path / "state"),
+           "IOT_COLLECTOR_SHARD_INDEX": "0"}
+    # Run outside the checkout, whose collector/ would otherwise shadow the installed one.
+    where = run(venv / "bin/python", "-c", "import collector; print(collector.__file__)", env=env, cwd=tmp_path)
+    assert where.stdout.strip().startswith(str(venv)), where.stdout
+    proc = run(venv / "bin/python", venv / "bin/iot-collector", "check-config", "-c",
+               installed.root / "etc/iot-collector/collector.yaml", env=env, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, f"check-config failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_second_run_is_idempotent_and_keeps_the_operators_config(installed: Installed) -> None:
+    config = "etc/iot-collector/collector.yaml"
+    assert "app_id: my-app" in (installed.root / config).read_text()
+    assert "kept your /etc/iot-collector/collector.yaml" in installed.second.stdout
+    changed = {k for k in installed.before.keys() | installed.after.keys()
+               if installed.before.get(k) != installed.after.get(k)}
+    assert changed == {config}, f"a second install changed more than the edited config: {sorted(changed)}"
+    # Both runs end with the next steps.
+    for proc in (installed.first, installed.second):
+        assert "Next steps:" in proc.stdout
+        assert "systemctl enable --now iot-collector.service" in proc.stdout
+
+
+def test_uninstall_keeps_config_secrets_and_state_unless_purged(installed: Installed, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(installed.root, root, symlinks=True)
+    # What systemd and the operator add after the install: enabled units, a secret, the state.
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "iot-collector.service").symlink_to("/etc/systemd/system/iot-collector.service")
+    (wants / "iot-collector@1.service").symlink_to("/etc/systemd/system/iot-collector@.service")
+    (root / "etc/credstore/iot-collector.app_secret").write_text("s3cret\n")
+    state = root / "var/lib/private/iot-collector"
+    (state / "spool").mkdir(parents=True)
+    (state / "alerts.json").write_text("{}")
+    (root / "var/lib/iot-collector").symlink_to("private/iot-collector")
+    (root / "etc/credstore/other-service.token").write_text("theirs\n")
+
+    proc = run("bash", INSTALL, "--root", root, "--uninstall")
+    assert not (root / PREFIX.lstrip("/")).exists()
+    for unit in UNITS:
+        assert not (root / "etc/systemd/system" / unit).exists()
+    assert list(wants.iterdir()) == []
+    assert (root / "etc/iot-collector/collector.yaml").is_file()
+    assert (root / "etc/credstore/iot-collector.app_secret").is_file()
+    assert (state / "alerts.json").is_file() and (root / "var/lib/iot-collector").is_symlink()
+    assert "Kept:" in proc.stdout and "--purge" in proc.stdout
+
+    again = run("bash", INSTALL, "--root", root, "--uninstall")  # nothing left to do: still fine
+    assert again.returncode == 0
+
+    run("bash", INSTALL, "--root", root, "--uninstall", "--purge")
+    for gone in ("etc/iot-collector", "etc/credstore/iot-collector.app_secret", "var/lib/private/iot-collector"):
+        assert not (root / gone).exists(), gone
+    assert not (root / "var/lib/iot-collector").is_symlink()
+    # Another service's secret in the shared credential store is not ours to remove.
+    assert (root / "etc/credstore/other-service.token").read_text() == "theirs\n"
+
+
+def test_install_refuses_bad_arguments(tmp_path: Path) -> None:
+    proc = run("bash", INSTALL, "--root", tmp_path, "--purge", check=False)
+    assert proc.returncode != 0 and "--purge only goes with --uninstall" in proc.stderr
+    proc = run("bash", INSTALL, "--root", tmp_path, "--source", tmp_path, check=False)
+    assert proc.returncode != 0 and "neither a checkout of iot-collector nor a wheel" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("unit", ["iot-collector.service", "iot-collector@.service", "iot-collector@0.service"])
+def test_installed_units_pass_systemd_analyze_verify(installed: Installed, unit: str, tmp_path: Path) -> None:
+    """verify resolves ExecStart= and the targets inside --root: the root is the install plus this
+    host's own systemd units and the tools the units name (kill for ExecReload=)."""
+    analyze = require("systemd-analyze", "systemd")
+    root = tmp_path / "root"
+    shutil.copytree(installed.root, root, symlinks=True)
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "usr/bin").mkdir(parents=True, exist_ok=True)
+    kill = shutil.which("kill") or "/usr/bin/kill"
+    shutil.copy(kill, root / "usr/bin/kill")
+    proc = run(analyze, "verify", f"--root={root}", unit, check=False)
+    output = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 0 and output == "", f"systemd-analyze verify {unit}:\n{output}"
+
+
+def test_verify_would_catch_a_missing_program(installed: Installed, tmp_path: Path) -> None:
+    """The check above is not vacuous: without the installed program, verify fails."""
+    analyze = require("systemd-analyze", "systemd")
+    root = tmp_path / "root"
+    (root / "etc/systemd/system").mkdir(parents=True)
+    for unit in UNITS:
+        shutil.copy(REPO / "deploy/systemd" / unit, root / "etc/systemd/system" / unit)
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    proc = run(analyze, "verify", f"--root={root}", "iot-collector.service", check=False)
+    assert proc.returncode != 0
+    assert f"{PREFIX}/venv/bin/iot-collector" in proc.stdout + proc.stderr

@@ -1,0 +1,242 @@
+"""The Grafana provisioning and dashboards in grafana/, checked without Grafana: every datasource a
+dashboard refers to is a provisioned one (uid and type), every PromQL expression parses with promtool
+and only uses metrics the collector exports, and each dashboard has the panels the issue asks for.
+(The InfluxQL of every panel runs against a real InfluxDB in tests/test_grafana_influxql.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from collector import metrics
+from collector.config import HttpConfig
+from collector.state import FleetState
+from collector.telemetry import FleetCollector
+
+REPO = Path(__file__).resolve().parent.parent
+GRAFANA = REPO / "grafana"
+DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+DATASOURCES = GRAFANA / "provisioning" / "datasources" / "iot-collector.yaml"
+PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "iot-collector.yaml"
+
+# What Grafana puts in place of its macros and of the health dashboard's variables, for promtool.
+PROMQL_SUBSTITUTIONS = {"$__rate_interval": "2m", "$__interval": "1m", "$__range": "6h", "$job": "iot-collector",
+                        "$instance": ".+"}
+
+
+def require(binary: str, package: str) -> str:
+    """The binary's path; a failure under CI (it must be installed there), a skip locally."""
+    found = shutil.which(binary)
+    if found:
+        return found
+    message = f"{binary} not found: apt-get install {package} (scripts/setup.sh --test does)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def load(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
+def all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])  # inside collapsed rows
+
+
+def datasource_refs(dashboard: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(where, datasource) for every panel, target, variable and annotation that names one."""
+    for panel in all_panels(dashboard):
+        if panel["type"] == "row":
+            continue
+        yield f"panel {panel['title']!r}", panel.get("datasource")
+        for target in panel.get("targets", []):
+            where = f"panel {panel['title']!r} target {target['refId']}"
+            yield where, target.get("datasource", panel.get("datasource"))
+    for var in dashboard["templating"]["list"]:
+        if var["type"] in ("query", "adhoc"):
+            yield f"variable {var['name']}", var.get("datasource")
+    for annotation in dashboard["annotations"]["list"]:
+        if not annotation.get("builtIn"):
+            yield f"annotation {annotation['name']}", annotation.get("datasource")
+
+
+def provisioned() -> dict[str, str]:
+    """uid -> type of the provisioned datasources."""
+    document = yaml.safe_load(DATASOURCES.read_text())
+    return {ds["uid"]: ds["type"] for ds in document["datasources"]}
+
+
+def promql_expressions() -> list[tuple[str, str]]:
+    """(where, expression) for every Prometheus target and variable, Grafana's variables substituted."""
+    out: list[tuple[str, str]] = []
+    for path in DASHBOARDS:
+        dashboard = load(path)
+        for panel in all_panels(dashboard):
+            for target in panel.get("targets", []):
+                ds = target.get("datasource") or panel.get("datasource") or {}
+                if ds.get("type") == "prometheus":
+                    out.append((f"{path.name}: {panel['title']} {target['refId']}", target["expr"]))
+        for var in dashboard["templating"]["list"]:
+            if var["type"] == "query" and (var.get("datasource") or {}).get("type") == "prometheus":
+                query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+                match = re.fullmatch(r"label_values\((.+),\s*\w+\)", query)
+                assert match, f"{path.name}: variable {var['name']}: not label_values(selector, label): {query}"
+                out.append((f"{path.name}: variable {var['name']}", match.group(1)))
+    return [(where, substitute(expr)) for where, expr in out]
+
+
+def substitute(expr: str) -> str:
+    for name in sorted(PROMQL_SUBSTITUTIONS, key=len, reverse=True):
+        expr = expr.replace(name, PROMQL_SUBSTITUTIONS[name])
+    assert "$" not in expr, f"an unknown Grafana variable is left in {expr}"
+    return expr
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name the collector's /metrics can carry."""
+    names = {"up"}
+    suffixes = {"counter": ("_total", "_created"), "gauge": ("",), "info": ("_info",),
+                "histogram": ("_bucket", "_sum", "_count", "_created"), "summary": ("", "_sum", "_count", "_created")}
+    fleet = FleetCollector(lambda: FleetState(), lambda: (0, None), lambda: HttpConfig())
+    for family in [*metrics.REGISTRY.collect(), *fleet.collect()]:
+        names.update(family.name + suffix for suffix in suffixes[family.type])
+    return names
+
+
+# --- provisioning ----------------------------------------------------------------------------------
+
+
+def test_provisioning_declares_an_influxql_and_a_prometheus_datasource() -> None:
+    document = yaml.safe_load(DATASOURCES.read_text())
+    assert document["apiVersion"] == 1
+    by_uid = {ds["uid"]: ds for ds in document["datasources"]}
+    influx = by_uid["iot-influxdb"]
+    assert influx["type"] == "influxdb" and influx["jsonData"]["version"] == "InfluxQL"
+    assert influx["jsonData"]["dbName"] and influx["url"]
+    # The secret comes from Grafana's environment, never from this file.
+    assert influx["secureJsonData"]["password"] == "${IOT_INFLUXDB_PASSWORD}"
+    assert by_uid["iot-prometheus"]["type"] == "prometheus"
+
+
+def test_dashboard_provider_points_at_a_folder_of_json_files() -> None:
+    document = yaml.safe_load(PROVIDERS.read_text())
+    (provider,) = document["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
+    assert provider["folder"]
+
+
+# --- dashboards ---------------------------------------------------------------------------------------
+
+
+def test_there_are_the_four_dashboards_with_distinct_uids() -> None:
+    uids = {load(p)["uid"]: p.name for p in DASHBOARDS}
+    assert set(uids) == {"iot-fleet-overview", "iot-device-detail", "iot-sims-quotas", "iot-collector-health"}
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_is_well_formed(path: Path) -> None:
+    dashboard = load(path)
+    assert dashboard["title"] and dashboard["schemaVersion"] >= 36 and "iot-collector" in dashboard["tags"]
+    ids = [p["id"] for p in all_panels(dashboard)]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in all_panels(dashboard):
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24 and pos["h"] > 0, panel["title"]
+        if panel["type"] != "row":
+            assert panel["targets"], f"panel {panel['title']!r} has no query"
+    names = [v["name"] for v in dashboard["templating"]["list"]]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_datasource_reference_is_a_provisioned_uid(path: Path) -> None:
+    known = provisioned()
+    for where, ds in datasource_refs(load(path)):
+        assert isinstance(ds, dict), f"{path.name}: {where} must name its datasource by uid, not {ds!r}"
+        assert ds.get("uid") in known, f"{path.name}: {where} uses datasource uid {ds.get('uid')!r}"
+        assert ds.get("type") == known[ds["uid"]], f"{path.name}: {where}: type {ds.get('type')!r}"
+
+
+def titles(name: str) -> list[str]:
+    return [p["title"] for p in all_panels(load(GRAFANA / "dashboards" / name))]
+
+
+def test_fleet_overview_has_what_the_issue_lists() -> None:
+    have = titles("fleet-overview.json")
+    for title in ("Online and offline devices", "RSSI distribution", "Battery distribution", "Devices by state",
+                  "Top SIMs by usage", "Active alerts"):
+        assert title in have
+    variables = {v["name"]: v for v in load(GRAFANA / "dashboards" / "fleet-overview.json")["templating"]["list"]}
+    assert variables["label"]["query"].startswith("SHOW TAG KEYS") and variables["label_value"]["includeAll"]
+
+
+def test_device_detail_has_what_the_issue_lists() -> None:
+    dashboard = load(GRAFANA / "dashboards" / "device-detail.json")
+    have = titles("device-detail.json")
+    for title in ("Signal strength", "Battery", "Online", "Wi-Fi clients", "Data used by SIM against its allowance",
+                  "Effective SIM", "Events"):
+        assert title in have
+    assert "deviceNo" in {v["name"] for v in dashboard["templating"]["list"]}
+    annotations = {a["name"]: a for a in dashboard["annotations"]["list"] if not a.get("builtIn")}
+    assert 'FROM "alerts"' in annotations["Alerts"]["query"]
+    assert 'FROM "device_event"' in annotations["Events"]["query"]
+
+
+def test_sims_and_quotas_has_what_the_issue_lists() -> None:
+    have = titles("sims-and-quotas.json")
+    for title in ("Remaining data", "Projected exhaustion", "Packages expiring within $expiry_days days",
+                  "Suspended or cut-off cards"):
+        assert title in have
+
+
+def test_collector_health_has_what_the_issue_lists() -> None:
+    have = titles("collector-health.json")
+    for title in ("Requests by endpoint", "Errors by endpoint and outcome", "Latency by endpoint (p50, p95)",
+                  "Rate limit", "Job lag", "Spool", "Notifications"):
+        assert title in have
+
+
+# --- PromQL -----------------------------------------------------------------------------------------
+
+
+def test_every_promql_expression_parses_with_promtool(tmp_path: Path) -> None:
+    promtool = require("promtool", "prometheus")
+    expressions = promql_expressions()
+    assert len(expressions) > 20
+    rules = {"groups": [{"name": "grafana", "rules": [
+        {"record": f"grafana:expression_{i}", "expr": expr} for i, (_, expr) in enumerate(expressions)]}]}
+    path = tmp_path / "dashboards.rules.yml"
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        numbered = "\n".join(f"  expression_{i}: {where}: {expr}" for i, (where, expr) in enumerate(expressions))
+        pytest.fail(f"promtool rejects a dashboard expression:\n{proc.stdout}{proc.stderr}\n{numbered}")
+
+
+def test_promtool_check_is_not_vacuous(tmp_path: Path) -> None:
+    promtool = require("promtool", "prometheus")
+    path = tmp_path / "bad.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [
+        {"record": "x:y", "expr": "sum by (endpoint (rate(iot_collector_upstream_requests_total[5m]))"}]}]}))
+    proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+
+
+def test_dashboards_use_only_metrics_the_collector_exports() -> None:
+    exported = exported_metric_names()
+    for where, expr in promql_expressions():
+        used = set(re.findall(r"\biot_collector_[a-z0-9_]+|\bup(?=\{)", expr))
+        assert used, f"{where}: no metric in {expr}"
+        assert used <= exported, f"{where}: {sorted(used - exported)} are not exported by the collector"

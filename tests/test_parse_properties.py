@@ -1,0 +1,153 @@
+"""Property tests: whatever JSON arrives, every parse function returns a typed object or raises
+ParseError (the envelope also raises the ApiError family, by design). Nothing else may escape."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from collector.platform.errors import ApiError, ParseError
+from collector.platform.models import DeviceObservation
+from collector.platform.parse import (
+    ParseContext,
+    Parsed,
+    parse_account_assets,
+    parse_card_actions,
+    parse_card_info_list,
+    parse_card_month_usage_list,
+    parse_card_status_list,
+    parse_card_usage_list,
+    parse_device,
+    parse_envelope,
+    parse_sim,
+)
+
+SAMPLE: dict[str, Any] = orjson.loads((Path(__file__).parent / "data" / "sample-queryDeviceFlow.json").read_bytes())
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+           | st.sampled_from(["", "-84", "12.5", "2000-01-01 00:00:00", "2025-09-18 18:24:10", "1e400",
+                              "NaN", "inf", "0000-00-00 00:00:00", "9999-12-31 23:59:59", "0001-01-01 00:00:00"]))
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+CONTEXTS = [ParseContext(location="exact", issues=[]), ParseContext(location="region"),
+            ParseContext(location="none", flow_unit_bytes=1)]
+
+PARSERS: list[Callable[[Any, ParseContext], object]] = [
+    parse_device,
+    lambda d, c: parse_sim(d, c),
+    parse_card_info_list,
+    parse_card_status_list,
+    parse_card_usage_list,
+    lambda d, c: parse_card_month_usage_list(d, c, month="202509"),
+    parse_card_actions,
+    parse_account_assets,
+]
+LIST_KEYS = ["iccid", "simNo", "simStatus", "onlineStatus", "internetStatus", "lastSimStatusAt", "totalFlow",
+             "useFlow", "realUseFlow", "dockUserFlow", "dockResetDate", "endAt", "lastFlowAt", "month",
+             "serialNo", "actionType", "status", "remark", "createdAt"]
+
+
+def check_all(data: Any) -> None:
+    for parser in PARSERS:
+        for context in CONTEXTS:
+            try:
+                result = parser(data, context)
+            except ParseError:
+                continue
+            if isinstance(result, Parsed):
+                assert all(isinstance(e, ParseError) for e in result.skipped)
+
+
+@SETTINGS
+@given(json_values)
+def test_any_json_value_parses_or_raises_parse_error(value: Any) -> None:
+    check_all(value)
+
+
+@SETTINGS
+@given(st.lists(st.dictionaries(st.sampled_from(LIST_KEYS), scalars, max_size=8), max_size=4))
+def test_records_with_known_keys_and_random_values(records: list[dict[str, Any]]) -> None:
+    check_all(records)
+    check_all({"device": records[0] if records else {}, "sims": records})
+    for record in records:
+        check_all(record)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            out += _paths(inner, (*prefix, key))
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            out += _paths(inner, (*prefix, index))
+    return out
+
+
+SAMPLE_PATHS = _paths(SAMPLE["data"])[1:]
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(SAMPLE_PATHS), json_values | st.just("<delete>")), min_size=1,
+                max_size=6))
+def test_mutations_of_the_sample(mutations: list[tuple[tuple[Any, ...], Any]]) -> None:
+    data = copy.deepcopy(SAMPLE["data"])
+    for path, replacement in mutations:
+        parent = data
+        try:
+            for step in path[:-1]:
+                parent = parent[step]
+            if replacement == "<delete>":
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = replacement
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier mutation removed or replaced this path
+    check_all(data)
+    check_all(data.get("sims") if isinstance(data, dict) else None)
+    for context in CONTEXTS:
+        try:
+            device = parse_device(data, context)
+        except ParseError:
+            continue
+        assert isinstance(device, DeviceObservation)
+        assert "1234567890" not in repr(device) and "admin" not in repr(device)
+
+
+def _encode(value: Any) -> bytes:
+    # The stdlib encoder, not orjson: it writes integers wider than 64 bits, which the platform might.
+    return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+@SETTINGS
+@given(st.binary(max_size=64) | json_values.map(_encode)
+       | st.builds(lambda code, data: _encode({"code": code, "message": "m", "data": data}), scalars, json_values))
+def test_envelope_parses_or_raises_typed_errors(raw: bytes) -> None:
+    try:
+        parse_envelope(raw, "device_flow")
+    except (ParseError, ApiError):
+        pass
+
+
+SAMPLE_RAW = orjson.dumps(SAMPLE)
+
+
+@SETTINGS
+@given(st.integers(min_value=0, max_value=len(SAMPLE_RAW) - 1), st.binary(min_size=1, max_size=4))
+def test_byte_level_corruption_of_the_sample(cut: int, noise: bytes) -> None:
+    corrupted = SAMPLE_RAW[:cut] + noise + SAMPLE_RAW[cut + len(noise):]
+    try:
+        data = parse_envelope(corrupted, "device_flow")
+    except (ParseError, ApiError):
+        return
+    check_all(data)
