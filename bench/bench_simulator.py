@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -27,9 +28,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector.platform.endpoints import DEFAULT_ENDPOINTS, Endpoint  # noqa: E402
-from collector.platform.signing import Signer  # noqa: E402
-from collector.simulator import EMBEDDED_APP_ID, EMBEDDED_APP_SECRET, Simulator  # noqa: E402
+from collector.platform.endpoints import DEFAULT_ENDPOINTS, Endpoint
+from collector.platform.signing import Signer
+from collector.simulator import EMBEDDED_APP_ID, EMBEDDED_APP_SECRET, Simulator
 
 
 def _pin(cores: set[int]) -> None:
@@ -43,9 +44,9 @@ def _serve(devices: int, seed: int, core: int, ready: Any, stop: Any) -> None:
     async def run() -> None:
         sim = Simulator(devices=devices, seed=seed, speed=1.0)
         url = await sim.start("127.0.0.1", 0)
+        gc.freeze()  # as `iot-collector simulate` does
         ready.send((url, sim.device_numbers()))
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
+        await asyncio.to_thread(stop.wait)
         await sim.stop()
 
     asyncio.run(run())
@@ -117,7 +118,7 @@ def main() -> int:
 
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
     server_core = cores[0]
-    client_cores = cores[1:] or [None]
+    client_cores: list[int | None] = [*cores[1:]] or [None]
     ctx = mp.get_context("spawn")
     ready_recv, ready_send = ctx.Pipe(duplex=False)
     stop = ctx.Event()

@@ -140,13 +140,15 @@ def _age(obs: DeviceObservation, now: float) -> float | None:
 
 def render_table(device_nos: Sequence[str], results: Sequence[Result], now: float) -> str:
     """One line per device; failures show the error type, code and message in place of the values."""
-    header = ("DEVICE", "ONLINE", "RSSI dBm", "BATT %", "SIM", "USED/TOTAL PER SIM", "AGE")
+    # The per-SIM column varies most in width: it goes last.
+    header = ("DEVICE", "ONLINE", "RSSI dBm", "BATT %", "SIM", "AGE", "USED/TOTAL PER SIM")
     rows: list[tuple[str, ...]] = []
     failures: list[tuple[str, str]] = []
     for device_no, result in zip(device_nos, results, strict=True):
         if isinstance(result, PlatformError):
             e = _error_fields(result)
-            code = f" {e['code']}" if e["code"] is not None else ""
+            # An ApiError's message already starts "platform error <code>:".
+            code = f" {e['code']}" if e["code"] is not None and not isinstance(result, ApiError) else ""
             failures.append((device_no, f"{e['type']}{code}: {e['message']}"))
             continue
         online = {True: "yes", False: "no", None: "?"}[result.online]
@@ -154,14 +156,14 @@ def render_table(device_nos: Sequence[str], results: Sequence[Result], now: floa
             f"{'*' if s.slot is not None and s.slot == result.effective_sim else ''}{s.slot or '?'}: "
             f"{human_bytes(s.used_bytes)}/{human_bytes(s.total_bytes)}" for s in result.sims) or "-"
         rows.append((device_no, online, _text(result.rssi_dbm), _text(result.battery_percent),
-                     _text(result.effective_sim), sims, human_age(_age(result, now))))
+                     _text(result.effective_sim), human_age(_age(result, now)), sims))
     lines = []
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     if rows:
-        widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
         for row in (header, *rows):
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for device_no, message in failures:
-        lines.append(f"{device_no}  FAILED  {message}")
+        lines.append(f"{device_no.ljust(widths[0])}  FAILED  {message}")
     ok = len(rows)
     lines.append(f"{ok + len(failures)} device(s): {ok} ok, {len(failures)} failed"
                  + ("  (* = SIM in use, AGE = since the platform last refreshed the device)" if rows else ""))

@@ -29,6 +29,8 @@ from collector import metrics
 
 log = structlog.get_logger("collector.schedule")
 
+DISCOVERY_RETRY = 30.0  # seconds before a job with nothing to poll yet looks again
+
 PollFn = Callable[[Sequence[str]], Coroutine[Any, Any, bool]]
 """Polls one work item (a device, a batch of cards, the account); True when it succeeded."""
 
@@ -177,6 +179,13 @@ class Scheduler:
         start = first + max(0, math.floor((now - first) / interval + 0.01)) * interval if interval > 0 else now
         status.last_start, status.runs = now, status.runs + 1
         items = job.work_items()
+        if not items:
+            # Nothing to poll yet (SIMs are discovered by the device jobs): look again soon rather than
+            # a whole interval later.
+            retry = min(interval, DISCOVERY_RETRY)
+            self._scheduler.modify_job(name, next_run_time=_dt(now + retry))
+            self._origin[name] = now + retry
+            return
         # Spread over the interval less a small guard, so dispatching never runs into the next cycle.
         spread = interval - min(1.0, interval * 0.02)
         tasks: list[asyncio.Task[bool]] = []

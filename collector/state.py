@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -104,8 +103,9 @@ class SimState:
     obs: SimObservation | None = None
     polled_at: float | None = None
     effective: bool | None = None
-    # (poll time, used bytes) within the current cycle, oldest first.
-    usage: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=USAGE_SAMPLES))
+    # (poll time, used bytes) within the current cycle, oldest first; a small list, not a deque: at
+    # 200k SIMs an empty deque's 600-byte block would be a third of the state's memory.
+    usage: list[tuple[float, int]] = field(default_factory=list)
     last_error: str | None = None
     consecutive_failures: int = 0
 
@@ -117,8 +117,12 @@ class SimState:
         if self.usage and at <= self.usage[-1][0]:
             return
         self.usage.append((at, used))
-        while len(self.usage) > 2 and at - self.usage[0][0] > USAGE_WINDOW_SECONDS:
-            self.usage.popleft()
+        drop = 0
+        while len(self.usage) - drop > 2 and (at - self.usage[drop][0] > USAGE_WINDOW_SECONDS
+                                             or len(self.usage) - drop > USAGE_SAMPLES):
+            drop += 1
+        if drop:
+            del self.usage[:drop]
 
     def usage_rate(self) -> float | None:
         """Bytes per second over the recent window, None until two samples at least 60 s apart."""
@@ -184,6 +188,19 @@ class AccountState:
         }
 
 
+_LABEL_SETS: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+
+
+def _shared_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """One dict per distinct label set, shared by every entity that has it (treat as read-only):
+    a fleet has a few dozen label sets, not one per entity."""
+    key = tuple(sorted(labels.items()))
+    shared = _LABEL_SETS.get(key)
+    if shared is None:
+        shared = _LABEL_SETS[key] = dict(labels)
+    return shared
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """What one observation changed: entity keys to re-evaluate and device events seen for the first time."""
@@ -214,10 +231,11 @@ class FleetState:
             del self.devices[device_no]
         for device_no, labels in devices.items():
             state = self.devices.get(device_no)
+            shared = _shared_labels(labels)
             if state is None:
-                self.devices[device_no] = DeviceState(device_no, dict(labels))
+                self.devices[device_no] = DeviceState(device_no, shared)
             else:
-                state.labels = dict(labels)
+                state.labels = shared
         removed_sims = [i for i, s in self.sims.items()
                         if i not in cards and (not s.device_no or s.device_no not in self.devices)]
         for iccid in removed_sims:
@@ -225,12 +243,14 @@ class FleetState:
         for iccid, labels in cards.items():
             sim = self.sims.get(iccid)
             if sim is None:
-                self.sims[iccid] = SimState(iccid, dict(labels))
+                self.sims[iccid] = SimState(iccid, _shared_labels(labels))
             elif not sim.device_no:
-                sim.labels = dict(labels)
+                sim.labels = _shared_labels(labels)
         for sim in self.sims.values():
             if sim.device_no in self.devices:
-                sim.labels = {**self.devices[sim.device_no].labels, **cards.get(sim.iccid, {})}
+                own = cards.get(sim.iccid)
+                device_labels = self.devices[sim.device_no].labels
+                sim.labels = _shared_labels({**device_labels, **own}) if own else device_labels
         return removed_devices, removed_sims
 
     def iccids(self) -> list[str]:
@@ -243,7 +263,9 @@ class FleetState:
         state = self.devices.get(obs.device_no)
         if state is None:  # removed from the inventory while the poll was in flight
             return Change()
-        state.obs = obs
+        # The state keeps SIMs in SimState and events only until written: drop them from the kept
+        # observation so a device's memory does not grow with its event log or stale SIM copies.
+        state.obs = replace(obs, events=(), sims=()) if obs.events or obs.sims else obs
         state.polled_at = obs.polled_at
         state.consecutive_failures = 0
         state.last_error = None
@@ -261,10 +283,10 @@ class FleetState:
                      effective: bool | None) -> str:
         state = self.sims.get(sim.iccid)
         if state is None:
-            state = self.sims[sim.iccid] = SimState(sim.iccid, dict(labels))
+            state = self.sims[sim.iccid] = SimState(sim.iccid, _shared_labels(labels))
         state.device_no = device_no or state.device_no
         if device_no:
-            state.labels = dict(labels)
+            state.labels = labels if isinstance(labels, dict) else _shared_labels(labels)
         state.obs = sim
         state.polled_at = sim.polled_at
         state.effective = effective if effective is not None else state.effective

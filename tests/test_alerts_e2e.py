@@ -76,7 +76,7 @@ class Rig:
                 "enabled": True, "default_rules": False, "rules": rules,
                 "notifiers": [
                     {"type": "alertmanager", "url": am.url, "resend_interval": "1s"},
-                    {"type": "apprise", "name": "apprise", **grouping,
+                    {"type": "apprise", "name": "apprise", **grouping, "min_interval": 0,
                      "urls": [f"json://127.0.0.1:{receiver.port}/apprise-{self.customer}",
                               smtp.apprise_url(self.mailbox)]},
                     {"type": "webhook", "name": "hook", **grouping, "secret": SECRET,
@@ -168,10 +168,7 @@ class Rig:
     async def expect(self, statuses: tuple[str, ...], settle: float = 0.8) -> None:
         """Wait until every receiver got exactly `statuses`, then check nothing more arrives."""
         expected = dict.fromkeys(("alertmanager", "apprise-json", "smtp", "webhook"), statuses)
-        import time
-        t0 = time.time()
         await wait_for(lambda: self.counts() == expected, timeout=15.0)
-        print("EXPECT", statuses, round(time.time() - t0, 2), self.counts())
         await asyncio.sleep(settle)
         assert self.counts() == expected
 

@@ -34,9 +34,8 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
-RANGE_SECONDS = 3600
 INTERVAL = "5s"  # the test collector's poll interval, as 5m is a production one
-WAIT_SECONDS = 50.0
+WAIT_SECONDS = 90.0  # an upper bound: the wait ends as soon as every query has data
 
 # A rule that fires for every polled device, so the device dashboard's alert annotations have data.
 DEVICE_SEEN_RULE = {"name": "DeviceSeen", "kind": "device", "condition": "polled == True", "for": "0s",
@@ -62,6 +61,14 @@ class Outcome:
 class Dashboards:
     queries: list[Query] = field(default_factory=list)
     variables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # dashboard -> name -> var
+    ranges: dict[str, int] = field(default_factory=dict)  # dashboard -> seconds its default range looks back
+
+
+def range_seconds(time_from: str) -> int:
+    """`now-24h` -> 86400: the dashboard's default time range, which ends at `now`."""
+    match = re.fullmatch(r"now-(\d+)([mhdw])", time_from)
+    assert match, f"unsupported default time range {time_from!r}"
+    return int(match.group(1)) * {"m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
 
 
 def load_dashboards() -> Dashboards:
@@ -70,6 +77,7 @@ def load_dashboards() -> Dashboards:
         dashboard = json.loads(path.read_text())
         name = path.name
         out.variables[name] = {v["name"]: v for v in dashboard["templating"]["list"]}
+        out.ranges[name] = range_seconds(dashboard["time"]["from"])
         for var in dashboard["templating"]["list"]:
             if var["type"] == "query" and var["datasource"]["type"] == "influxdb":
                 out.queries.append(Query(name, f"variable {var['name']}", var["query"]))
@@ -102,8 +110,8 @@ def format_value(var: dict[str, Any], value: str | list[str]) -> str:
 
 
 def interpolate(text: str, variables: dict[str, dict[str, Any]], values: dict[str, str | list[str]],
-                now_ms: int) -> str:
-    from_ms = now_ms - RANGE_SECONDS * 1000
+                now_ms: int, range_s: int = 3600) -> str:
+    from_ms = now_ms - range_s * 1000
     macros = {"timeFilter": f"time >= {from_ms}ms and time <= {now_ms}ms",
               "__timeFilter": f"time >= {from_ms}ms and time <= {now_ms}ms",
               "__interval": INTERVAL, "interval": INTERVAL, "__from": str(from_ms), "__to": str(now_ms)}
@@ -132,8 +140,9 @@ def has_data(series: list[dict[str, Any]]) -> int:
     """Rows with at least one non-null value besides the time."""
     rows = 0
     for s in series:
+        skip = 1 if s.get("columns", [""])[0] == "time" else 0
         for row in s.get("values", []):
-            if any(v is not None for v in row[1:]):
+            if any(v is not None for v in row[skip:]):
                 rows += 1
     return rows
 
@@ -181,7 +190,7 @@ class Results:
 
 
 def resolve_variables(influxd: InfluxServer, db: str, dashboards: Dashboards, now_ms: int,
-                      device_no: str) -> dict[str, dict[str, str | list[str]]]:
+                      devices_with_events: list[str]) -> dict[str, dict[str, str | list[str]]]:
     """Each dashboard's variable values, in the order Grafana resolves them (the order of the list)."""
     out: dict[str, dict[str, str | list[str]]] = {}
     for name, variables in dashboards.variables.items():
@@ -192,12 +201,13 @@ def resolve_variables(influxd: InfluxServer, db: str, dashboards: Dashboards, no
             elif var["type"] == "custom":
                 values[var_name] = var["current"]["value"]
             elif var["type"] == "query" and var["datasource"]["type"] == "influxdb":
-                text = interpolate(var["query"], variables, values, now_ms)
+                text = interpolate(var["query"], variables, values, now_ms, dashboards.ranges[name])
                 found = sorted(str(row[-1]) for row in series_values(influxd, db, text))
                 current = (var.get("current") or {}).get("value")
                 if var_name == "deviceNo":
-                    # The device the test looks at: one with events (not every device has them yet).
-                    values[var_name] = device_no if device_no in found else (found[0] if found else "")
+                    # The device the test looks at: one with events in the range (not every device has them).
+                    listed = [d for d in devices_with_events if d in found]
+                    values[var_name] = listed[0] if listed else (found[0] if found else "")
                 elif current == ["$__all"] or current == "$__all":
                     values[var_name] = ["$__all"]
                 elif current in found:
@@ -210,17 +220,17 @@ def resolve_variables(influxd: InfluxServer, db: str, dashboards: Dashboards, no
 
 def run_all(influxd: InfluxServer, db: str, dashboards: Dashboards) -> tuple[list[Outcome], dict[str, Any]]:
     now_ms = int(time.time() * 1000)
-    timefilter = f"time >= {now_ms - RANGE_SECONDS * 1000}ms and time <= {now_ms}ms"
+    lookback = dashboards.ranges["device-detail.json"] * 1000
     with_events = sorted(s["tags"]["device_no"] for s in influxd.query(
-        f'SELECT count("value1") FROM "device_event" WHERE {timefilter} GROUP BY "device_no"', db))
-    device_no = with_events[0] if with_events else ""
-    values = resolve_variables(influxd, db, dashboards, now_ms, device_no)
+        f'SELECT count("value1") FROM "device_event" WHERE time >= {now_ms - lookback}ms and time <= {now_ms}ms '
+        'GROUP BY "device_no"', db))
+    values = resolve_variables(influxd, db, dashboards, now_ms, with_events)
     outcomes = []
     for query in dashboards.queries:
         outcome = Outcome(query)
         try:
             outcome.sent = interpolate(query.text, dashboards.variables[query.dashboard],
-                                       values[query.dashboard], now_ms)
+                                       values[query.dashboard], now_ms, dashboards.ranges[query.dashboard])
             outcome.rows = has_data(influxd.query(outcome.sent, db))
         except (RuntimeError, httpx.HTTPError, AssertionError) as exc:
             outcome.error = str(exc)

@@ -162,7 +162,7 @@ def test_empty_position_is_no_location() -> None:
 
 
 def test_context_from_config() -> None:
-    platform = PlatformConfig(app_id="a", app_secret="s", flow_unit="MiB", timezone="UTC")
+    platform = PlatformConfig.model_validate({"app_id": "a", "flow_unit": "MiB", "timezone": "UTC"})
     context = ParseContext.from_config(platform, PrivacyConfig(location="none"), polled_at=5.0)
     assert context.flow_unit_bytes == 1024**2
     assert context.location == "none" and context.polled_at == 5.0
@@ -194,6 +194,15 @@ def test_envelope_rejects_what_is_not_an_envelope(raw: bytes) -> None:
         parse_envelope(raw, "device_flow", trace_id="t-request")
     assert info.value.endpoint == "device_flow"
     assert info.value.trace_id == "t-request"
+
+
+def test_broken_json_is_never_quoted_in_the_error() -> None:
+    with pytest.raises(ParseError) as info:
+        parse_envelope(b'{"code": 0, "data": {"device": {"wifiPass": "hunter22", ', "device_flow")
+    assert "hunter22" not in str(info.value) and "malformed JSON" in str(info.value)
+    with pytest.raises(ParseError) as info:
+        parse_envelope(b"<html>502 Bad Gateway</html>", "device_flow")
+    assert "502 Bad Gateway" in str(info.value)
 
 
 def test_undecodable_body_is_transient_but_wrong_shape_is_not() -> None:

@@ -54,7 +54,8 @@ def test_verify_is_case_insensitive_and_rejects_a_wrong_secret() -> None:
 
 
 def test_config_builds_the_signer_and_repr_hides_the_secret() -> None:
-    config = PlatformConfig(app_id="app1", app_secret="s3cret", sign={"hash": "sha256", "case": "upper"})
+    config = PlatformConfig.model_validate({"app_id": "app1", "app_secret": "s3cret",
+                                            "sign": {"hash": "sha256", "case": "upper"}})
     signer = config.signer()
     assert signer.sign(HEADERS, FORM) == SHA256.upper()
     assert "s3cret" not in repr(signer)

@@ -5,6 +5,8 @@ take effect at once."""
 
 from __future__ import annotations
 
+import itertools
+
 import orjson
 
 from collector.simulator.fleet import (
@@ -87,16 +89,16 @@ def test_usage_right_after_the_cycle_start_is_small() -> None:
 
 
 def test_rssi_is_bounded_and_some_devices_sit_in_weak_signal() -> None:
-    fleet = Fleet(200, seed=2, start=START)
+    fleet = Fleet(150, seed=2, start=START)
     medians = []
-    for index in range(200):
+    for index in range(150):
         values = [fleet.device_state(index, START + k * 2 * HOUR).rssi for k in range(60)]
         assert all(RSSI_MIN <= v <= RSSI_MAX for v in values)
         assert len(set(values)) > 5, "the signal moves"
-        assert max(abs(a - b) for a, b in zip(values, values[1:], strict=False)) <= 40, "a walk, not noise"
+        assert max(abs(a - b) for a, b in itertools.pairwise(values)) <= 40, "a walk, not noise"
         medians.append(sorted(values)[30])
-    assert sum(m <= -103 for m in medians) >= 10, "a share of the fleet is in weak-signal areas"
-    assert sum(m >= -85 for m in medians) >= 50
+    assert sum(m <= -103 for m in medians) >= 8, "a share of the fleet is in weak-signal areas"
+    assert sum(m >= -85 for m in medians) >= 40
 
 
 def test_batteries_drain_and_charge() -> None:
@@ -105,18 +107,18 @@ def test_batteries_drain_and_charge() -> None:
     for index in range(50):
         levels = [fleet.device_state(index, START + k * HOUR).battery for k in range(72)]
         assert all(0 <= level <= 100 for level in levels)
-        drained += any(b < a for a, b in zip(levels, levels[1:], strict=False))
-        charged += any(b > a for a, b in zip(levels, levels[1:], strict=False))
+        drained += any(b < a for a, b in itertools.pairwise(levels))
+        charged += any(b > a for a, b in itertools.pairwise(levels))
     assert drained > 20 and charged > 20
 
 
 def test_devices_go_offline_and_come_back_showing_their_last_report() -> None:
-    fleet = Fleet(60, seed=6, start=START)
+    fleet = Fleet(40, seed=6, start=START)
     came_back = set()
-    for index in range(60):
+    for index in range(40):
         was_offline_at = None
-        for k in range(7 * 24 * 4):  # a week, every 15 simulated minutes
-            t = START + k * 900
+        for k in range(5 * 24 * 2):  # five days, every 30 simulated minutes
+            t = START + k * 1800
             state = fleet.device_state(index, t)
             if not state.online:
                 assert state.conn == 0
@@ -129,7 +131,7 @@ def test_devices_go_offline_and_come_back_showing_their_last_report() -> None:
                 assert state.status_at > was_offline_at
                 came_back.add(index)
                 was_offline_at = None
-    assert len(came_back) >= 15
+    assert len(came_back) >= 10
 
 
 def test_dual_sim_devices_switch_and_log_it_in_control_response() -> None:

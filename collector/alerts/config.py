@@ -149,6 +149,9 @@ class AppriseNotifierConfig(GroupingConfig):
     type: Literal["apprise"]
     urls: list[Secret] = Field(min_length=1)
     format: Literal["text", "markdown"] = "text"
+    min_interval: Duration | None = Field(
+        default=None, ge=0, description="least time between two messages to one URL (default: Apprise's "
+                                        "per-service throttle, 5.5 s for most services)")
 
     @model_validator(mode="before")
     @classmethod

@@ -62,6 +62,19 @@ class _Slot:
         self.states: dict[str, Alert] = states if states is not None else {}
 
 
+class _Plan:
+    """The rules of one entity kind, and which entities of that kind have an active alert (with how
+    many): the hot path only evaluates conditions for the others, which are nearly all of them."""
+
+    __slots__ = ("active", "conds", "known", "slots")
+
+    def __init__(self, slots: list[_Slot], known: set[str] | None) -> None:
+        self.slots = slots
+        self.conds = tuple(s.cond for s in slots)
+        self.active: dict[str, int] = {}
+        self.known = known  # entity keys, kept only when a rule of this kind is clock-dependent
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` so a reader (or a crash) sees the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -90,14 +103,15 @@ class AlertEngine:
         self.external_url = (config.external_url or f"http://{socket.gethostname()}:9108").rstrip("/")
         self.silences = SilenceBook(config.silences, config.maintenance_windows)
         self._slots: dict[str, _Slot] = {}
-        self._by_kind: dict[str, list[_Slot]] = {}
+        self._plans: dict[str, _Plan] = {}
         self._time_slots: dict[str, list[_Slot]] = {}
         self._known: dict[str, set[str]] = {}
         self._pending: dict[str, Alert] = {}
         self._clearing: dict[str, Alert] = {}
         self._firing: dict[str, Alert] = {}
         self.receivers: dict[str, Receiver] = {}
-        self._points: list[str] = []
+        self._points: list[tuple[Any, ...]] = []
+        self._counters: dict[tuple[str, str], Any] = {}
         self._dirty = False
         self._last_save = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -111,14 +125,25 @@ class AlertEngine:
 
     def _install_rules(self, rules: list[Rule], states: Mapping[str, dict[str, Alert]]) -> None:
         self._slots = {r.name: _Slot(r, states.get(r.name)) for r in rules}
-        self._by_kind = {}
+        by_kind: dict[str, list[_Slot]] = {}
         self._time_slots = {}
         for slot in self._slots.values():
-            self._by_kind.setdefault(slot.rule.kind, []).append(slot)
+            by_kind.setdefault(slot.rule.kind, []).append(slot)
             if slot.rule.time_based:
                 self._time_slots.setdefault(slot.rule.kind, []).append(slot)
         for kind in self._time_slots:
             self._known.setdefault(kind, set())
+        self._plans = {kind: _Plan(slots, self._known.get(kind) if kind in self._time_slots else None)
+                       for kind, slots in by_kind.items()}
+        self._reindex()
+
+    def _reindex(self) -> None:
+        """Rebuild the per-kind index of entities with active alerts from the rules' states."""
+        for plan in self._plans.values():
+            plan.active = {}
+            for slot in plan.slots:
+                for key in slot.states:
+                    plan.active[key] = plan.active.get(key, 0) + 1
 
     def _build_receivers(self, config: AlertsConfig, keep: Mapping[str, Receiver]) -> None:
         receivers: dict[str, Receiver] = {}
@@ -152,12 +177,25 @@ class AlertEngine:
 
     def evaluate(self, kind: str, key: str, fields: Mapping[str, Any], now: float) -> None:
         """Evaluate every rule of `kind` for one entity whose fields just changed."""
-        slots = self._by_kind.get(kind)
-        if not slots:
+        plan = self._plans.get(kind)
+        if plan is None:
             return
-        known = self._known.get(kind)
-        if known is not None:
-            known.add(key)
+        if plan.known is not None:
+            plan.known.add(key)
+        if key not in plan.active:
+            # Fast path, nearly every entity: no active alert, so nothing to do unless a condition
+            # holds (or fails to evaluate): then the careful path below runs.
+            try:
+                for cond in plan.conds:
+                    if cond(fields):
+                        break
+                else:
+                    return
+            except Exception:
+                pass
+        self._evaluate_slots(plan.slots, key, fields, now)
+
+    def _evaluate_slots(self, slots: Iterable[_Slot], key: str, fields: Mapping[str, Any], now: float) -> None:
         for slot in slots:
             try:
                 holds = slot.cond(fields)
@@ -168,6 +206,8 @@ class AlertEngine:
             if alert is None:
                 if holds:
                     self._activate(slot, key, fields, now)
+            elif holds and alert.state == FIRING and alert.cleared_since is None:
+                alert.last_held = now  # still firing: the common case for an active entity
             else:
                 self._update(slot, alert, holds, fields, now)
 
@@ -212,8 +252,9 @@ class AlertEngine:
                       labels=rule.alert_labels(key, fields), annotations=rule.render(fields), last_held=now,
                       value=rule.current_value(fields))
         slot.states[key] = alert
+        self._count(alert.kind, key, 1)
         if rule.for_ <= 0:
-            self._fire(slot, alert, fields, now)
+            self._fire(slot, alert, None, now)  # annotations and value are those just computed
             return
         self._pending[alert.id] = alert
         self._transition(alert, PENDING, now)
@@ -231,8 +272,19 @@ class AlertEngine:
             if receiver.accepts(alert.labels):
                 receiver.firing(alert, now)
 
+    def _count(self, kind: str, key: str, delta: int) -> None:
+        plan = self._plans.get(kind)
+        if plan is None:
+            return
+        n = plan.active.get(key, 0) + delta
+        if n > 0:
+            plan.active[key] = n
+        else:
+            plan.active.pop(key, None)
+
     def _resolve(self, slot: _Slot, alert: Alert, now: float) -> None:
-        slot.states.pop(alert.key, None)
+        if slot.states.pop(alert.key, None) is not None:
+            self._count(alert.kind, alert.key, -1)
         self._clearing.pop(alert.id, None)
         self._firing.pop(alert.id, None)
         alert.resolved_at = now
@@ -242,21 +294,31 @@ class AlertEngine:
                 receiver.resolved(alert, now)
 
     def _deactivate(self, slot: _Slot, alert: Alert, now: float) -> None:
-        slot.states.pop(alert.key, None)
+        if slot.states.pop(alert.key, None) is not None:
+            self._count(alert.kind, alert.key, -1)
         self._pending.pop(alert.id, None)
         self._transition(alert, INACTIVE, now)
 
     def _transition(self, alert: Alert, to: str, now: float) -> None:
-        metrics.ALERT_TRANSITIONS.labels(alert.rule, to).inc()
+        counter = self._counters.get((alert.rule, to))
+        if counter is None:
+            counter = self._counters[(alert.rule, to)] = metrics.ALERT_TRANSITIONS.labels(alert.rule, to)
+        counter.inc()
         self._dirty = True
-        if to in (FIRING, RESOLVED):
-            log.debug("alert " + to, alert=alert.id, severity=alert.labels.get("severity"))
         if self.write_points is not None and len(self._points) < MAX_BUFFERED_POINTS:
-            self._points.append(alert_point(
-                rule=alert.rule, state=to, at=now, severity=alert.labels.get("severity", ""), kind=alert.kind,
-                entity=alert.key, labels={k: v for k, v in alert.labels.items() if k not in _POINT_TAGS_SKIPPED},
-                value=alert.value,
-                summary=alert.annotations.get("summary", "")))
+            # The line is built later, off the hot path (labels and annotations are never mutated).
+            self._points.append((alert.rule, to, now, alert.kind, alert.key, alert.labels, alert.value,
+                                 alert.annotations.get("summary", "")))
+
+    @staticmethod
+    def _lines(records: list[tuple[Any, ...]]) -> list[str]:
+        lines = []
+        for rule, to, at, kind, key, labels, value, summary in records:
+            lines.append(alert_point(
+                rule=rule, state=to, at=at, severity=labels.get("severity", ""), kind=kind, entity=key,
+                labels={k: v for k, v in labels.items() if k not in _POINT_TAGS_SKIPPED}, value=value,
+                summary=summary))
+        return lines
 
     # --- timers ---------------------------------------------------------------------------------------------
 
@@ -266,20 +328,8 @@ class AlertEngine:
         for kind, slots in self._time_slots.items():
             for key in list(self._known.get(kind, ())):
                 fields = lookup(kind, key)
-                if fields is None:
-                    continue
-                for slot in slots:
-                    try:
-                        holds = slot.cond(fields)
-                    except Exception:
-                        holds = False
-                        self.eval_errors += 1
-                    alert = slot.states.get(key)
-                    if alert is None:
-                        if holds:
-                            self._activate(slot, key, fields, now)
-                    else:
-                        self._update(slot, alert, holds, fields, now)
+                if fields is not None:
+                    self._evaluate_slots(slots, key, fields, now)
         for alert in list(self._pending.values()):
             pslot = self._slots.get(alert.rule)
             if pslot is None or now - alert.active_since < pslot.rule.for_:
@@ -306,7 +356,8 @@ class AlertEngine:
         known = self._known.get(kind)
         if known is not None:
             known.discard(key)
-        for slot in self._by_kind.get(kind, ()):
+        plan = self._plans.get(kind)
+        for slot in plan.slots if plan is not None else ():
             alert = slot.states.get(key)
             if alert is None:
                 continue
@@ -469,6 +520,7 @@ class AlertEngine:
             known = self._known.get(alert.kind)
             if known is not None:
                 known.add(alert.key)
+        self._reindex()
         self._announce(now)
         for alert in orphans:  # their rule is gone: announce the end of the firing ones
             if alert.state == FIRING:
@@ -518,7 +570,9 @@ class AlertEngine:
 
         async def deliver() -> None:
             try:
-                await write(batch)
+                # A burst (an outage) may be 100k lines: built in a thread so the loop keeps polling.
+                lines = self._lines(batch) if len(batch) < 200 else await asyncio.to_thread(self._lines, batch)
+                await write(lines)
             except Exception as exc:
                 log.warning("alert points not written", points=len(batch), error=f"{type(exc).__name__}: {exc}")
 

@@ -43,6 +43,13 @@ _OPS = simpleeval.DEFAULT_OPERATORS
 _BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     k: _OPS[k] for k in (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
 }
+# With a small numeric constant on one side, the plain operator is as safe as simpleeval's guarded one
+# (no huge string repetition, no huge power) and much cheaper.
+_PLAIN_BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: op.add, ast.Sub: op.sub, ast.Mult: op.mul, ast.Div: op.truediv, ast.FloorDiv: op.floordiv,
+    ast.Mod: op.mod, ast.Pow: op.pow,
+}
+_SMALL_CONSTANT = 1000
 _CMP: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     k: _OPS[k] for k in (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn)
 }
@@ -175,6 +182,19 @@ def _field_compare(name: str, opcls: type[ast.cmpop], c: Any) -> Fn:
         def f(d: Fields) -> bool:
             v = d.get(name)
             return v is not None and v not in c
+    return f
+
+
+def _field_compare_expr(name: str, opcls: type[ast.cmpop], right: Fn) -> Fn:
+    """`field <op> expression`, e.g. `staleness_seconds > 3 * poll_interval_seconds`."""
+    fn = _CMP[opcls]
+
+    def f(d: Fields) -> bool:
+        a = d.get(name)
+        if a is None:
+            return False
+        b = right(d)
+        return b is not None and bool(fn(a, b))
     return f
 
 
@@ -327,6 +347,33 @@ class _Compiler:
         left, right = self.compile(node.left), self.compile(node.right)
         if left.is_const and right.is_const:
             return self._fold(fn, left.const, right.const)
+        small = left if left.is_const else right if right.is_const else None
+        if (small is not None and isinstance(small.const, int | float) and not isinstance(small.const, bool)
+                and abs(small.const) <= _SMALL_CONSTANT):
+            fn = _PLAIN_BINOPS[type(node.op)]
+            other = right if small is left else left
+            if other.name is not None:  # `constant <op> field` / `field <op> constant`: one closure
+                name, c = other.name, small.const
+                if small is left:
+                    def const_field(d: Fields) -> Any:
+                        v = d.get(name)
+                        if v is None:
+                            return None
+                        try:
+                            return fn(c, v)
+                        except ZeroDivisionError:
+                            return None
+                    return _Node(const_field)
+
+                def field_const(d: Fields) -> Any:
+                    v = d.get(name)
+                    if v is None:
+                        return None
+                    try:
+                        return fn(v, c)
+                    except ZeroDivisionError:
+                        return None
+                return _Node(field_const)
         a, b = left.closure(), right.closure()
 
         def binop(d: Fields) -> Any:
@@ -373,6 +420,8 @@ class _Compiler:
             return _field_compare(left.name, opcls, right.const)
         if left.is_const and right.name is not None and opcls in _MIRROR:
             return _field_compare(right.name, _MIRROR[opcls], left.const)
+        if left.name is not None and not right.is_const:
+            return _field_compare_expr(left.name, opcls, right.closure())
         return _compare_pair(left.closure(), opcls, right.closure())
 
     def _IfExp(self, node: ast.IfExp) -> _Node:

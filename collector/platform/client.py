@@ -33,6 +33,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
 
+import aiohttp
 import httpx
 import structlog
 
@@ -146,12 +147,13 @@ def _subject(device_no: str, cards: int) -> dict[str, Any]:
 def _from_transport(exc: BaseException, endpoint: str, trace_id: str) -> PlatformError:
     """httpx (and httpx-aiohttp) exceptions as our types."""
     if isinstance(exc, httpx.TimeoutException):
-        # httpx-aiohttp maps every aiohttp.ClientConnectionError (server disconnected, reset) to
-        # httpx.ConnectTimeout: only a real timeout underneath is a timeout.
+        # httpx-aiohttp maps every aiohttp.ClientConnectionError (server disconnected, connection
+        # reset) to httpx.ConnectTimeout: an aiohttp error underneath that is not itself a timeout is
+        # a transport error. (httpx's own transport chains httpcore's timeouts: those are timeouts.)
         cause = exc.__cause__
-        if cause is None or isinstance(cause, TimeoutError):
-            return PlatformTimeout(f"timed out ({type(exc).__name__})", endpoint=endpoint, trace_id=trace_id)
-        return TransportError(f"{type(cause).__name__}: {cause}", endpoint=endpoint, trace_id=trace_id)
+        if isinstance(cause, aiohttp.ClientError) and not isinstance(cause, TimeoutError):
+            return TransportError(f"{type(cause).__name__}: {cause}", endpoint=endpoint, trace_id=trace_id)
+        return PlatformTimeout(f"timed out ({type(exc).__name__})", endpoint=endpoint, trace_id=trace_id)
     if isinstance(exc, TimeoutError):
         return PlatformTimeout("no complete answer within the deadline", endpoint=endpoint, trace_id=trace_id)
     return TransportError(f"{type(exc).__name__}: {exc}", endpoint=endpoint, trace_id=trace_id)
@@ -180,7 +182,9 @@ class PlatformClient:
         limits = httpx.Limits(max_connections=config.max_concurrency,
                               max_keepalive_connections=config.max_concurrency,
                               keepalive_expiry=KEEPALIVE_EXPIRY)
-        self._deadline = config.timeout + config.connect_timeout
+        # platform.timeout bounds the whole request (connect included); httpx's own timeouts bound
+        # each phase, and the deadline catches a server that drips bytes slowly enough to reset them.
+        self._deadline = config.timeout
         self._http = httpx.AsyncClient(
             base_url=base_url or str(config.base_url),
             transport=transport or _transport(config, limits),
@@ -365,13 +369,9 @@ class PlatformClient:
                 response = await self._http.post(path, content=body, headers=headers)
         except (httpx.HTTPError, TimeoutError, OSError) as exc:
             raise _from_transport(exc, name, trace_id) from exc
-        except Exception as exc:
+        except aiohttp.ClientError as exc:
             # aiohttp errors the httpx-aiohttp transport does not map (its map is not exhaustive).
-            import aiohttp
-
-            if isinstance(exc, aiohttp.ClientError):
-                raise _from_transport(exc, name, trace_id) from exc
-            raise
+            raise _from_transport(exc, name, trace_id) from exc
         finally:
             REQUESTS_IN_FLIGHT.dec()
             elapsed = time.perf_counter() - start

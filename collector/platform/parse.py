@@ -316,9 +316,13 @@ def parse_envelope(raw: bytes, endpoint: str, *, codes: ErrorCodesConfig | None 
     try:
         body = decode_json(raw)
     except (ValueError, RecursionError):
-        preview = raw[:80].decode("utf-8", "replace")
-        error = ParseError(f"answer is not JSON ({len(raw)} bytes, starts {preview!r})",
-                           endpoint=endpoint, trace_id=trace_id)
+        # Quote the start of a body only when it is not JSON-like (a gateway's HTML page says what
+        # went wrong); a broken JSON body may hold device fields, secrets included: never quote it.
+        head = raw[:80].lstrip()
+        what = ("truncated or malformed JSON" if head[:1] in (b"{", b"[")
+                else f"starts {head.decode('utf-8', 'replace')!r}" if head else "empty")
+        error = ParseError(f"answer is not JSON ({len(raw)} bytes, {what})", endpoint=endpoint,
+                           trace_id=trace_id)
         error.transient = True
         raise error from None
     if body.__class__ is not dict:

@@ -30,6 +30,8 @@ from collector.metrics import RATE_LIMIT_CONFIGURED, RATE_LIMIT_CURRENT
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
+_EPSILON = 1e-9  # tokens; see acquire()
+
 
 class RateLimiter:
     """Adaptive token bucket + concurrency limit, for one event loop."""
@@ -95,8 +97,10 @@ class RateLimiter:
                 now = self.clock()
                 self._recover(now)
                 self._refill(now)
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
+                # The epsilon absorbs float rounding: after sleeping exactly the computed time the
+                # refill may land a hair below 1.0, and waiting for 1e-15 tokens would spin.
+                if self._tokens >= 1.0 - _EPSILON:
+                    self._tokens = max(self._tokens - 1.0, 0.0)
                     return
                 # The rate may change while we sleep (halved by a throttle, raised by recovery): the
                 # loop re-reads it, so a halving delays the head of the queue too.

@@ -16,6 +16,7 @@ class SimClock:
         if speed < 0:
             raise ValueError(f"speed must be >= 0, got {speed}")
         self._base = time.time() if start is None else float(start)
+        self.started = self._base  # the simulated time at construction
         self._mono = time.monotonic()
         self.speed = float(speed)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from datetime import datetime
@@ -189,6 +190,8 @@ async def serve(simulator: Simulator, host: str, port: int, from_file: str | Non
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     await simulator.start(host, port)
+    # The fleet's ids and cached profiles live as long as the process: keep the GC from rescanning them.
+    gc.freeze()
     try:
         banner(simulator, from_file, out)
         await stop.wait()

@@ -73,6 +73,15 @@ class FaultInjector:
         self._window_count = 0
         self._faulted = 0
 
+    @property
+    def config(self) -> FaultConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: FaultConfig) -> None:
+        self._config = config
+        self.active = config.active  # read on every request: computed once per change
+
     def update(self, changes: dict[str, object], *, clear: bool = False) -> FaultConfig:
         """Apply a partial update (validated as a whole; on error nothing changes)."""
         base = {} if clear else self.config.model_dump()
@@ -82,7 +91,7 @@ class FaultInjector:
 
     def over_cap(self) -> bool:
         """Count this request against the platform's per-second cap; True if it is over."""
-        cap = self.config.qps_cap
+        cap = self._config.qps_cap
         if not cap:
             return False
         second = int(time.monotonic())
@@ -93,8 +102,8 @@ class FaultInjector:
 
     def decide(self, endpoint: Endpoint) -> tuple[float, FaultKind | None]:
         """(seconds of added latency, the fault to inject or None) for one request."""
-        config = self.config
-        if not config.active or (config.endpoints and endpoint not in config.endpoints):
+        config = self._config
+        if not self.active or (config.endpoints and endpoint not in config.endpoints):
             return 0.0, None
         if config.limit:
             if self._faulted >= config.limit:

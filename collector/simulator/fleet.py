@@ -283,6 +283,8 @@ class DeviceProfile:
     period: float
     segments: tuple[tuple[float, float, int], ...]  # (start, end, slot) offsets within the period
     switches: tuple[tuple[float, int, int], ...]  # (offset, new slot, old slot), ascending
+    # The same in a period with an offline window: switches inside it are reported on reconnecting.
+    offline_switches: tuple[tuple[float, int, int], ...]
     full: tuple[float, ...]  # by slot: seconds effective per period
     off_full: tuple[float, ...]  # by slot: seconds of that lost in an offline period
     off_every: int  # 0 = never offline; else periods k with k % off_every == off_residue
@@ -291,7 +293,6 @@ class DeviceProfile:
     off_end: float
     key: int
     rssi_center: float
-    weak_signal: bool
     plugged: bool
     battery_low: float
     battery_drain: float
@@ -309,8 +310,6 @@ class DeviceProfile:
     soft_version: str
     network: str
     wisdom: int
-    province: str
-    city: str
     province_code: str
     city_code: str
     region_name: str
@@ -379,17 +378,16 @@ class DeviceProfile:
         return result
 
     def switches_before(self, x: float, limit: int, periods: int = 4) -> list[tuple[float, int, int]]:
-        """Up to `limit` routine SIM switches at or before `x`, newest first, skipping those inside
-        offline windows (a device that is offline does not report)."""
+        """Up to `limit` routine SIM switches at or before `x`, newest first (a device offline at a
+        switch reports it when it comes back)."""
         found: list[tuple[float, int, int]] = []
         if not self.switches:
             return found
         k, o = self._split(x)
         for j in range(k, k - periods, -1):
             base = self.origin + j * self.period
-            offline = self._offline_period(j)
-            for offset, new, old in reversed(self.switches):
-                if (j == k and offset > o) or (offline and self.off_start <= offset < self.off_end):
+            for offset, new, old in reversed(self.offline_switches if self._offline_period(j) else self.switches):
+                if j == k and offset > o:
                     continue
                 found.append((base + offset, new, old))
                 if len(found) >= limit:
@@ -415,6 +413,28 @@ def _build_routine(r: Callable[[], float], slots: int) -> tuple[float, tuple[tup
         cursor += away
     segments.append((cursor, period, preferred))
     return period, tuple(segments)
+
+
+def _slot_before(segments: tuple[tuple[float, float, int], ...], offset: float) -> int:
+    """The slot in effect just before `offset` (the previous period's last one at offset 0)."""
+    for start, end, slot in segments:
+        if start < offset <= end:
+            return slot
+    return segments[-1][2]
+
+
+def _reported_switches(segments: tuple[tuple[float, float, int], ...],
+                       switches: tuple[tuple[float, int, int], ...], off_start: float, off_end: float,
+                       period: float) -> tuple[tuple[float, int, int], ...]:
+    """The switches a device reports in a period with an offline window: those inside the window
+    become one switch at reconnection, if it came back on another SIM."""
+    reported = [s for s in switches if not off_start <= s[0] < off_end]
+    if len(reported) < len(switches) and off_end < period:
+        before = _slot_before(segments, off_start)
+        after = next(slot for start, end, slot in segments if start <= off_end < end)
+        if before != after:
+            reported.append((off_end, after, before))
+    return tuple(sorted(reported))
 
 
 _LOG_8H = math.log(8 * 3600)
@@ -561,6 +581,7 @@ class Fleet:
             off_every, window = 1, 0.4 + 0.3 * r()
         off_start = (1.0 - window) * r() * period
         off_end = off_start + window * period
+        offline_switches = _reported_switches(segments, switches, off_start, off_end, period)
         full = [0.0] * 5
         off_full = [0.0] * 5
         for begin, end, slot in segments:
@@ -588,9 +609,10 @@ class Fleet:
         return DeviceProfile(
             index=index, device_no=device_no, imei=imei, record_id=1000 + index, sims=sims,
             origin=1_577_836_800.0 + period * r(),  # 2020-01-01 plus a phase
-            period=period, segments=segments, switches=switches, full=tuple(full), off_full=tuple(off_full),
+            period=period, segments=segments, switches=switches, offline_switches=offline_switches,
+            full=tuple(full), off_full=tuple(off_full),
             off_every=off_every, off_residue=int(off_every * r()), off_start=off_start, off_end=off_end,
-            key=h, rssi_center=-112 + 8 * r() if weak else -95 + 33 * r(), weak_signal=weak,
+            key=h, rssi_center=-112 + 8 * r() if weak else -95 + 33 * r(),
             plugged=r() < 0.25, battery_low=5 + 30 * r(),
             battery_drain=(6 + 24 * r()) * 3600, battery_charge=(1 + 2 * r()) * 3600,
             battery_phase=33 * 3600 * r(), max_conn=(10, 10, 16, 32)[(g >> 40) & 3], conn_level=0.6 * r(),
@@ -599,7 +621,7 @@ class Fleet:
             wifi_pass_5g=str(10**9 + h % (9 * 10**9)) if has_5g else "",
             mac=mac, web_login=_WEB_LOGINS[(g >> 42) & 3], soft_version=_SOFT_VERSIONS[(g >> 44) % 3],
             network=_NETWORKS[(g >> 46) % len(_NETWORKS)], wisdom=1 if slots > 1 and r() < 0.7 else 0,
-            province=province, city=city, province_code=province_code, city_code=city_code,
+            province_code=province_code, city_code=city_code,
             region_name=f"{province} {city} {_STREETS[(g >> 49) % len(_STREETS)]} "
                         f"靠近{_LANDMARKS[(g >> 52) % len(_LANDMARKS)]}",
             lat=round(lat - 0.08 + 0.16 * r(), 7), lng=round(lng - 0.08 + 0.16 * r(), 7),
@@ -848,7 +870,12 @@ class Fleet:
         events = device.switches_before(t, 8)
         holds = self._offline_holds.get(device.index)
         if holds:
-            events = [e for e in events if not any(a <= e[0] < b for a, b in holds)]
+            # Forced offline: switches in between are reported on reconnecting, as one.
+            kept = [e for e in events if not any(a <= e[0] < b for a, b in holds)]
+            for a, b in holds:
+                if b <= t and device.slot_at(b) != device.slot_at(a):
+                    kept.append((b, device.slot_at(b), device.slot_at(a)))
+            events = sorted(kept, reverse=True)
         return [e for e in events if e[0] >= device.created_at]
 
     def device_state(self, index: int, t: float, *, info: bool = False) -> DeviceState:
@@ -861,8 +888,9 @@ class Fleet:
         flow_at = max(bucket(t, INFO_FLOW_REFRESH if info else FLOW_REFRESH, device.flow_phase), touched)
         since = self.offline_since(device, t)
         online = since is None
-        if online:
-            seen_at = status_at
+        if since is None:
+            # A device reports when it reconnects: a refresh from before that is not its latest word.
+            seen_at = status_at if self.offline_since(device, status_at) is None else t
         else:  # what the device reported last: the last refresh (or override) before it went offline
             seen_at = max(bucket(since, STATUS_REFRESH, device.status_phase), touched if touched <= since else -INF)
         effective = device.slot_at(seen_at)
@@ -877,7 +905,8 @@ class Fleet:
         terminal = ""
         if conn:
             h = _mix(key + int(seen_at // 3600))
-            terminal = ":".join(f"{(h >> (8 * i)) & 0xFF:02X}" for i in range(6))
+            terminal = (f"{h & 0xFF:02X}:{h >> 8 & 0xFF:02X}:{h >> 16 & 0xFF:02X}:"
+                        f"{h >> 24 & 0xFF:02X}:{h >> 32 & 0xFF:02X}:{h >> 40 & 0xFF:02X}")
         state = DeviceState(
             profile=device, online=online, status_at=seen_at, flow_at=flow_at, effective_slot=effective,
             rssi=self.rssi(device, seen_at), battery=self.battery(device, seen_at), conn=conn,

@@ -111,7 +111,7 @@ class Simulator:
             platform = PlatformConfig(app_id=EMBEDDED_APP_ID, app_secret=EMBEDDED_APP_SECRET)  # type: ignore[arg-type]
         self.platform = platform
         self.clock = SimClock(start, speed)
-        self.fleet = Fleet(devices, seed, self.clock.now(), platform.timezone)
+        self.fleet = Fleet(devices, seed, self.clock.started, platform.timezone)
         self.wire = WireFormat(self.fleet.face, platform.flow_unit_bytes)
         self.faults = FaultInjector(faults, seed)
         self.stats = Stats()
@@ -208,7 +208,7 @@ class Simulator:
         if faults.over_cap():
             return self._throttled(name, request)
         fault = None
-        if faults.config.active:
+        if faults.active:
             delay, fault = faults.decide(endpoint)
             if delay:
                 await asyncio.sleep(delay)

@@ -88,6 +88,7 @@ class SinkPipeline:
         self._started = False
         self._accepting = False
         self._stopping = False
+        self._aborted = False
         self._flushing = 0
         self._inflight = 0
         self._progress = asyncio.Event()
@@ -129,6 +130,7 @@ class SinkPipeline:
         tasks = [s.task for s in self._states.values() if s.task is not None]
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.0))
+            self._aborted = True
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -229,6 +231,11 @@ class SinkPipeline:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a sink must never kill its drain task
+                current = asyncio.current_task()
+                if self._aborted or (current is not None and current.cancelling()):
+                    # stop() gave up on this batch; some HTTP stacks turn the cancellation of a
+                    # connect attempt into a connection error, which must not swallow it.
+                    raise asyncio.CancelledError from exc
                 if isinstance(exc, RetryableError):
                     reason, detail, retry_after = exc.reason, exc.detail, exc.retry_after
                 else:

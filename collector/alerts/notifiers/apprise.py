@@ -36,6 +36,9 @@ class AppriseReceiver(GroupingReceiver):
             for url in self.config.urls:
                 obj = apprise.Apprise()
                 obj.add(url.get_secret_value())
+                if self.config.min_interval is not None:
+                    for plugin in obj:  # Apprise throttles each service instance on its own
+                        plugin.request_rate_per_sec = self.config.min_interval
                 objects.append(obj)
             self._objects = objects
         return self._objects[target]
