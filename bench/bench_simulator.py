@@ -3,10 +3,17 @@
 The simulator runs in its own process, pinned to one CPU core; a plain aiohttp client loop (no
 collector code besides the signer) runs in one or more other processes, pinned to the other cores,
 with keep-alive connections and zero added latency, asking for devices round-robin across the fleet.
+`--driver collector` drives it with the collector's own PlatformClient instead, to compare what a
+request costs each side.
 Besides the achieved rate it reads the server process's CPU time, so it also reports what one fully
 used core would serve (`capacity`): the honest figure when the client, not the server, saturates first.
 
+By default the server first answers every device once (a collector's first polling round), so the
+run measures the steady state; `--cold` measures first visits instead (every request builds the
+device's profile, as it does on every round for fleets beyond the 20k-profile cache).
+
     .venv/bin/python bench/bench_simulator.py --devices 10000 --duration 10 --concurrency 64
+    .venv/bin/python bench/bench_simulator.py --devices 100000 --duration 10 --concurrency 64 --cold
 
 Prints numbers, never passes or fails.
 """
@@ -38,11 +45,16 @@ def _pin(cores: set[int]) -> None:
         os.sched_setaffinity(0, cores)
 
 
-def _serve(devices: int, seed: int, core: int, ready: Any, stop: Any) -> None:
+def _serve(devices: int, seed: int, core: int, warm: bool, ready: Any, stop: Any) -> None:
     _pin({core})
 
     async def run() -> None:
         sim = Simulator(devices=devices, seed=seed, speed=1.0)
+        if warm:
+            # One polling round, as a collector's first cycle does: profiles and dates get cached.
+            now = sim.now()
+            for index in range(devices):
+                sim.wire.device(sim.fleet.device_state(index, now))
         url = await sim.start("127.0.0.1", 0)
         gc.freeze()  # as `iot-collector simulate` does
         ready.send((url, sim.device_numbers()))
@@ -53,14 +65,21 @@ def _serve(devices: int, seed: int, core: int, ready: Any, stop: Any) -> None:
 
 
 def _drive(url: str, device_nos: list[str], offset: int, concurrency: int, warmup: float, duration: float,
-           core: int | None, out: Any) -> None:
+           core: int | None, driver: str, out: Any) -> None:
     if core is not None:
         _pin({core})
     import aiohttp
 
+    from collector.config import PlatformConfig
+    from collector.platform.client import PlatformClient
+    from collector.platform.errors import PlatformError
+
     path = DEFAULT_ENDPOINTS[Endpoint.DEVICE_FLOW].path
     param = DEFAULT_ENDPOINTS[Endpoint.DEVICE_FLOW].param
     signer = Signer(secret=EMBEDDED_APP_SECRET)
+    platform = PlatformConfig.model_validate({
+        "app_id": EMBEDDED_APP_ID, "app_secret": EMBEDDED_APP_SECRET, "rate_limit": 1e6, "burst": 10_000,
+        "max_concurrency": concurrency})
 
     async def run() -> dict[str, Any]:
         latencies: list[float] = []
@@ -69,7 +88,26 @@ def _drive(url: str, device_nos: list[str], offset: int, concurrency: int, warmu
         measuring = False
         deadline = 0.0
         connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-        async with aiohttp.ClientSession(url, connector=connector) as session:
+        async with aiohttp.ClientSession(url, connector=connector) as session, \
+                PlatformClient(platform, base_url=url) as client:
+
+            async def plain(device_no: str) -> bool:
+                form = {param: device_no}
+                headers = {"appID": EMBEDDED_APP_ID, "apiVersion": "2.0", "traceID": uuid.uuid4().hex,
+                           "timestamp": str(int(time.time()))}
+                headers["sign"] = signer.sign(headers, form)
+                async with session.post(path, data=form, headers=headers) as response:
+                    body = await response.read()
+                return response.status == 200 and body.startswith(b'{"code":0')
+
+            async def collector(device_no: str) -> bool:
+                try:
+                    await client.device_flow(device_no)
+                except PlatformError:
+                    return False
+                return True
+
+            one = plain if driver == "aiohttp" else collector
 
             async def worker() -> None:
                 nonlocal counter, errors
@@ -79,13 +117,7 @@ def _drive(url: str, device_nos: list[str], offset: int, concurrency: int, warmu
                         return
                     device_no = device_nos[counter % len(device_nos)]
                     counter += 1
-                    form = {param: device_no}
-                    headers = {"appID": EMBEDDED_APP_ID, "apiVersion": "2.0", "traceID": uuid.uuid4().hex,
-                               "timestamp": str(int(time.time()))}
-                    headers["sign"] = signer.sign(headers, form)
-                    async with session.post(path, data=form, headers=headers) as response:
-                        body = await response.read()
-                    if response.status != 200 or not body.startswith(b'{"code":0'):
+                    if not await one(device_no):
                         errors += 1
                     if measuring:
                         latencies.append(time.perf_counter() - now)
@@ -94,8 +126,11 @@ def _drive(url: str, device_nos: list[str], offset: int, concurrency: int, warmu
             await asyncio.sleep(warmup)
             measuring = True
             deadline = time.perf_counter() + duration
+            out.send("measuring")  # the parent samples the server's CPU time from here
+            cpu = time.process_time()
             await asyncio.gather(*tasks)
-        return {"requests": len(latencies), "errors": errors, "latencies": latencies}
+            cpu = time.process_time() - cpu
+        return {"requests": len(latencies), "errors": errors, "latencies": latencies, "cpu": cpu}
 
     out.send(asyncio.run(run()))
 
@@ -113,6 +148,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=64, help="connections per client process")
     parser.add_argument("--clients", type=int, default=1, help="client processes")
+    parser.add_argument("--driver", choices=["aiohttp", "collector"], default="aiohttp",
+                        help="aiohttp: a plain signed-request loop; collector: the collector's own "
+                             "PlatformClient (device_flow, parsed), to compare its cost per request")
+    parser.add_argument("--cold", action="store_true",
+                        help="skip the warm-up round: every request is a device's first visit (or, past "
+                             "the 20k-profile cache, a rebuild)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
@@ -123,7 +164,8 @@ def main() -> int:
     ready_recv, ready_send = ctx.Pipe(duplex=False)
     stop = ctx.Event()
     started = time.perf_counter()
-    server = ctx.Process(target=_serve, args=(args.devices, args.seed, server_core, ready_send, stop))
+    server = ctx.Process(target=_serve, args=(args.devices, args.seed, server_core, not args.cold, ready_send,
+                                              stop))
     server.start()
     url, device_nos = ready_recv.recv()
     startup = time.perf_counter() - started
@@ -135,11 +177,12 @@ def main() -> int:
         core = client_cores[i % len(client_cores)]
         offset = i * (len(device_nos) // max(args.clients, 1))
         proc = ctx.Process(target=_drive, args=(url, device_nos, offset, args.concurrency, args.warmup,
-                                                args.duration, core, send))
+                                                args.duration, core, args.driver, send))
         proc.start()
         pipes.append(recv)
         clients.append(proc)
-    time.sleep(args.warmup)
+    for pipe in pipes:
+        assert pipe.recv() == "measuring"
     cpu_before, wall_before = _cpu_seconds(server.pid), time.perf_counter()
     results = [pipe.recv() for pipe in pipes]
     cpu_after, wall_after = _cpu_seconds(server.pid), time.perf_counter()
@@ -154,11 +197,15 @@ def main() -> int:
     cpu = cpu_after - cpu_before
     wall = wall_after - wall_before
     report = {
-        "devices": args.devices, "clients": args.clients, "concurrency": args.concurrency,
+        "driver": args.driver, "devices": args.devices, "profiles": "cold" if args.cold else "warm",
+        "clients": args.clients,
+        "concurrency": args.concurrency,
         "duration_s": args.duration, "requests": requests, "errors": errors,
         "req_per_s": round(requests / args.duration),
         "server_cpu_share": round(cpu / wall, 2) if wall else None,
         "capacity_req_per_core_s": round(requests / cpu) if cpu else None,
+        "server_cpu_us_per_req": round(cpu / requests * 1e6) if requests else None,
+        "client_cpu_us_per_req": round(sum(r["cpu"] for r in results) / requests * 1e6) if requests else None,
         "latency_ms_p50": round(statistics.median(latencies) * 1000, 2) if latencies else None,
         "latency_ms_p99": round(latencies[int(len(latencies) * 0.99)] * 1000, 2) if latencies else None,
         "startup_s": round(startup, 2), "cores": len(cores), "python": sys.version.split()[0],

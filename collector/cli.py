@@ -57,20 +57,22 @@ def cmd_once(args: argparse.Namespace) -> int:
     from collector.logs import configure_logging
     from collector.once import run_once
 
+    from collector.inventory import load_inventory
+
     config, _path = read_config(args)
     configure_logging(args.log_level or "warning", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
+    devices = args.device or list(load_inventory(config.inventory, config.sharding).devices)
 
     async def go() -> int:
         if not config.simulator.embedded:
-            return await run_once(config, args.device or None, args.json, sys.stdout)
+            return await run_once(config, devices, args.json, sys.stdout)
         from collector.simulator import Simulator
 
         sim = Simulator(devices=config.simulator.devices, seed=config.simulator.seed,
                         speed=config.simulator.speed, platform=config.platform)
         base_url = await sim.start("127.0.0.1", 0)
         try:
-            devices = args.device or [d.device_no for d in config.inventory.devices] or sim.device_numbers()
-            return await run_once(config, devices, args.json, sys.stdout, base_url=base_url)
+            return await run_once(config, devices or sim.device_numbers(), args.json, sys.stdout, base_url=base_url)
         finally:
             await sim.stop()
 

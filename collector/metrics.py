@@ -42,15 +42,15 @@ RATE_LIMITED = Counter(f"{P}_upstream_throttled_total", "Times the platform said
 REQUESTS_IN_FLIGHT = Gauge(f"{P}_upstream_requests_in_flight", "Platform requests in flight", registry=REGISTRY)
 
 # --- jobs -------------------------------------------------------------------------------------------
-JOB_RUNS = Counter(f"{P}_job_runs_total", "Job runs by outcome", ["job", "outcome"], registry=REGISTRY)
-JOB_DURATION = Histogram(f"{P}_job_duration_seconds", "How long one run of a job took", ["job"],
+JOB_RUNS = Counter(f"{P}_job_runs_total", "Job runs by outcome", ["poll_job", "outcome"], registry=REGISTRY)
+JOB_DURATION = Histogram(f"{P}_job_duration_seconds", "How long one run of a job took", ["poll_job"],
                          registry=REGISTRY, buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 900, 3600))
 JOB_OVERRUNS = Counter(f"{P}_job_overruns_total",
-                       "Runs skipped because the previous run of the same job was still going", ["job"],
+                       "Runs skipped because the previous run of the same job was still going", ["poll_job"],
                        registry=REGISTRY)
-JOB_LAG = Gauge(f"{P}_job_lag_seconds", "How late the last run of a job started", ["job"], registry=REGISTRY)
+JOB_LAG = Gauge(f"{P}_job_lag_seconds", "How late the last run of a job started", ["poll_job"], registry=REGISTRY)
 JOB_LAST_SUCCESS = Gauge(f"{P}_job_last_success_timestamp_seconds", "When a job last finished without error",
-                         ["job"], registry=REGISTRY)
+                         ["poll_job"], registry=REGISTRY)
 POLLS = Counter(f"{P}_entity_polls_total", "Entities polled by kind and outcome", ["kind", "outcome"],
                 registry=REGISTRY)
 

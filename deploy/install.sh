@@ -82,6 +82,9 @@ case "$PREFIX" in /*) ;; *) die "--prefix must be absolute, got $PREFIX" ;; esac
 [ -d "$ROOT" ] || die "--root $ROOT is not a directory"
 ROOT=$(cd "$ROOT" && pwd)
 R=${ROOT%/}   # "" for the real root, so "$R/etc" is always right
+if [ -z "$R" ] && [ "$(id -u)" -ne 0 ]; then
+  die "installing into / needs root (sudo $0 ...), or use --root DIR"
+fi
 
 UNITS=(iot-collector.service iot-collector@.service)
 UNIT_DIR=/etc/systemd/system

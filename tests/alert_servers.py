@@ -64,7 +64,8 @@ receivers:
 
     def alerts(self, **filters: str) -> list[dict[str, Any]]:
         """GET /api/v2/alerts, filtered by label equality (`alertname="DeviceOffline"`)."""
-        params = [("filter", f'{k}="{v}"') for k, v in filters.items()]
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("filter", f'{k}="{v}"') for k, v in filters.items()]
         response = httpx.get(self.url + "/api/v2/alerts", params=params, timeout=5.0)
         response.raise_for_status()
         return list(response.json())
@@ -87,7 +88,7 @@ class HttpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 path = self.path.split("?")[0]
                 if path in receiver.fail_paths:
@@ -136,9 +137,9 @@ class _SmtpHandler:
     def __init__(self, messages: list[email.message.EmailMessage]) -> None:
         self.messages = messages
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd API
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.messages.append(message)  # type: ignore[arg-type]
+        self.messages.append(message)
         return "250 Message accepted for delivery"
 
 
@@ -170,10 +171,10 @@ class SmtpReceiver:
         return [str(m["Subject"]) for m in self.messages]
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> bool:
-    """Poll `predicate()` until it is true or `timeout` seconds pass."""
+async def wait_for(predicate: Any, within: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll `predicate()` until it is true or `within` seconds pass."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while loop.time() < deadline:
         if predicate():
             return True

@@ -18,6 +18,7 @@ from collector.alerts.silences import SilenceBook, SilenceError
 from collector.config import ConfigError, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:apprise.*")
 
 
 def config_of(alerts: dict[str, Any]) -> Any:

@@ -7,8 +7,12 @@ an SMTP server (aiosmtpd) reached through an Apprise `mailto://` URL, and the ge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
+import io
+import json
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,15 +22,18 @@ import httpx
 import pytest
 
 from collector.alerts.engine import AlertEngine
+from collector.cli import main as cli_main
 from collector.config import Config, parse_config
 from collector.platform.client import PlatformClient
 from collector.simulator import Simulator
 from collector.state import FleetState
 from tests.alert_servers import AlertmanagerServer, HttpReceiver, SmtpReceiver, start_alertmanager, wait_for
 from tests.conftest import server_unavailable
-from tests.servers import ServerUnavailable
+from tests.daemon_run import DaemonProcess, demo_config
+from tests.servers import ServerUnavailable, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:apprise.*")]
 
 SECRET = "hook-secret"
 
@@ -168,7 +175,7 @@ class Rig:
     async def expect(self, statuses: tuple[str, ...], settle: float = 0.8) -> None:
         """Wait until every receiver got exactly `statuses`, then check nothing more arrives."""
         expected = dict.fromkeys(("alertmanager", "apprise-json", "smtp", "webhook"), statuses)
-        await wait_for(lambda: self.counts() == expected, timeout=15.0)
+        await wait_for(lambda: self.counts() == expected, within=15.0)
         await asyncio.sleep(settle)
         assert self.counts() == expected
 
@@ -305,3 +312,99 @@ async def test_300_devices_offline_at_once_make_one_message_per_receiver(rig_fac
     assert hook["firingCount"] == 300 and hook["truncatedAlerts"] == 250
     [mail] = rig.mails()
     assert str(mail["Subject"]).startswith("[FIRING:300] DeviceOffline")
+
+
+# --- the real daemon ------------------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`iot-collector ARGS` in this process (the same `main` as the console script)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+async def _healthy_device(config: Config, seed: int, devices: int) -> str:
+    """A device that is online with a decent signal now, on a simulator like the daemon's."""
+    sim = Simulator(devices=devices, seed=seed, speed=1.0, platform=config.platform)
+    base_url = await sim.start("127.0.0.1", 0)
+    try:
+        async with PlatformClient(config.platform, config.privacy, base_url=base_url) as client:
+            for no in sim.device_numbers():
+                obs = await client.device_flow(no)
+                if obs.online and (obs.rssi_dbm or -200) > -95:
+                    return no
+    finally:
+        await sim.stop()
+    raise AssertionError("no healthy simulated device")
+
+
+async def test_the_daemon_alerts_end_to_end_with_cli(tmp_path: Path, receiver: HttpReceiver, smtp: SmtpReceiver,
+                                                     alertmanager: AlertmanagerServer) -> None:
+    customer = f"d{uuid.uuid4().hex[:8]}"
+    sim_port = free_port()
+    grouping = {"group_wait": "200ms", "group_interval": "300ms"}
+    config = demo_config(
+        tmp_path, simulator={"embedded": True, "devices": 10, "seed": 7, "speed": 1, "port": sim_port},
+        jobs={"device_status": {"interval": "1s"}},
+        alerts={"enabled": True, "default_rules": False, "evaluation_interval": "1s", "rules": [OFFLINE],
+                "notifiers": [
+                    {"type": "alertmanager", "url": alertmanager.url, "resend_interval": "1s",
+                     "match": [f"customer={customer}"]},
+                    {"type": "apprise", "name": "apprise", "min_interval": 0, "match": [f"customer={customer}"],
+                     **grouping, "urls": [f"json://127.0.0.1:{receiver.port}/apprise-{customer}",
+                                          smtp.apprise_url(f"{customer}@example.com")]},
+                    {"type": "webhook", "name": "hook", "url": f"{receiver.url}/hook-{customer}", **grouping,
+                     "match": [f"customer={customer}"]}]})
+    parsed = parse_config(config, env={})
+    device = await _healthy_device(parsed, 7, 10)
+    config["inventory"] = {"devices": [{"device_no": device, "labels": {"customer": customer}}]}
+    daemon = DaemonProcess(tmp_path, config)
+    await asyncio.to_thread(daemon.start)
+    try:
+        hook = f"/hook-{customer}"
+
+        def statuses() -> dict[str, tuple[str, ...]]:
+            return {
+                "alertmanager": tuple(b["status"] for b in receiver.bodies("/am")
+                                      if b["groupLabels"].get("customer") == customer),
+                "apprise-json": tuple("resolved" if b["title"].startswith("[RESOLVED") else "firing"
+                                      for b in receiver.bodies(f"/apprise-{customer}")),
+                "smtp": tuple("resolved" if str(m["Subject"]).startswith("[RESOLVED") else "firing"
+                              for m in smtp.messages if f"{customer}@example.com" in str(m["To"])),
+                "webhook": tuple(b["status"] for b in receiver.bodies(hook)),
+            }
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sim_port}") as admin:
+            assert (await admin.post(f"/_sim/devices/{device}/offline")).status_code < 300
+            firing = dict.fromkeys(("alertmanager", "apprise-json", "smtp", "webhook"), ("firing",))
+            assert await wait_for(lambda: statuses() == firing, within=20.0), statuses()
+
+            listed = await asyncio.to_thread(_cli, "alerts", "list", "--url", daemon.url, "--json")
+            assert listed.returncode == 0, listed.stderr
+            [alert] = [a for a in json.loads(listed.stdout) if a["entity"] == device]
+            assert alert["state"] == "firing" and alert["labels"]["customer"] == customer
+            table = await asyncio.to_thread(_cli, "alerts", "list", "--url", daemon.url)
+            assert f"Device {device} is offline" in table.stdout
+
+            # (A silence over the firing alert, lifted, would announce it again, as Alertmanager does.)
+            added = await asyncio.to_thread(_cli, "silence", "add", "device_no=0000", "--duration", "1h",
+                                            "--comment", "e2e", "--url", daemon.url)
+            assert added.returncode == 0, added.stderr
+            sid = added.stdout.strip()
+            silences = await asyncio.to_thread(_cli, "silence", "list", "--url", daemon.url, "--json")
+            assert [s["id"] for s in json.loads(silences.stdout)] == [sid]
+            removed = await asyncio.to_thread(_cli, "silence", "remove", sid, "--url", daemon.url)
+            assert removed.returncode == 0, removed.stderr
+
+            assert (await admin.post(f"/_sim/devices/{device}/online")).status_code < 300
+            both = dict.fromkeys(("alertmanager", "apprise-json", "smtp", "webhook"), ("firing", "resolved"))
+            assert await wait_for(lambda: statuses() == both, within=20.0), statuses()
+            await asyncio.sleep(1.0)
+            assert statuses() == both
+    finally:
+        assert await asyncio.to_thread(daemon.stop) == 0
+    gone = await asyncio.to_thread(_cli, "alerts", "list", "--url", daemon.url)
+    assert gone.returncode == 1
+    assert gone.stderr.startswith("error: cannot reach the collector at ") and "Traceback" not in gone.stderr

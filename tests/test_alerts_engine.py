@@ -4,7 +4,9 @@ reload, and notifiers that fail independently."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +77,11 @@ async def settle(engine: AlertEngine, clock: Clock) -> None:
     assert await engine.drain(5.0)
 
 
+Make = Callable[..., Awaitable[tuple[AlertEngine, Recorder]]]
+
+
 @pytest.fixture
-async def make(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def make(tmp_path: Path) -> AsyncIterator[Make]:
     engines: list[AlertEngine] = []
 
     async def build(config: AlertsConfig, clock: Clock, lines: list[str] | None = None) -> tuple[AlertEngine, Recorder]:
@@ -88,7 +93,7 @@ async def make(tmp_path: Path):  # type: ignore[no-untyped-def]
         use_recorders(engine)
         await engine.start()
         engines.append(engine)
-        return engine, engine.receivers.get("rec")
+        return engine, engine.receivers.get("rec")  # type: ignore[return-value]
 
     yield build
     for engine in engines:
@@ -100,7 +105,7 @@ def states(engine: AlertEngine) -> dict[str, str]:
     return {a["id"]: a["state"] for a in engine.active()}
 
 
-async def test_pending_then_firing_after_for_then_resolved_once(make) -> None:  # type: ignore[no-untyped-def]
+async def test_pending_then_firing_after_for_then_resolved_once(make: Make) -> None:
     clock = Clock()
     engine, rec = await make(alerts_config(WEAK), clock)
     engine.evaluate("device", "d1", device("d1", rssi_dbm=-110), clock.t)
@@ -127,7 +132,7 @@ async def test_pending_then_firing_after_for_then_resolved_once(make) -> None:  
     assert rec.sent[1]["alerts"][0]["state"] == "resolved"
 
 
-async def test_a_pending_alert_whose_condition_stops_never_fires(make) -> None:  # type: ignore[no-untyped-def]
+async def test_a_pending_alert_whose_condition_stops_never_fires(make: Make) -> None:
     clock = Clock()
     engine, rec = await make(alerts_config(WEAK), clock)
     engine.evaluate("device", "d1", device("d1", rssi_dbm=-110), clock.t)
@@ -139,7 +144,7 @@ async def test_a_pending_alert_whose_condition_stops_never_fires(make) -> None: 
     assert states(engine) == {} and rec.sent == []
 
 
-async def test_rssi_jittering_around_the_threshold_does_not_flap(make) -> None:  # type: ignore[no-untyped-def]
+async def test_rssi_jittering_around_the_threshold_does_not_flap(make: Make) -> None:
     clock = Clock()
     engine, rec = await make(alerts_config(WEAK), clock)
     jitter = [-106, -104, -107, -103, -105.5, -101, -106, -104, -102, -106, -104] * 6
@@ -158,7 +163,7 @@ async def test_rssi_jittering_around_the_threshold_does_not_flap(make) -> None: 
     assert metrics.ALERT_TRANSITIONS.labels("WeakSignal", "resolved")._value.get() == transitions + 1
 
 
-async def test_keep_firing_for_holds_a_firing_alert_after_the_condition_clears(make) -> None:  # type: ignore[no-untyped-def]
+async def test_keep_firing_for_holds_a_firing_alert_after_the_condition_clears(make: Make) -> None:
     clock = Clock()
     rule = {**OFFLINE, "keep_firing_for": "2m"}
     engine, rec = await make(alerts_config(rule), clock)
@@ -184,7 +189,7 @@ async def test_keep_firing_for_holds_a_firing_alert_after_the_condition_clears(m
     assert [m["status"] for m in rec.sent] == ["firing", "resolved"]
 
 
-async def test_300_devices_offline_at_once_make_one_grouped_message(make) -> None:  # type: ignore[no-untyped-def]
+async def test_300_devices_offline_at_once_make_one_grouped_message(make: Make) -> None:
     clock = Clock()
     engine, rec = await make(alerts_config(OFFLINE), clock)
     for i in range(300):
@@ -210,7 +215,7 @@ async def test_300_devices_offline_at_once_make_one_grouped_message(make) -> Non
     assert len(resolved) == 1 and resolved[0]["resolvedCount"] == 300
 
 
-async def test_repeat_interval_resends_a_still_firing_group(make) -> None:  # type: ignore[no-untyped-def]
+async def test_repeat_interval_resends_a_still_firing_group(make: Make) -> None:
     clock = Clock()
     engine, rec = await make(alerts_config(OFFLINE), clock)
     engine.evaluate("device", "d1", device("d1", online=False), clock.t)
@@ -225,7 +230,7 @@ async def test_repeat_interval_resends_a_still_firing_group(make) -> None:  # ty
     assert len(rec.sent) == 2 and rec.sent[1]["status"] == "firing"
 
 
-async def test_a_restart_mid_firing_sends_nothing_new(make, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_restart_mid_firing_sends_nothing_new(make: Make, tmp_path: Path) -> None:
     clock = Clock()
     config = alerts_config(OFFLINE)
     engine, rec = await make(config, clock)
@@ -250,7 +255,7 @@ async def test_a_restart_mid_firing_sends_nothing_new(make, tmp_path: Path) -> N
     assert [m["status"] for m in rec2.sent] == ["resolved"]
 
 
-async def test_a_pending_timer_survives_a_restart(make) -> None:  # type: ignore[no-untyped-def]
+async def test_a_pending_timer_survives_a_restart(make: Make) -> None:
     clock = Clock()
     config = alerts_config(WEAK)
     engine, _ = await make(config, clock)
@@ -262,13 +267,14 @@ async def test_a_pending_timer_survives_a_restart(make) -> None:  # type: ignore
     assert states(engine2) == {"WeakSignal/d1": "pending"}
     engine2.sweep(clock.t, lambda kind, key: None)
     assert states(engine2) == {"WeakSignal/d1": "firing"}
-    assert engine2.get_alert("WeakSignal/d1").active_since == T0  # type: ignore[union-attr]
+    alert = engine2.get_alert("WeakSignal/d1")
+    assert alert is not None and alert.active_since == T0
     clock.t += 11
     await settle(engine2, clock)
     assert [m["status"] for m in rec2.sent] == ["firing"]
 
 
-async def test_queued_notifications_survive_a_restart(make) -> None:  # type: ignore[no-untyped-def]
+async def test_queued_notifications_survive_a_restart(make: Make) -> None:
     clock = Clock()
     config = alerts_config(OFFLINE, notifiers=[{
         "type": "log", "name": "rec", "group_wait": 0, "retry": {"max_attempts": 50, "backoff_initial": "5s"}}])
@@ -282,7 +288,7 @@ async def test_queued_notifications_survive_a_restart(make) -> None:  # type: ig
     assert [m["status"] for m in rec2.sent] == ["firing"]
 
 
-async def test_a_silenced_alert_sends_nothing_until_the_silence_ends(make) -> None:  # type: ignore[no-untyped-def]
+async def test_a_silenced_alert_sends_nothing_until_the_silence_ends(make: Make) -> None:
     clock = Clock()
     engine, rec = await make(alerts_config(OFFLINE), clock)
     sid = engine.add_silence(["customer=acme", "alertname=~Device.*"], None, clock.t + 3600, "maintenance", "ops")
@@ -301,7 +307,7 @@ async def test_a_silenced_alert_sends_nothing_until_the_silence_ends(make) -> No
     assert [m["groupLabels"]["customer"] for m in rec.sent] == ["globex", "acme"]
 
 
-async def test_an_alert_that_fires_and_resolves_within_a_silence_sends_nothing(make) -> None:  # type: ignore[no-untyped-def]
+async def test_an_alert_that_fires_and_resolves_within_a_silence_sends_nothing(make: Make) -> None:
     clock = Clock()
     engine, rec = await make(alerts_config(OFFLINE), clock)
     engine.add_silence(["device_no=d1"], None, clock.t + 3600, "", "")
@@ -314,7 +320,7 @@ async def test_an_alert_that_fires_and_resolves_within_a_silence_sends_nothing(m
     assert rec.sent == []
 
 
-async def test_a_receiver_that_is_down_does_not_starve_the_others(make) -> None:  # type: ignore[no-untyped-def]
+async def test_a_receiver_that_is_down_does_not_starve_the_others(make: Make) -> None:
     clock = Clock()
     config = alerts_config(OFFLINE, notifiers=[
         {"type": "log", "name": "down", "group_wait": 0, "retry": {"max_attempts": 3, "backoff_initial": "10ms"}},
@@ -333,7 +339,7 @@ async def test_a_receiver_that_is_down_does_not_starve_the_others(make) -> None:
     assert metrics.NOTIFICATIONS.labels("up", "sent")._value.get() == sent + 1
 
 
-async def test_routing_by_severity_and_labels(make) -> None:  # type: ignore[no-untyped-def]
+async def test_routing_by_severity_and_labels(make: Make) -> None:
     clock = Clock()
     critical = {**OFFLINE, "name": "Critical", "severity": "critical"}
     config = alerts_config(OFFLINE, critical, notifiers=[
@@ -348,7 +354,7 @@ async def test_routing_by_severity_and_labels(make) -> None:  # type: ignore[no-
     assert sorted(a["id"] for m in acme.sent for a in m["alerts"]) == ["Critical/d1", "DeviceOffline/d1"]
 
 
-async def test_forget_resolves_the_alerts_of_a_removed_entity(make) -> None:  # type: ignore[no-untyped-def]
+async def test_forget_resolves_the_alerts_of_a_removed_entity(make: Make) -> None:
     clock = Clock()
     engine, rec = await make(alerts_config(OFFLINE, WEAK), clock)
     engine.evaluate("device", "d1", device("d1", online=False), clock.t)
@@ -363,7 +369,7 @@ async def test_forget_resolves_the_alerts_of_a_removed_entity(make) -> None:  # 
     assert [m["status"] for m in rec.sent] == ["firing", "resolved"]
 
 
-async def test_every_state_change_becomes_an_alerts_point(make) -> None:  # type: ignore[no-untyped-def]
+async def test_every_state_change_becomes_an_alerts_point(make: Make) -> None:
     clock = Clock()
     lines: list[str] = []
     engine, _ = await make(alerts_config(WEAK), clock, lines)
@@ -380,7 +386,7 @@ async def test_every_state_change_becomes_an_alerts_point(make) -> None:  # type
     assert "value=-110" in lines[1]
 
 
-async def test_reload_keeps_unchanged_rules_and_resolves_changed_ones(make) -> None:  # type: ignore[no-untyped-def]
+async def test_reload_keeps_unchanged_rules_and_resolves_changed_ones(make: Make) -> None:
     clock = Clock()
     engine, rec = await make(alerts_config(OFFLINE, WEAK), clock)
     engine.evaluate("device", "d1", device("d1", online=False), clock.t)
@@ -396,15 +402,14 @@ async def test_reload_keeps_unchanged_rules_and_resolves_changed_ones(make) -> N
     await settle(engine, clock)
     assert [m["status"] for m in rec.sent] == ["firing", "resolved"]
     engine.evaluate("device", "d1", device("d1", online=False), clock.t)
-    assert engine.get_alert("DeviceOffline/d1").labels["team"] == "noc"  # type: ignore[union-attr]
+    alert = engine.get_alert("DeviceOffline/d1")
+    assert alert is not None and alert.labels["team"] == "noc"
 
 
-async def test_engine_loop_persists_state_soon_after_a_change(make, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_engine_loop_persists_state_soon_after_a_change(make: Make, tmp_path: Path) -> None:
     clock = Clock()
     engine, _ = await make(alerts_config(OFFLINE), clock)
     engine.evaluate("device", "d1", device("d1", online=False), clock.t)
-    import asyncio
-
     path = tmp_path / "alerts" / "state.json"
     for _ in range(100):
         if path.exists() and json.loads(path.read_text())["alerts"]:
@@ -439,3 +444,19 @@ def test_evaluation_errors_count_as_false(tmp_path: Path) -> None:
     engine = AlertEngine(alerts_config(rule), tmp_path, clock=Clock())
     engine.evaluate("device", "d1", device("d1", device_status="x"), T0)
     assert engine.active() == [] and engine.eval_errors == 1
+
+
+async def test_alerts_of_a_rule_removed_or_relabelled_while_down_resolve_at_start(make: Make) -> None:
+    clock = Clock()
+    engine, rec = await make(alerts_config(OFFLINE, WEAK), clock)
+    engine.evaluate("device", "d1", device("d1", online=False), clock.t)
+    engine.evaluate("device", "d2", device("d2", rssi_dbm=-110), clock.t)
+    clock.t += 11
+    await settle(engine, clock)
+    assert len(rec.sent) == 1
+    await engine.stop()
+    engine2, rec2 = await make(alerts_config({**OFFLINE, "severity": "critical"}), clock)
+    assert states(engine2) == {}
+    clock.t += 60
+    await settle(engine2, clock)
+    assert [(m["status"], m["resolvedCount"]) for m in rec2.sent] == [("resolved", 1)]

@@ -107,7 +107,7 @@ async def test_points_influxdb_refuses_are_dead_lettered_with_its_reason(influxd
     assert await pipeline.flush(timeout=10)
     good = [f"ok,k=b n={i}i {2_000_000_000 + i}" for i in range(20)]
     bad = "conflict,k=a x=1.5 3000000000"  # x was an integer: InfluxDB refuses the float
-    await pipeline.submit(good[:10] + [bad] + good[10:])
+    await pipeline.submit([*good[:10], bad, *good[10:]])
     assert await pipeline.flush(timeout=10)
     await pipeline.stop(1)
     text = (state_dir / "dead-letter" / "influxdb_v1.lp").read_text()

@@ -258,8 +258,10 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
     import time
 
     from collector.cli import read_config
+    from collector.logs import configure_logging
 
     config, _path = read_config(args)
+    configure_logging("warning", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
     rules = config.alerts.compiled_rules()
     now = time.time()
     if args.observations:

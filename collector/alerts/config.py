@@ -311,6 +311,3 @@ class AlertsConfig(Section):
 
             self._compiled = compile_rules(self, _rules_base.get())
         return self._compiled
-
-    def notifier(self, name: str) -> Any:
-        return next((n for n in self.notifiers if n.name == name), None)

@@ -70,7 +70,7 @@ class _Plan:
 
     def __init__(self, slots: list[_Slot], known: set[str] | None) -> None:
         self.slots = slots
-        self.conds = tuple(s.cond for s in slots)
+        self.conds = tuple(alt for s in slots for alt in s.rule.condition.alternatives)
         self.active: dict[str, int] = {}
         self.known = known  # entity keys, kept only when a rule of this kind is clock-dependent
 
@@ -91,6 +91,10 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.close(fd)
 
 
+def _external_url(config: AlertsConfig) -> str:
+    return (config.external_url or f"http://{socket.gethostname()}:9108").rstrip("/")
+
+
 class AlertEngine:
     """Rules, alert state, silences and notifiers of one collector."""
 
@@ -100,7 +104,7 @@ class AlertEngine:
         self.path = Path(state_dir) / "alerts" / "state.json"
         self.write_points = write_points if config.write_points else None
         self.clock = clock
-        self.external_url = (config.external_url or f"http://{socket.gethostname()}:9108").rstrip("/")
+        self.external_url = _external_url(config)
         self.silences = SilenceBook(config.silences, config.maintenance_windows)
         self._slots: dict[str, _Slot] = {}
         self._plans: dict[str, _Plan] = {}
@@ -432,7 +436,7 @@ class AlertEngine:
         old_receivers = self.receivers
         self.config = config
         self.write_points = self.write_points if config.write_points else None
-        self.external_url = (config.external_url or f"http://{socket.gethostname()}:9108").rstrip("/")
+        self.external_url = _external_url(config)
         self.silences.configure(config.silences, config.maintenance_windows)
         self._build_receivers(config, old_receivers)
         for name, receiver in old_receivers.items():
@@ -460,6 +464,7 @@ class AlertEngine:
         return {
             "version": STATE_VERSION,
             "saved_at": self.clock(),
+            "rules": {name: slot.rule.identity for name, slot in self._slots.items()},
             "alerts": [a.to_json() for a in self.alerts()],
             "silences": self.silences.snapshot(),
             "notifiers": {name: r.snapshot() for name, r in self.receivers.items()},
@@ -501,14 +506,15 @@ class AlertEngine:
             if receiver is not None and isinstance(snap, dict) and snap.get("type") == receiver.type:
                 receiver.restore(snap)
         orphans: list[Alert] = []
+        identities = data.get("rules") or {}
         for item in data.get("alerts") or ():
             try:
                 alert = Alert.from_json(item)
             except (KeyError, TypeError, ValueError):
                 continue
             slot = self._slots.get(alert.rule)
-            if slot is None or slot.rule.kind != alert.kind:
-                orphans.append(alert)
+            if slot is None or identities.get(alert.rule, slot.rule.identity) != slot.rule.identity:
+                orphans.append(alert)  # rule gone, or relabelled while we were down (as reload does)
                 continue
             slot.states[alert.key] = alert
             if alert.state == PENDING:

@@ -15,17 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from collector.alerts.alert import iso
 from collector.alerts.config import WEEKDAYS, MaintenanceWindowConfig, SilenceConfig
 from collector.alerts.matchers import Matcher, matches_all, parse_matchers
 
 # Expired API silences stay listed this long, then are forgotten.
 EXPIRED_RETENTION = 24 * 3600.0
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 class SilenceError(ValueError):

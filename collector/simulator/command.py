@@ -24,6 +24,7 @@ from collector.config import ConfigError, PlatformConfig, SimulatorConfig, load_
 from collector.configtypes import parse_duration
 from collector.platform.endpoints import Endpoint
 from collector.simulator.faults import FaultConfig
+from collector.simulator.fleet import PROFILE_CACHE
 from collector.simulator.server import EMBEDDED_APP_ID, EMBEDDED_APP_SECRET, Simulator
 
 DEFAULT_PORT = 2000  # the port of the default platform.base_url, http://127.0.0.1:2000
@@ -60,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fleet.add_argument("--start", default=None, metavar="TIME",
                        help="simulated start, 'YYYY-MM-DD HH:MM:SS' platform local time or Unix seconds "
                             "(default: now)")
+    fleet.add_argument("--profile-cache", type=int, default=PROFILE_CACHE, metavar="N",
+                       help=f"devices whose derived profile stays in memory, about 4.5 KB each (default "
+                            f"{PROFILE_CACHE}); raise it to the fleet size for steady-state speed on big fleets")
     fleet.add_argument("--print-inventory", action="store_true",
                        help="print the fleet's device list as inventory YAML and exit")
     net = parser.add_argument_group("server")
@@ -127,9 +131,11 @@ def build(args: argparse.Namespace) -> tuple[Simulator, bool]:
         raise ValueError(f"--devices must be >= 1, got {devices}")
     if speed < 0:
         raise ValueError(f"--speed must be >= 0, got {speed}")
+    if args.profile_cache < 0:
+        raise ValueError(f"--profile-cache must be >= 0, got {args.profile_cache}")
     simulator = Simulator(devices=devices, seed=args.seed if args.seed is not None else defaults.seed,
                           speed=speed, platform=platform, faults=faults,
-                          start=_parse_start(args.start, platform.timezone))
+                          start=_parse_start(args.start, platform.timezone), profile_cache=args.profile_cache)
     fleet, now = simulator.fleet, simulator.now()
     for device_no in args.offline:
         index = fleet.find_device(device_no)

@@ -3,8 +3,8 @@ simulated instant.
 
 Owns the behaviour model. Nothing here ticks: identities (device numbers, ICCIDs, MSISDNs) are drawn
 once from the seed, every other attribute of a device is re-derived from `(seed, device index)` when
-asked (a bounded cache keeps the first 20k asked for), and every time-varying value is a closed-form function of
-the simulated time. So 100k devices cost a few lists of strings, start-up takes about a second, and
+asked (a bounded cache keeps the first 20k asked for), and every time-varying value is a closed-form
+function of the simulated time. So 100k devices cost a few lists of strings and start in seconds, and
 the same seed, start and time always give the same answer, whatever was asked before.
 
 The model, per device:
@@ -59,6 +59,7 @@ FLOW_REFRESH = 600.0
 INFO_FLOW_REFRESH = 3600.0
 ACTION_PENDING = 300.0  # a suspend/resume shows "submitted" this long, then "done"
 RSSI_MIN, RSSI_MAX = -120, -50
+PROFILE_CACHE = 20_000  # devices whose derived profile stays in memory (about 4.5 KB each)
 DAY = 86400.0
 MONTH = 30.44 * DAY
 GIB = 1024 * 1024  # in KiB, the wire's flow unit
@@ -503,7 +504,7 @@ class Fleet:
     """Every device and SIM of one seed, evaluated at any simulated time, plus operator overrides."""
 
     def __init__(self, devices: int, seed: int, start: float, zone: str = "Asia/Shanghai",
-                 profile_cache: int = 20_000) -> None:
+                 profile_cache: int = PROFILE_CACHE) -> None:
         self.seed = seed
         self.start = float(start)
         self.face = LocalTime(zone)
@@ -547,8 +548,8 @@ class Fleet:
     # --- profiles ----------------------------------------------------------------------------------
 
     def profile(self, index: int) -> DeviceProfile:
-        """Device `index`'s profile. The first `profile_cache` devices asked for stay cached (about
-        3 KB each); others are rebuilt on each use. Unlike an LRU, a round-robin poll of a fleet larger
+        """Device `index`'s profile. The first `profile_cache` devices asked for stay cached; others
+        are rebuilt on each use. Unlike an LRU, a round-robin poll of a fleet larger
         than the cache still hits for the cached share of it."""
         found = self._profiles.get(index)
         if found is None:

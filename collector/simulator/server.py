@@ -24,12 +24,19 @@ import orjson
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from collector.config import PlatformConfig, SimulatorConfig
+from collector.config import PlatformConfig
 from collector.platform.endpoints import MONTH_PARAM, Endpoint, EndpointSpec
 from collector.simulator.admin import AdminApi
 from collector.simulator.clock import SimClock
 from collector.simulator.faults import FaultConfig, FaultInjector
-from collector.simulator.fleet import ACTION_DONE, ACTION_PENDING, ACTION_SUBMITTED, DeviceState, Fleet
+from collector.simulator.fleet import (
+    ACTION_DONE,
+    ACTION_PENDING,
+    ACTION_SUBMITTED,
+    PROFILE_CACHE,
+    DeviceState,
+    Fleet,
+)
 from collector.simulator.wire import OK_MESSAGE, WireFormat
 
 # Credentials of the embedded demo (a `Simulator` built without a PlatformConfig accepts these).
@@ -102,16 +109,19 @@ class Simulator:
     limits, the flow unit and the time zone. Without one, the embedded demo credentials
     (`EMBEDDED_APP_ID` / `EMBEDDED_APP_SECRET`) and the default table apply.
     `start` fixes the simulated start time (default: now); `speed` 0 freezes simulated time.
+    `profile_cache` devices keep their derived profile (about 4.5 KB each); the others are re-derived on
+    every request, which costs about as much again as answering it.
     """
 
     def __init__(self, devices: int = 50, seed: int = 1, speed: float = 1.0,
                  platform: PlatformConfig | None = None, faults: FaultConfig | None = None, *,
-                 start: float | None = None, timestamp_window: float = TIMESTAMP_WINDOW) -> None:
+                 start: float | None = None, timestamp_window: float = TIMESTAMP_WINDOW,
+                 profile_cache: int = PROFILE_CACHE) -> None:
         if platform is None:
             platform = PlatformConfig(app_id=EMBEDDED_APP_ID, app_secret=EMBEDDED_APP_SECRET)  # type: ignore[arg-type]
         self.platform = platform
         self.clock = SimClock(start, speed)
-        self.fleet = Fleet(devices, seed, self.clock.started, platform.timezone)
+        self.fleet = Fleet(devices, seed, self.clock.started, platform.timezone, profile_cache)
         self.wire = WireFormat(self.fleet.face, platform.flow_unit_bytes)
         self.faults = FaultInjector(faults, seed)
         self.stats = Stats()
@@ -137,13 +147,6 @@ class Simulator:
         self._runner: web.ServerRunner | None = None
         self._stopping = asyncio.Event()
         self.base_url = ""
-
-    @classmethod
-    def from_config(cls, simulator: SimulatorConfig, platform: PlatformConfig,
-                    faults: FaultConfig | None = None) -> Simulator:
-        """The simulator a configuration's `simulator` section describes, for its `platform` section."""
-        return cls(devices=simulator.devices, seed=simulator.seed, speed=simulator.speed, platform=platform,
-                   faults=faults)
 
     # --- the fleet, for building an inventory ------------------------------------------------------------
 

@@ -211,7 +211,7 @@ class SinkPipeline:
         assert self._spool is not None
         spool, sink, name = self._spool, state.sink, state.sink.name
         backoff = min(INITIAL_BACKOFF, self.config.retry_max_backoff)
-        while True:
+        while not self._aborted:
             state.wake.clear()
             limit = min(self.config.batch_size, sink.max_lines() or self.config.batch_size)
             batch = spool.read(name, limit)

@@ -1,0 +1,165 @@
+"""`alerts test`, `alerts list` / `silence` output and errors, and the alert routes of the HTTP API."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from collector.alerts.cli import print_alerts
+from collector.alerts.config import AlertsConfig
+from collector.alerts.engine import AlertEngine
+from collector.alerts.http import alert_routes, parse_time
+from collector.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def write_config(tmp_path: Path, **alerts: Any) -> Path:
+    path = tmp_path / "collector.yaml"
+    path.write_text(yaml.safe_dump({"simulator": {"embedded": True, "devices": 6, "seed": 3},
+                                    "state_dir": str(tmp_path / "state"),
+                                    "alerts": {"enabled": True, **alerts}}))
+    return path
+
+
+def test_alerts_test_with_an_observation_file_of_entity_fields(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    observations = tmp_path / "obs.json"
+    observations.write_text(json.dumps({
+        "device": [{"device_no": "d1", "online": False, "labels": {"customer": "acme"}},
+                   {"device_no": "d2", "online": True, "rssi_dbm": -111, "battery_percent": 80}],
+        "sim": [{"iccid": "8986A", "remaining_ratio": 0.05, "remaining_bytes": 5, "total_bytes": 100}],
+        "account": {"balance": 12.5},
+    }))
+    code, out, err = run("alerts", "test", "-c", str(config), "--observations", str(observations))
+    assert code == 0, err
+    assert "evaluated against 2 devices, 1 sim, 1 account (ignoring `for`)" in out
+    assert "Device d1 is offline" in out
+    assert "Weak signal on device d2: -111 dBm" in out
+    assert "SIM 8986A has 5% of its data left" in out
+    assert "Reseller account balance is low: 12.5" in out
+    code, out, _ = run("alerts", "test", "-c", str(config), "--observations", str(observations), "--json")
+    found = {(f["rule"], f["entity"]) for f in json.loads(out)["would_fire"]}
+    assert found == {("DeviceOffline", "d1"), ("WeakSignal", "d2"), ("SimDataLow", "8986A"),
+                     ("AccountBalanceLow", "account")}
+
+
+def test_alerts_test_with_a_saved_platform_answer(tmp_path: Path) -> None:
+    config = write_config(tmp_path, params={"sim_expiry_days": 100000})
+    code, out, err = run("alerts", "test", "-c", str(config), "--observations",
+                         str(REPO / "tests" / "data" / "sample-queryDeviceFlow.json"), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["entities"] == {"device": 1, "sim": 2}
+    assert {f["rule"] for f in result["would_fire"]} >= {"SimPackageExpiring"}
+
+
+def test_alerts_test_against_the_simulator(tmp_path: Path) -> None:
+    config = write_config(tmp_path, params={"low_battery_percent": 101, "low_battery_clear_percent": 101})
+    code, out, err = run("alerts", "test", "-c", str(config), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["entities"]["device"] == 6 and result["entities"]["sim"] >= 6
+    low = [f for f in result["would_fire"] if f["rule"] == "LowBattery"]
+    assert len(low) == 6 and all(f["labels"]["customer"] for f in low)
+
+
+def test_alerts_test_reports_an_unreadable_observation_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    (tmp_path / "bad.json").write_text("{nope")
+    code, _out, err = run("alerts", "test", "-c", str(config), "--observations", str(tmp_path / "bad.json"))
+    assert code == 2 and err.startswith("error: cannot use ")
+
+
+def test_a_bad_rule_stops_alerts_test_like_check_config(tmp_path: Path) -> None:
+    config = write_config(tmp_path, rules=[{"name": "X", "kind": "sim", "condition": "rssi_dbm < 0"}])
+    code, _out, err = run("alerts", "test", "-c", str(config))
+    assert code == 2
+    assert "alerts.rules[0] (X).condition: unknown field 'rssi_dbm' for kind sim" in err
+
+
+def test_commands_against_no_running_collector_fail_cleanly(tmp_path: Path) -> None:
+    for args in (["alerts", "list"], ["silence", "list"], ["silence", "remove", "x"],
+                 ["silence", "add", "customer=acme", "--comment", "c"]):
+        code, _out, err = run(*args, "--url", "http://127.0.0.1:9")
+        assert code == 1, args
+        assert err.startswith("error: cannot reach the collector at http://127.0.0.1:9/api/")
+        assert "Traceback" not in err
+
+
+def test_alerts_table() -> None:
+    out = io.StringIO()
+    print_alerts([{"state": "firing", "severity": "critical", "rule": "DeviceOffline", "entity": "d1",
+                   "active_since": "2025-01-01T00:00:00.000Z", "annotations": {"summary": "d1 offline"},
+                   "silenced_by": "abc"}], out, now=1735693200.0)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["STATE", "SEVERITY", "RULE", "ENTITY", "SINCE", "SUMMARY"]
+    assert lines[1].split() == ["firing", "(silenced)", "critical", "DeviceOffline", "d1", "1h", "d1", "offline"]
+    out = io.StringIO()
+    print_alerts([], out)
+    assert out.getvalue() == "no active alerts\n"
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> Any:
+    config = AlertsConfig.model_validate({
+        "enabled": True, "default_rules": False,
+        "rules": [{"name": "Off", "kind": "device", "condition": "online == False"}],
+        "silences": [{"matchers": ["customer=x"], "ends_at": "2999-01-01T00:00:00Z"}]})
+    engine = AlertEngine(config, tmp_path, clock=lambda: 1_750_000_000.0)
+    app = web.Application()
+    app.add_routes(alert_routes(engine))
+    async with TestClient(TestServer(app)) as client:
+        yield engine, client
+
+
+async def test_http_alerts_and_silences(api: Any) -> None:
+    engine, client = api
+    engine.evaluate("device", "d1", {"device_no": "d1", "online": False, "labels": {}}, 1_750_000_000.0)
+    body = await (await client.get("/api/alerts")).json()
+    assert [a["id"] for a in body["alerts"]] == ["Off/d1"]
+    assert (await (await client.get("/api/alerts?state=pending")).json())["alerts"] == []
+
+    response = await client.post("/api/silences", json={"matchers": ["device_no=d1"], "duration": "2h",
+                                                        "comment": "c", "created_by": "me"})
+    assert response.status == 201
+    sid = (await response.json())["id"]
+    silences = (await (await client.get("/api/silences")).json())["silences"]
+    assert {s["id"]: s["source"] for s in silences}[sid] == "api"
+    mine = next(s for s in silences if s["id"] == sid)
+    assert mine["ends_at"] - mine["starts_at"] == 7200 and mine["status"] == "active"
+    assert (await (await client.get("/api/alerts")).json())["alerts"][0]["silenced_by"] == sid
+
+    config_silence = next(s["id"] for s in silences if s["source"] == "config")
+    assert (await client.delete(f"/api/silences/{config_silence}")).status == 409
+    assert (await client.delete(f"/api/silences/{sid}")).status == 204
+    assert (await client.delete(f"/api/silences/{sid}")).status == 404
+
+    for bad in ({"matchers": "device_no=d1", "duration": "1h"}, {"matchers": ["d1"], "duration": "1h"},
+                {"matchers": ["a=b"]}, {"matchers": ["a=b"], "ends_at": "yesterday"}, [1, 2]):
+        response = await client.post("/api/silences", json=bad)
+        assert response.status == 400, bad
+        assert (await response.json())["error"]
+
+
+def test_parse_time() -> None:
+    assert parse_time(10) == 10.0
+    assert parse_time("2025-01-01T08:00:00+08:00") == parse_time("2025-01-01T00:00:00Z") == 1735689600.0
+    assert parse_time("2025-01-01T00:00:00") == 1735689600.0
+    with pytest.raises(ValueError):
+        parse_time("soon")
