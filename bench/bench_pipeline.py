@@ -227,7 +227,7 @@ def main() -> None:
     args = parser.parse_args()
     from collector.logs import configure_logging
 
-    configure_logging("warning", "console")
+    configure_logging("warning", "console", cache=True)  # as the daemon does
 
     proc, base_url = start_simulator(args.devices)
     try:

@@ -26,12 +26,15 @@ import gc
 import json
 import multiprocessing as mp
 import os
+import socket
 import statistics
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -45,8 +48,34 @@ def _pin(cores: set[int]) -> None:
         os.sched_setaffinity(0, cores)
 
 
-def _serve(devices: int, seed: int, core: int, warm: bool, ready: Any, stop: Any) -> None:
+def _serve_empty(ready: Any, stop: Any) -> None:
+    """The floor: the same aiohttp low-level server answering the vendor's sample, no model, no checks."""
+    from aiohttp import web
+
+    sample = (Path(__file__).resolve().parent.parent / "collector" / "data" / "sample-queryDeviceFlow.json")
+    body = orjson.dumps(orjson.loads(sample.read_bytes()))  # compact, as the simulator answers
+
+    async def handler(request: web.BaseRequest) -> web.Response:
+        await request.read()
+        return web.Response(body=body, headers={"Content-Type": "application/json;charset=UTF-8"})
+
+    async def run() -> None:
+        runner = web.ServerRunner(web.Server(handler, access_log=None))
+        await runner.setup()
+        sock = socket.create_server(("127.0.0.1", 0))
+        await web.SockSite(runner, sock).start()
+        ready.send((f"http://127.0.0.1:{sock.getsockname()[1]}", ["0"]))
+        await asyncio.to_thread(stop.wait)
+        await runner.cleanup()
+
+    asyncio.run(run())
+
+
+def _serve(devices: int, seed: int, core: int, warm: bool, empty: bool, ready: Any, stop: Any) -> None:
     _pin({core})
+    if empty:
+        _serve_empty(ready, stop)
+        return
 
     async def run() -> None:
         sim = Simulator(devices=devices, seed=seed, speed=1.0)
@@ -71,8 +100,11 @@ def _drive(url: str, device_nos: list[str], offset: int, concurrency: int, warmu
     import aiohttp
 
     from collector.config import PlatformConfig
+    from collector.logs import configure_logging
     from collector.platform.client import PlatformClient
     from collector.platform.errors import PlatformError
+
+    configure_logging("warning", "json", stream=sys.stderr)  # as the daemon runs: no per-request lines
 
     path = DEFAULT_ENDPOINTS[Endpoint.DEVICE_FLOW].path
     param = DEFAULT_ENDPOINTS[Endpoint.DEVICE_FLOW].param
@@ -151,6 +183,8 @@ def main() -> int:
     parser.add_argument("--driver", choices=["aiohttp", "collector"], default="aiohttp",
                         help="aiohttp: a plain signed-request loop; collector: the collector's own "
                              "PlatformClient (device_flow, parsed), to compare its cost per request")
+    parser.add_argument("--server", choices=["simulator", "empty"], default="simulator",
+                        help="empty: the same aiohttp stack answering the sample verbatim (the floor)")
     parser.add_argument("--cold", action="store_true",
                         help="skip the warm-up round: every request is a device's first visit (or, past "
                              "the 20k-profile cache, a rebuild)")
@@ -164,8 +198,8 @@ def main() -> int:
     ready_recv, ready_send = ctx.Pipe(duplex=False)
     stop = ctx.Event()
     started = time.perf_counter()
-    server = ctx.Process(target=_serve, args=(args.devices, args.seed, server_core, not args.cold, ready_send,
-                                              stop))
+    server = ctx.Process(target=_serve, args=(args.devices, args.seed, server_core, not args.cold,
+                                              args.server == "empty", ready_send, stop))
     server.start()
     url, device_nos = ready_recv.recv()
     startup = time.perf_counter() - started
@@ -197,9 +231,8 @@ def main() -> int:
     cpu = cpu_after - cpu_before
     wall = wall_after - wall_before
     report = {
-        "driver": args.driver, "devices": args.devices, "profiles": "cold" if args.cold else "warm",
-        "clients": args.clients,
-        "concurrency": args.concurrency,
+        "server": args.server, "driver": args.driver, "devices": args.devices,
+        "profiles": "cold" if args.cold else "warm", "clients": args.clients, "concurrency": args.concurrency,
         "duration_s": args.duration, "requests": requests, "errors": errors,
         "req_per_s": round(requests / args.duration),
         "server_cpu_share": round(cpu / wall, 2) if wall else None,

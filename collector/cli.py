@@ -49,15 +49,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from collector.logs import configure_logging
 
     config, path = read_config(args)
-    configure_logging(args.log_level or config.logging.level, config.logging.format)
+    configure_logging(args.log_level or config.logging.level, config.logging.format, cache=True)
     return asyncio.run(run_daemon(config, path))
 
 
 def cmd_once(args: argparse.Namespace) -> int:
+    from collector.inventory import load_inventory
     from collector.logs import configure_logging
     from collector.once import run_once
-
-    from collector.inventory import load_inventory
 
     config, _path = read_config(args)
     configure_logging(args.log_level or "warning", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)

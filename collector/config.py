@@ -138,7 +138,8 @@ class PrivacyConfig(Section):
 # --- inventory, jobs, sharding ----------------------------------------------------------------------
 
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-RESERVED_LABELS = frozenset({"device_no", "iccid", "sim_no", "slot", "kind", "alertname", "rule"})
+RESERVED_LABELS = frozenset({"device_no", "iccid", "sim_no", "slot", "kind", "alertname", "rule", "month", "event_type",
+                             "action", "severity", "entity"})
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:

@@ -23,7 +23,7 @@ import structlog
 from collector import __version__, metrics
 from collector.config import Config, ConfigError, load_config
 from collector.inventory import Inventory, InventoryError, file_mtime, load_inventory
-from collector.logs import configure_logging, register_secret
+from collector.logs import register_secret
 from collector.pipeline import Pipeline
 from collector.schedule import Scheduler
 from collector.sdnotify import Notifier
@@ -259,16 +259,14 @@ class Daemon:
             metrics.CONFIG_RELOADS.labels("rejected").inc()
             log.error("configuration rejected, keeping the old one", problems=exc.problems)
             return
-        restart_needed = [s for s in ("platform", "sinks", "http", "simulator", "state_dir", "sharding")
-                          if getattr(new, s) != getattr(self.config, s) and s != "sharding"]
+        # Loggers are built once (cheap filtered debug calls), so a logging change waits for a restart too.
+        restart_needed = [s for s in ("platform", "sinks", "http", "simulator", "state_dir", "sharding", "logging")
+                          if getattr(new, s) != getattr(self.config, s)]
         if restart_needed:
             log.warning("changes to these sections take effect at the next restart", sections=restart_needed)
             new = new.model_copy(update={s: getattr(self.config, s) for s in restart_needed})
-        old_logging = self.config.logging
         self.config = new
         register_config_secrets(new)
-        if new.logging != old_logging:
-            configure_logging(new.logging.level, new.logging.format)
         self.reload_inventory("SIGHUP")
         assert self.pipeline is not None and self.scheduler is not None
         self.pipeline.config = new

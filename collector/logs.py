@@ -71,8 +71,12 @@ def _redact_rendered(_logger: Any, _method: str, event: MutableMapping[str, Any]
     return event
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Set up structlog (and route stdlib logging of libraries through the same rendering)."""
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None, *,
+                      cache: bool = False) -> None:
+    """Set up structlog (and route stdlib logging of libraries through the same rendering).
+
+    `cache` makes each module's logger build itself once (the daemon: a filtered-out debug call then
+    costs nothing); left off where logging is reconfigured during the process (tests)."""
     stream = stream or sys.stdout
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     shared: Iterable[Any] = [
@@ -93,6 +97,6 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         processors=[*shared, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)

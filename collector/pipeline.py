@@ -28,6 +28,57 @@ log = structlog.get_logger("collector.pipeline")
 Submit = Callable[[Sequence[str]], Awaitable[None]]
 
 
+class GroupSubmit:
+    """Group commit in front of the spool: lines of polls that finish within `max_delay` of each other
+    are appended (and fsynced) as one batch. Each caller still returns only once its own lines are
+    durable, so a poll counts as collected exactly as before; the spool just sees one append per
+    group instead of one per poll."""
+
+    def __init__(self, submit: Submit, *, max_lines: int = 2000, max_delay: float = 0.02) -> None:
+        self._submit = submit
+        self._max_lines = max_lines
+        self._max_delay = max_delay
+        self._lines: list[str] = []
+        self._done: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, lines: Sequence[str]) -> None:
+        loop = asyncio.get_running_loop()
+        if self._done is None:
+            self._done = loop.create_future()
+            self._timer = loop.call_later(self._max_delay, self._flush)
+        done = self._done
+        self._lines.extend(lines)
+        if len(self._lines) >= self._max_lines:
+            self._flush()
+        await asyncio.shield(done)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        lines, done = self._lines, self._done
+        self._lines, self._done = [], None
+        if done is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._write(lines, done))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, lines: list[str], done: asyncio.Future[None]) -> None:
+        try:
+            await self._submit(lines)
+        except BaseException as exc:  # every waiter of the group learns of the failure
+            if not done.done():
+                done.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            if not done.done():
+                done.set_result(None)
+
+
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ApiError):
         return f"code {exc.code}: {exc.platform_message}"
@@ -44,7 +95,7 @@ class Pipeline:
         self.config = config
         self.client = client
         self.state = state
-        self.submit = submit
+        self.submit = GroupSubmit(submit)
         self.alerts = alerts
         self.clock = clock or time.time
 

@@ -37,11 +37,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def find_binary(path: str, package: str) -> str:
+def find_binary(path: str, package: str, env: str = "") -> str:
+    """The executable at `path` (or its name on $PATH); ServerUnavailable says how to get it."""
+    env = env or package.upper().replace("-", "_")
     found = path if os.path.isfile(path) and os.access(path, os.X_OK) else shutil.which(os.path.basename(path))
     if not found:
         raise ServerUnavailable(f"{path} not found: install the Debian package `{package}` "
-                                f"(apt-get install {package}) or set ${package.upper().replace('-', '_')}")
+                                f"(apt-get install {package}) or point ${env} at the binary")
     return found
 
 
@@ -118,7 +120,7 @@ class InfluxServer(_Server):
     ready_path = "/ping"
 
     def __init__(self, root: Path, *, max_body_size: int = 25_000_000) -> None:
-        self.binary = find_binary(INFLUXD, "influxdb")
+        self.binary = find_binary(INFLUXD, "influxdb", "INFLUXD")
         super().__init__(root)
         self.bind_port = free_port()
         self.config_path = root / "influxdb.conf"
@@ -191,7 +193,7 @@ class VictoriaMetricsServer(_Server):
     ready_path = "/health"
 
     def __init__(self, root: Path) -> None:
-        self.binary = find_binary(VICTORIA_METRICS, "victoria-metrics")
+        self.binary = find_binary(VICTORIA_METRICS, "victoria-metrics", "VICTORIA_METRICS")
         super().__init__(root)
 
     def command(self) -> list[str]:

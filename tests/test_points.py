@@ -129,10 +129,12 @@ def test_integral_floats_stay_floats_and_bools_become_integers() -> None:
 
 
 def test_missing_nan_and_out_of_range_values_are_omitted() -> None:
-    sim = sample_sim(total_bytes=None, balance=math.nan, used_bytes=2**70, expires_at=None)
+    sim = sample_sim(total_bytes=None, balance=math.nan, used_bytes=2**70, expires_at=None, sim_status="n/a",
+                     pool_id=math.inf, last_active_at=10**400)
     parsed = parse_line(points.sim_point(sim, None, usage_rate_bps=math.inf) or "")
     for absent in ("total_bytes", "balance", "used_bytes", "remaining_bytes", "remaining_ratio",
-                   "days_to_expiry", "usage_rate_bytes_per_second", "effective", "expires_at"):
+                   "days_to_expiry", "usage_rate_bytes_per_second", "effective", "expires_at", "sim_status",
+                   "pool_id", "last_active_at"):
         assert absent not in parsed.fields
 
 

@@ -217,13 +217,7 @@ async def test_dropped_connections_are_retried_then_typed(sim: Simulator, transp
     assert counts(sim, Endpoint.DEVICE_FLOW) == {"fault_drop": 4, "ok": 1}
 
 
-HTTPX_TIMEOUT_BUG = pytest.mark.xfail(
-    strict=True, raises=TransportError,
-    reason="client bug: with transport httpx, a read timeout (httpx.ReadTimeout caused by "
-           "httpcore.ReadTimeout) is classified as TransportError by client._from_transport, not PlatformTimeout")
-
-
-@pytest.mark.parametrize("transport", ["aiohttp", pytest.param("httpx", marks=HTTPX_TIMEOUT_BUG)])
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 async def test_timeouts_are_retried_then_typed(sim: Simulator, transport: str) -> None:
     faults(sim, timeout_rate=1.0, limit=1)
     changes: dict[str, Any] = {"transport": transport, "timeout": 0.25, "connect_timeout": 0.25}

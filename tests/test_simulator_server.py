@@ -352,9 +352,11 @@ async def test_faults_from_the_constructor() -> None:
         await simulator.stop()
 
 
-def test_fault_rates_must_fit() -> None:
+def test_fault_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="add up"):
         FaultConfig(drop_rate=0.5, timeout_rate=0.3, error_rate=0.3)
+    with pytest.raises(ValueError, match="non-zero"):
+        FaultConfig(code_rate=0.5, code=0)
 
 
 # --- the command ---------------------------------------------------------------------------------------

@@ -256,3 +256,18 @@ async def test_no_sink_drops_and_counts(state_dir: Path) -> None:
     await pipeline.stop(1)
     with pytest.raises(RuntimeError):
         await pipeline.submit(numbered(0, 1))
+
+
+async def test_a_sink_that_is_down_does_not_hold_up_another(state_dir: Path, tmp_path: Path) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    path = tmp_path / "points.lp"
+    cfg = config("influxdb_v1", down, file={"enabled": True, "path": str(path)})
+    pipeline = SinkPipeline(cfg, str(state_dir))
+    await pipeline.start()
+    await pipeline.submit(numbered(0, 30))
+    assert not await pipeline.flush(timeout=0.5)
+    status = pipeline.status()["sinks"]
+    assert status["file"]["pending_bytes"] == 0 and status["file"]["up"] is True
+    assert status["influxdb_v1"]["pending_bytes"] > 0 and status["influxdb_v1"]["up"] is False
+    assert path.read_text().splitlines() == numbered(0, 30)
+    await pipeline.stop(0.1)

@@ -70,7 +70,7 @@ class _Plan:
 
     def __init__(self, slots: list[_Slot], known: set[str] | None) -> None:
         self.slots = slots
-        self.conds = tuple(alt for s in slots for alt in s.rule.condition.alternatives)
+        self.conds = tuple(s.cond for s in slots)
         self.active: dict[str, int] = {}
         self.known = known  # entity keys, kept only when a rule of this kind is clock-dependent
 

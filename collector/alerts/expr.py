@@ -121,14 +121,11 @@ HELPERS: dict[str, Callable[..., Any]] = {
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
-    """A compiled expression: `fn(fields)` evaluates it; `fields` are the entity fields it reads.
-    `alternatives` are closures whose truthiness, any of them, equals `fn`'s (the operands of a
-    top-level `or`, else `fn` alone): a caller that only asks "does it hold?" saves a call."""
+    """A compiled expression: `fn(fields)` evaluates it; `fields` are the entity fields it reads."""
 
     text: str
     fn: Fn
     fields: frozenset[str]
-    alternatives: tuple[Fn, ...] = ()
 
 
 class _Node:
@@ -503,9 +500,5 @@ def parse(text: str) -> ast.expr:
 def compile_expr(text: str, kind: str, fields: frozenset[str], params: Mapping[str, Any] | None = None) -> Compiled:
     """Compile `text` for entities of `kind` whose fields are `fields`. Raises ExprError."""
     compiler = _Compiler(kind, fields, params or {})
-    tree = parse(text)
-    node = compiler.compile(tree)
-    alternatives: tuple[Fn, ...] = (node.closure(),)
-    if isinstance(tree, ast.BoolOp) and isinstance(tree.op, ast.Or) and not node.is_const:
-        alternatives = tuple(compiler.compile(v).closure() for v in tree.values)
-    return Compiled(text=text, fn=node.closure(), fields=frozenset(compiler.used), alternatives=alternatives)
+    node = compiler.compile(parse(text))
+    return Compiled(text=text, fn=node.closure(), fields=frozenset(compiler.used))

@@ -191,6 +191,9 @@ class PlatformClient:
             timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
             follow_redirects=False,
         )
+        # Absolute URLs built once: httpx would otherwise parse and merge base and path per request.
+        root = (base_url or str(config.base_url)).rstrip("/")
+        self._urls = {spec.path: httpx.URL(root + spec.path) for spec in self._specs.values()}
         for endpoint, spec in self._specs.items():
             if not spec.path.rsplit("/", 1)[-1].lower().startswith("query"):
                 # Every read endpoint we know is a queryXxx; anything else may be a write endpoint.
@@ -366,7 +369,7 @@ class PlatformClient:
         REQUESTS_IN_FLIGHT.inc()
         try:
             async with asyncio.timeout(self._deadline):
-                response = await self._http.post(path, content=body, headers=headers)
+                response = await self._http.post(self._urls.get(path, path), content=body, headers=headers)
         except (httpx.HTTPError, TimeoutError, OSError) as exc:
             raise _from_transport(exc, name, trace_id) from exc
         except aiohttp.ClientError as exc:

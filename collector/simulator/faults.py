@@ -52,6 +52,8 @@ class FaultConfig(BaseModel):
 
     @model_validator(mode="after")
     def _rates_fit(self) -> FaultConfig:
+        if self.code == 0:
+            raise ValueError("code must be non-zero (0 is the platform's success)")
         total = sum(getattr(self, name) for _, name in _KINDS)
         if total > 1.0 + 1e-9:
             raise ValueError(f"drop, timeout, error, malformed and code rates add up to {total:g} > 1")

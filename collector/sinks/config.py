@@ -47,7 +47,13 @@ class InfluxV1Config(SecretSection):
 
 
 class SpoolConfig(Section):
-    """The on-disk queue in front of every remote sink: nothing counts as collected until it is here."""
+    """The on-disk queue in front of every sink: nothing counts as collected until it is here.
+
+    `max_bytes`: past this, whole segments are dropped oldest first (counted and logged).
+    `segment_bytes`: size of one segment file (at most a quarter of `max_bytes` is used).
+    `fsync`: `always` fsyncs every submit on its own; `batch` lets concurrent submits share one
+    fsync (each still returns only once on disk); `never` leaves it to the OS (a daemon crash loses
+    nothing, a power cut may lose the last seconds). See collector/sinks/spool.py."""
 
     max_bytes: ByteSize = Field(default=1024**3, gt=0)
     segment_bytes: ByteSize = Field(default=8 * 1024**2, gt=0)

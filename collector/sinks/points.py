@@ -27,7 +27,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from influxdb_client import Point
+from influxdb_client.client.write.point import (
+    _ESCAPE_MEASUREMENT,
+    _escape_key,
+    _escape_string,
+    _escape_tag_value,
+)
 
 from collector.platform.models import (
     DAY,
@@ -208,51 +213,86 @@ def timestamp_ns(seconds: float) -> int:
 
 
 def _coerce(kind: FieldType, value: Any) -> int | float | str | None:
+    """`value` as the field's fixed type, or None when it cannot be one (then the field is left out)."""
     if value is None:
         return None
-    if kind == "int":
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        number = int(value)
-        return number if INT64_MIN <= number <= INT64_MAX else None
-    if kind == "float":
-        number_f = float(value)
-        return number_f if math.isfinite(number_f) else None
+    try:
+        if kind == "int":
+            if isinstance(value, float) and not math.isfinite(value):
+                return None
+            number = int(value)
+            return number if INT64_MIN <= number <= INT64_MAX else None
+        if kind == "float":
+            number_f = float(value)
+            return number_f if math.isfinite(number_f) else None
+    except (TypeError, ValueError, OverflowError):
+        return None
     text = str(value)
     return text.replace("\r\n", " ").replace("\r", " ").replace("\n", " ") if ("\n" in text or "\r" in text) \
         else text
 
 
-def _line(measurement: str, tags: Mapping[str, str | None], labels: Mapping[str, str] | None,
-          fields: Mapping[str, Any], at: float) -> str | None:
-    """One line of `measurement`; fields are coerced to their schema type. None when no field is left."""
-    spec = SCHEMA[measurement]
-    point = Point(measurement)
-    if labels:
-        for key, value in labels.items():
-            if key not in spec.tags:
-                point.tag(key, value)
+def _tag_section(measurement: str, tags: Mapping[str, str | None], labels: Mapping[str, str] | None) -> str:
+    """`measurement,k=v,k=v` with tags sorted by key, escaped by influxdb-client's own rules."""
+    spec_tags = SCHEMA[measurement].tags
+    merged: dict[str, str] = {k: v for k, v in labels.items() if k not in spec_tags} if labels else {}
     for key, tag_value in tags.items():
         if tag_value is not None and tag_value != "":
-            point.tag(key, str(tag_value))
-    written = 0
-    for key, value in fields.items():
-        field_spec = spec.fields.get(key)
-        if field_spec is None:
-            if spec.open_fields is None:
-                raise KeyError(f"{measurement}.{key} is not in the schema")
-            kind: FieldType = spec.open_fields
-        else:
-            kind = field_spec.type
-        coerced = _coerce(kind, value)
-        if coerced is None:
+            merged[key] = str(tag_value)
+    parts = [measurement.translate(_ESCAPE_MEASUREMENT)]
+    for key in sorted(merged):
+        escaped_key, escaped_value = _escape_key(key), _escape_tag_value(merged[key])
+        if escaped_key and escaped_value:
+            parts.append(f"{escaped_key}={escaped_value}")
+    return ",".join(parts)
+
+
+def _field_text(prefix: str, value: int | float | str) -> str:
+    # influxdb-client's formatting: ints with `i`, floats as repr without a trailing `.0`, strings quoted.
+    if isinstance(value, str):
+        return f'{prefix}"{_escape_string(value)}"'
+    if isinstance(value, float):
+        text = repr(value)
+        return f"{prefix}{text[:-2] if text.endswith('.0') else text}"
+    return f"{prefix}{value}i"
+
+
+# Per measurement: field name -> (type, escaped `name=`), computed once instead of per point.
+_FIELDS: dict[str, dict[str, tuple[FieldType, str]]] = {
+    name: {key: (f.type, _escape_key(key) + "=") for key, f in spec.fields.items()} for name, spec in SCHEMA.items()
+}
+
+
+def _line(measurement: str, tags: Mapping[str, str | None], labels: Mapping[str, str] | None,
+          fields: Mapping[str, Any], at: float) -> str | None:
+    """One line of `measurement`; fields are coerced to their schema type. None when no field is left.
+
+    The text is what influxdb-client's `Point(...).to_line_protocol()` produces, byte for byte (a
+    property test holds the two together), built without a Point object: Point's generic path cost
+    about 40% of the collector's CPU per device poll."""
+    table = _FIELDS[measurement]
+    rendered: list[str] = []
+    for key in sorted(fields):
+        value = fields[key]
+        if value is None:
             continue
-        point.field(key, coerced)
-        written += 1
-    if not written:
+        entry = table.get(key)
+        if entry is None:
+            open_type = SCHEMA[measurement].open_fields
+            if open_type is None:
+                raise KeyError(f"{measurement}.{key} is not in the schema")
+            entry = (open_type, _escape_key(key) + "=")
+        kind, prefix = entry
+        if kind == "int" and type(value) is int:  # the common case, without the generic coercion
+            if INT64_MIN <= value <= INT64_MAX:
+                rendered.append(f"{prefix}{value}i")
+            continue
+        coerced = _coerce(kind, value)
+        if coerced is not None:
+            rendered.append(_field_text(prefix, coerced))
+    if not rendered:
         return None
-    point.time(timestamp_ns(at))
-    return str(point.to_line_protocol())
+    return f"{_tag_section(measurement, tags, labels)} {','.join(rendered)} {timestamp_ns(at)}"
 
 
 def _bool01(value: bool | None) -> int | None:
