@@ -34,7 +34,7 @@ class GroupSubmit:
     durable, so a poll counts as collected exactly as before; the spool just sees one append per
     group instead of one per poll."""
 
-    def __init__(self, submit: Submit, *, max_lines: int = 2000, max_delay: float = 0.02) -> None:
+    def __init__(self, submit: Submit, *, max_lines: int = 2000, max_delay: float = 0.01) -> None:
         self._submit = submit
         self._max_lines = max_lines
         self._max_delay = max_delay

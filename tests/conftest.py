@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests.servers import (
     InfluxServer,
@@ -80,3 +81,12 @@ def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"
     path.mkdir()
     return path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """Each test starts from structlog's defaults: a test that configured a level filter (or a stream)
+    must not decide what the next test's log capture sees."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()

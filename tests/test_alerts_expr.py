@@ -118,6 +118,19 @@ def test_sim_fields_are_their_own_namespace() -> None:
     assert compiled.fields == {"remaining_ratio", "exhausts_before_cycle_end"}
 
 
+def test_combined_comparisons_keep_missing_value_semantics() -> None:
+    either = compile_expr("rssi_dbm < -105 or battery_percent in [1, 2]", "device", DEVICE).fn
+    both = compile_expr("rssi_dbm < -105 and battery_percent < 10", "device", DEVICE).fn
+    linear = compile_expr("staleness_seconds > 3 * poll_interval_seconds", "device", DEVICE).fn
+    assert either({"rssi_dbm": None, "battery_percent": 2}) is True
+    assert either({"rssi_dbm": None, "battery_percent": None}) is False
+    assert both({"rssi_dbm": -110, "battery_percent": None}) is False
+    assert both({"rssi_dbm": -110, "battery_percent": 5}) is True
+    assert linear({"staleness_seconds": 901, "poll_interval_seconds": 300}) is True
+    assert linear({"staleness_seconds": 900, "poll_interval_seconds": 300}) is False
+    assert linear({"staleness_seconds": 901, "poll_interval_seconds": None}) is False
+
+
 def test_type_errors_surface_to_the_caller_who_treats_them_as_false() -> None:
     compiled = compile_expr("device_status < 3", "device", DEVICE)
     with pytest.raises(TypeError):
@@ -139,6 +152,10 @@ _EXPRESSIONS = [
     "not (rssi_dbm > -90) or battery_percent < 20", "-110 < rssi_dbm < -100 and battery_percent != 50",
     "abs(rssi_dbm) - battery_percent", "max(rssi_dbm, battery_percent) % 7", "battery_percent in [1, 2, 3]",
     "rssi_dbm if battery_percent > 50 else battery_percent",
+    "rssi_dbm < -100 or battery_percent > 50 or battery_percent in [7, 8]",
+    "rssi_dbm > -100 and battery_percent in [1, 2, 3] and -50 > rssi_dbm",
+    "battery_percent > 3 * rssi_dbm + 400", "rssi_dbm <= battery_percent / 2 - 100",
+    "battery_percent >= rssi_dbm * -1 - 60",
 ]
 
 

@@ -21,6 +21,7 @@ Semantics (documented in docs/alerts.md):
 from __future__ import annotations
 
 import ast
+import functools
 import operator as op
 import warnings
 from collections.abc import Callable, Mapping
@@ -128,17 +129,26 @@ class Compiled:
     fields: frozenset[str]
 
 
+# (field, test): the comparison holds when the field's value is not None and test(value) is true
+_Pred = tuple[str, Callable[[Any], Any]]
+# (field, operator, constant, constant on the left)
+_Linear = tuple[str, Callable[[Any, Any], Any], Any, bool]
+
+
 class _Node:
     """Compilation result of one AST node: a closure, or a constant folded at load."""
 
-    __slots__ = ("const", "fn", "is_const", "name")
+    __slots__ = ("const", "fn", "is_const", "linear", "name", "pred")
 
     def __init__(self, fn: Fn | None = None, *, const: Any = None, is_const: bool = False,
-                 name: str | None = None) -> None:
+                 name: str | None = None, pred: _Pred | None = None, linear: _Linear | None = None) -> None:
         self.fn = fn
         self.const = const
         self.is_const = is_const
-        self.name = name  # set when the node is a plain field read, for specialisation
+        # For specialisation by the parent node:
+        self.name = name  # a plain field read
+        self.pred = pred  # `field <op> constant`, a missing value making it false
+        self.linear = linear  # `field <op> constant` or `constant <op> field` arithmetic
 
     def closure(self) -> Fn:
         if self.is_const:
@@ -182,6 +192,73 @@ def _field_compare(name: str, opcls: type[ast.cmpop], c: Any) -> Fn:
         def f(d: Fields) -> bool:
             v = d.get(name)
             return v is not None and v not in c
+    return f
+
+
+# `value <op> c` as `c <reflected op> value`, so that functools.partial(reflected, c) tests a value.
+_REFLECTED: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
+    ast.Lt: op.gt, ast.LtE: op.ge, ast.Gt: op.lt, ast.GtE: op.le, ast.Eq: op.eq, ast.NotEq: op.ne,
+}
+
+
+def _preds_closure(preds: tuple[_Pred, ...], conjunction: bool) -> Fn:
+    """`p1 and p2 ...` / `p1 or p2 ...` over `field <op> constant` comparisons, in one closure
+    (unrolled for two, the common case: Python-level calls cost more than the comparisons)."""
+    if len(preds) == 2:
+        (n1, t1), (n2, t2) = preds
+        if conjunction:
+            def both(d: Fields) -> Any:
+                v = d.get(n1)
+                if v is None or not t1(v):
+                    return False
+                v = d.get(n2)
+                return v is not None and t2(v)
+            return both
+
+        def either(d: Fields) -> Any:
+            v = d.get(n1)
+            if v is not None and t1(v):
+                return True
+            v = d.get(n2)
+            return v is not None and t2(v)
+        return either
+    if conjunction:
+        def all_hold(d: Fields) -> bool:
+            get = d.get
+            for name, test in preds:
+                v = get(name)
+                if v is None or not test(v):
+                    return False
+            return True
+        return all_hold
+
+    def any_holds(d: Fields) -> bool:
+        get = d.get
+        for name, test in preds:
+            v = get(name)
+            if v is not None and test(v):
+                return True
+        return False
+    return any_holds
+
+
+def _field_compare_linear(name: str, opcls: type[ast.cmpop], linear: _Linear) -> Fn:
+    """`field <op> constant * other_field` (any arithmetic operator) in one closure."""
+    cmp = _CMP[opcls]
+    other, arith, c, const_left = linear
+
+    def f(d: Fields) -> bool:
+        a = d.get(name)
+        if a is None:
+            return False
+        b = d.get(other)
+        if b is None:
+            return False
+        try:
+            r = arith(c, b) if const_left else arith(b, c)
+        except ZeroDivisionError:
+            return False
+        return bool(cmp(a, r))
     return f
 
 
@@ -284,6 +361,9 @@ class _Compiler:
 
     def _BoolOp(self, node: ast.BoolOp) -> _Node:
         parts = [self.compile(v) for v in node.values]
+        preds = [p.pred for p in parts]
+        if all(p is not None for p in preds):  # only `field <op> constant` operands: one closure
+            return _Node(_preds_closure(tuple(p for p in preds if p is not None), isinstance(node.op, ast.And)))
         fns = [p.closure() for p in parts]
         if isinstance(node.op, ast.And):
             if len(fns) == 2:
@@ -354,6 +434,7 @@ class _Compiler:
             other = right if small is left else left
             if other.name is not None:  # `constant <op> field` / `field <op> constant`: one closure
                 name, c = other.name, small.const
+                linear = (name, fn, c, small is left)
                 if small is left:
                     def const_field(d: Fields) -> Any:
                         v = d.get(name)
@@ -363,7 +444,7 @@ class _Compiler:
                             return fn(c, v)
                         except ZeroDivisionError:
                             return None
-                    return _Node(const_field)
+                    return _Node(const_field, linear=linear)
 
                 def field_const(d: Fields) -> Any:
                     v = d.get(name)
@@ -373,7 +454,7 @@ class _Compiler:
                         return fn(v, c)
                     except ZeroDivisionError:
                         return None
-                return _Node(field_const)
+                return _Node(field_const, linear=linear)
         a, b = left.closure(), right.closure()
 
         def binop(d: Fields) -> Any:
@@ -396,7 +477,16 @@ class _Compiler:
             left, right = operands[i], operands[i + 1]
             pairs.append(self._compare(left, opnode, right))
         if len(pairs) == 1:
-            return _Node(pairs[0])
+            left, right, opcls = operands[0], operands[1], type(node.ops[0])
+            if left.is_const and right.name is not None and opcls in _MIRROR:
+                left, right, opcls = right, left, _MIRROR[opcls]
+            pred: _Pred | None = None
+            if left.name is not None and right.is_const and right.const is not None:
+                if opcls in _REFLECTED:  # `value < c` is `c > value`: a C callable of the value
+                    pred = (left.name, functools.partial(_REFLECTED[opcls], right.const))
+                elif opcls is ast.In and isinstance(right.const, frozenset | tuple):
+                    pred = (left.name, right.const.__contains__)
+            return _Node(pairs[0], pred=pred)
 
         def chain(d: Fields) -> bool:
             return all(p(d) for p in pairs)
@@ -420,6 +510,8 @@ class _Compiler:
             return _field_compare(left.name, opcls, right.const)
         if left.is_const and right.name is not None and opcls in _MIRROR:
             return _field_compare(right.name, _MIRROR[opcls], left.const)
+        if left.name is not None and right.linear is not None:
+            return _field_compare_linear(left.name, opcls, right.linear)
         if left.name is not None and not right.is_const:
             return _field_compare_expr(left.name, opcls, right.closure())
         return _compare_pair(left.closure(), opcls, right.closure())
