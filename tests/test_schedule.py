@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ def test_offsets_are_stable_and_spread_exactly_evenly() -> None:
     items = job.work_items()
     fractions = [f for f, _ in items]
     assert fractions == sorted(fractions)
-    gaps = {round(b - a, 9) for a, b in zip(fractions, fractions[1:], strict=False)}
+    gaps = {round(b - a, 9) for a, b in itertools.pairwise(fractions)}
     assert gaps == {0.001}  # rank-based: one slot every interval/n
     assert items == job.work_items()  # the same every cycle
     shuffled = make_job("device_status", list(reversed(ids)), 300, 1, []).work_items()
@@ -62,7 +63,7 @@ async def test_requests_flow_evenly_over_the_interval_and_never_overlap_themselv
     sched = Scheduler([job], rate_limit=1000.0)
     overruns_before = metrics.JOB_OVERRUNS.labels("device_status")._value.get()
     sched.start()
-    while not calls:  # the first cycle starts within a couple of seconds (phase per job)
+    while not calls:  # noqa: ASYNC110 - the first cycle starts within a couple of seconds (phase per job)
         await asyncio.sleep(0.05)
     await asyncio.sleep(3.9)
     await sched.stop(grace=0.1)
