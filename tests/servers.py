@@ -233,3 +233,19 @@ def start_victoria_metrics(root: Path) -> VictoriaMetricsServer:
     server = VictoriaMetricsServer(root)
     server.start()
     return server
+
+
+def require(binary: str, package: str) -> str:
+    """A tool's path for a test; a failure under CI (it must be installed there), a skip locally."""
+    import os
+    import shutil
+
+    import pytest
+
+    found = shutil.which(binary)
+    if found:
+        return found
+    message = f"{binary} not found: apt-get install {package} (scripts/setup.sh --test does)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)

@@ -4,8 +4,6 @@ signals, reloads, sd_notify, malformed upstream data, secrets."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -14,10 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 
 from tests.daemon_run import REPO, DaemonProcess, demo_config, wait_for
+from tests.servers import require
 
 MEASUREMENTS = ("device", "sim", "card_status", "card_usage", "card_month_usage", "account")
 
@@ -29,12 +27,7 @@ def measurements_in(path: Path) -> set[str]:
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: scripts/setup.sh --test installs Debian's prometheus")
-        pytest.skip("promtool not installed")
-    return path
+    return require("promtool", "prometheus")
 
 
 def test_daemon_polls_the_embedded_simulator_and_writes_every_kind(tmp_path: Path) -> None:

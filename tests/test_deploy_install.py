@@ -21,21 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import require
+
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "deploy" / "install.sh"
 PREFIX = "/opt/iot-collector"
 UNITS = ("iot-collector.service", "iot-collector@.service")
-
-
-def require(binary: str, package: str) -> str:
-    """The binary's path; a failure under CI (it must be installed there), a skip locally."""
-    found = shutil.which(binary)
-    if found:
-        return found
-    message = f"{binary} not found: apt-get install {package} (scripts/setup.sh --test does)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def run(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None,

@@ -6,7 +6,6 @@ routes the collector's alerts by customer and severity to the receivers it says.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.servers import require
 from tests.test_grafana_dashboards import exported_metric_names
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,17 +27,6 @@ ALERTMANAGER = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 # notifications failing.
 REQUIRED_ALERTS = {"IotCollectorDown", "IotCollectorUpstreamErrorRateHigh", "IotCollectorRateLimited",
                    "IotCollectorSpoolGrowing", "IotCollectorSinkWritesFailing", "IotCollectorNotificationsFailing"}
-
-
-def require(binary: str, package: str) -> str:
-    """The binary's path; a failure under CI (it must be installed there), a skip locally."""
-    found = shutil.which(binary)
-    if found:
-        return found
-    message = f"{binary} not found: apt-get install {package} (scripts/setup.sh --test does)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -7,9 +7,7 @@ installed program: tests/test_deploy_install.py runs it on the tree install.sh p
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 import yaml
 
 from collector.config import ConfigError, load_config
+from tests.servers import require
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMD = REPO / "deploy" / "systemd"
@@ -24,17 +23,6 @@ MAIN = SYSTEMD / "iot-collector.service"
 TEMPLATE = SYSTEMD / "iot-collector@.service"
 EXAMPLE = REPO / "deploy" / "collector.yaml"
 MAX_EXPOSURE = 2.0
-
-
-def require(binary: str, package: str) -> str:
-    """The binary's path; a failure under CI (it must be installed there), a skip locally."""
-    found = shutil.which(binary)
-    if found:
-        return found
-    message = f"{binary} not found: apt-get install {package} (scripts/setup.sh --test does)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:

@@ -7,9 +7,7 @@ and only uses metrics the collector exports, and each dashboard has the panels t
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from collector import metrics
 from collector.config import HttpConfig
 from collector.state import FleetState
 from collector.telemetry import FleetCollector
+from tests.servers import require
 
 REPO = Path(__file__).resolve().parent.parent
 GRAFANA = REPO / "grafana"
@@ -32,17 +31,6 @@ PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "iot-collector.yaml"
 # What Grafana puts in place of its macros and of the health dashboard's variables, for promtool.
 PROMQL_SUBSTITUTIONS = {"$__rate_interval": "2m", "$__interval": "1m", "$__range": "6h", "$job": "iot-collector",
                         "$instance": ".+"}
-
-
-def require(binary: str, package: str) -> str:
-    """The binary's path; a failure under CI (it must be installed there), a skip locally."""
-    found = shutil.which(binary)
-    if found:
-        return found
-    message = f"{binary} not found: apt-get install {package} (scripts/setup.sh --test does)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def load(path: Path) -> dict[str, Any]:
