@@ -10,6 +10,7 @@ the end of the billing cycle. `FIELDS` lists, per entity kind, the names an aler
 from __future__ import annotations
 
 import calendar
+import functools
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,7 @@ FIELDS: dict[str, frozenset[str]] = {
 }
 
 
+@functools.lru_cache(maxsize=4096)  # a fleet has few distinct cycle starts; datetime math is slow
 def add_month(ts: float) -> float:
     """The same day and time one calendar month later (clamped to the month's last day), in UTC."""
     t = dt.datetime.fromtimestamp(ts, dt.UTC)
