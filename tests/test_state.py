@@ -1,0 +1,78 @@
+"""The fleet state: derived values, inventory sync, events written once."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from collector.platform.models import DeviceEvent, DeviceObservation, SimObservation
+from collector.state import FleetState, SimState, add_month
+
+T0 = dt.datetime(2026, 1, 31, 16, 0, tzinfo=dt.UTC).timestamp()
+
+
+def device(no: str, at: float, used: int, *, events: tuple[DeviceEvent, ...] = (),
+           effective: int = 1) -> DeviceObservation:
+    sims = (SimObservation(iccid=f"{no}-a", device_no=no, slot=1, total_bytes=1000, used_bytes=used,
+                           cycle_start=T0, polled_at=at),
+            SimObservation(iccid=f"{no}-b", device_no=no, slot=2, total_bytes=1000, used_bytes=0, polled_at=at))
+    return DeviceObservation(device_no=no, online_status=1, effective_sim=effective, status_at=at - 90,
+                             events=events, sims=sims, polled_at=at)
+
+
+def test_add_month_clamps_to_the_last_day() -> None:
+    assert dt.datetime.fromtimestamp(add_month(T0), dt.UTC) == dt.datetime(2026, 2, 28, 16, 0, tzinfo=dt.UTC)
+    dec = dt.datetime(2026, 12, 15, tzinfo=dt.UTC).timestamp()
+    assert dt.datetime.fromtimestamp(add_month(dec), dt.UTC).date() == dt.date(2027, 1, 15)
+
+
+def test_usage_rate_forecast_and_reset_at_a_new_cycle() -> None:
+    sim = SimState("x", {})
+    sim.obs = SimObservation(iccid="x", total_bytes=10_000, used_bytes=4_000, cycle_start=T0, polled_at=T0 + 7200)
+    sim.record_usage(T0 + 3600, 2_000)
+    sim.record_usage(T0 + 7200, 4_000)
+    assert sim.usage_rate() == 2_000 / 3600
+    fields = sim.fields(T0 + 7200)
+    assert fields["remaining_bytes"] == 6_000 and fields["remaining_ratio"] == 0.6
+    assert fields["seconds_to_exhaustion"] == 6_000 / (2_000 / 3600)
+    assert fields["exhausts_before_cycle_end"] is True  # 3 hours left at this rate, weeks in the cycle
+    sim.record_usage(T0 + 10800, 100)  # usage went down: a new cycle, the old rate is meaningless
+    assert sim.usage_rate() is None
+
+
+def test_staleness_is_poll_time_minus_platform_refresh() -> None:
+    state = FleetState()
+    state.sync_inventory({"d1": {"customer": "acme"}}, {})
+    state.observe_device(device("d1", T0, 10))
+    fields = state.devices["d1"].fields(T0 + 30, 300)
+    assert fields["staleness_seconds"] == 90 and fields["status_age_seconds"] == 120
+    assert fields["labels"] == {"customer": "acme"}
+
+
+def test_sims_are_discovered_inherit_labels_and_leave_with_their_device() -> None:
+    state = FleetState()
+    state.sync_inventory({"d1": {"customer": "acme"}, "d2": {"customer": "globex"}}, {"card-x": {"group": "spare"}})
+    change = state.observe_device(device("d1", T0, 10, effective=2))
+    assert set(change.sims) == {"d1-a", "d1-b"}
+    assert state.sims["d1-a"].labels == {"customer": "acme"}
+    assert state.sims["d1-b"].effective is True and state.sims["d1-a"].effective is False
+    assert state.devices["d1"].obs is not None and state.devices["d1"].obs.sims == ()  # kept once, in SimState
+    removed_devices, removed_sims = state.sync_inventory({"d2": {"customer": "globex"}}, {"card-x": {}})
+    assert removed_devices == ["d1"] and set(removed_sims) == {"d1-a", "d1-b"}
+    assert set(state.sims) == {"card-x"}
+
+
+def test_device_events_are_new_only_once() -> None:
+    state = FleetState()
+    state.sync_inventory({"d1": {}}, {})
+    e1 = DeviceEvent("d1", T0 - 100, 251, "1")
+    e2 = DeviceEvent("d1", T0 - 50, 251, "2")
+    assert state.observe_device(device("d1", T0, 10, events=(e1,))).new_events == (e1,)
+    assert state.observe_device(device("d1", T0 + 60, 11, events=(e1, e2))).new_events == (e2,)
+    assert state.observe_device(device("d1", T0 + 120, 12, events=(e1, e2))).new_events == ()
+
+
+def test_a_poll_for_a_device_removed_meanwhile_is_ignored() -> None:
+    state = FleetState()
+    state.sync_inventory({}, {})
+    assert state.observe_device(device("gone", T0, 1)).devices == ()
+    assert "gone" not in state.devices
