@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, HttpUrl, ValidationError, field_validator, model_validator
 
-from collector.alerts.config import AlertsConfig
+from collector.alerts.config import AlertsConfig, rule_files_relative_to
 from collector.configtypes import Duration, Secret, SecretSection, Section
 from collector.platform.endpoints import DEFAULT_ENDPOINTS, Endpoint, EndpointSpec
 from collector.platform.signing import DEFAULT_TEMPLATE, TEMPLATE_FIELDS, Signer, template_fields
@@ -395,8 +395,10 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError([f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"], source) from None
-    config = parse_config(data, source, env)
-    return _resolve_paths(config, Path(path).resolve().parent)
+    base = Path(path).resolve().parent
+    with rule_files_relative_to(base):  # alert rule files are compiled during validation
+        config = parse_config(data, source, env)
+    return _resolve_paths(config, base)
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:

@@ -10,8 +10,8 @@ the end of the billing cycle. `FIELDS` lists, per entity kind, the names an aler
 from __future__ import annotations
 
 import calendar
-import functools
 import datetime as dt
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any

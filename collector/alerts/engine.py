@@ -45,6 +45,7 @@ TICK_SECONDS = 0.25  # how often due groups are flushed and points handed to the
 SAVE_MIN_INTERVAL = 1.0  # at most one state write per this many seconds while things change
 MAX_BUFFERED_POINTS = 100_000
 # Alert labels already carried by the point's own tags (rule, kind, severity, entity).
+_NONE: Mapping[str, Alert] = {}
 _POINT_TAGS_SKIPPED = frozenset({"alertname", "kind", "severity", "device_no", "iccid"})
 WritePoints = Callable[[list[str]], Awaitable[None]]
 Lookup = Callable[[str, str], Mapping[str, Any] | None]
@@ -63,15 +64,15 @@ class _Slot:
 
 
 class _Plan:
-    """The rules of one entity kind, and which entities of that kind have an active alert (with how
-    many): the hot path only evaluates conditions for the others, which are nearly all of them."""
+    """The rules of one entity kind, and the active alerts of each entity of that kind, by rule name:
+    the hot path only evaluates conditions for entities without any, which are nearly all of them."""
 
     __slots__ = ("active", "conds", "known", "slots")
 
     def __init__(self, slots: list[_Slot], known: set[str] | None) -> None:
         self.slots = slots
         self.conds = tuple(s.cond for s in slots)
-        self.active: dict[str, int] = {}
+        self.active: dict[str, dict[str, Alert]] = {}
         self.known = known  # entity keys, kept only when a rule of this kind is clock-dependent
 
 
@@ -146,8 +147,8 @@ class AlertEngine:
         for plan in self._plans.values():
             plan.active = {}
             for slot in plan.slots:
-                for key in slot.states:
-                    plan.active[key] = plan.active.get(key, 0) + 1
+                for key, alert in slot.states.items():
+                    plan.active.setdefault(key, {})[slot.rule.name] = alert
 
     def _build_receivers(self, config: AlertsConfig, keep: Mapping[str, Receiver]) -> None:
         receivers: dict[str, Receiver] = {}
@@ -186,7 +187,8 @@ class AlertEngine:
             return
         if plan.known is not None:
             plan.known.add(key)
-        if key not in plan.active:
+        mine: Mapping[str, Alert] | None = plan.active.get(key)
+        if mine is None:
             # Fast path, nearly every entity: no active alert, so nothing to do unless a condition
             # holds (or fails to evaluate): then the careful path below runs.
             try:
@@ -197,16 +199,19 @@ class AlertEngine:
                     return
             except Exception:
                 pass
-        self._evaluate_slots(plan.slots, key, fields, now)
+            mine = _NONE
+        self._evaluate_slots(plan.slots, key, fields, now, mine)
 
-    def _evaluate_slots(self, slots: Iterable[_Slot], key: str, fields: Mapping[str, Any], now: float) -> None:
+    def _evaluate_slots(self, slots: Iterable[_Slot], key: str, fields: Mapping[str, Any], now: float,
+                        mine: Mapping[str, Alert]) -> None:
+        """The careful path: every rule, with the entity's active alerts (`mine`, by rule name)."""
         for slot in slots:
             try:
                 holds = slot.cond(fields)
             except Exception:
                 holds = False
                 self.eval_errors += 1
-            alert = slot.states.get(key)
+            alert = mine.get(slot.rule.name)
             if alert is None:
                 if holds:
                     self._activate(slot, key, fields, now)
@@ -256,7 +261,7 @@ class AlertEngine:
                       labels=rule.alert_labels(key, fields), annotations=rule.render(fields), last_held=now,
                       value=rule.current_value(fields))
         slot.states[key] = alert
-        self._count(alert.kind, key, 1)
+        self._index(alert, True)
         if rule.for_ <= 0:
             self._fire(slot, alert, None, now)  # annotations and value are those just computed
             return
@@ -276,19 +281,23 @@ class AlertEngine:
             if receiver.accepts(alert.labels):
                 receiver.firing(alert, now)
 
-    def _count(self, kind: str, key: str, delta: int) -> None:
-        plan = self._plans.get(kind)
+    def _index(self, alert: Alert, active: bool) -> None:
+        """Keep the per-entity index of active alerts (`_Plan.active`) in step with the rules' states."""
+        plan = self._plans.get(alert.kind)
         if plan is None:
             return
-        n = plan.active.get(key, 0) + delta
-        if n > 0:
-            plan.active[key] = n
-        else:
-            plan.active.pop(key, None)
+        if active:
+            plan.active.setdefault(alert.key, {})[alert.rule] = alert
+            return
+        mine = plan.active.get(alert.key)
+        if mine is not None:
+            mine.pop(alert.rule, None)
+            if not mine:
+                del plan.active[alert.key]
 
     def _resolve(self, slot: _Slot, alert: Alert, now: float) -> None:
         if slot.states.pop(alert.key, None) is not None:
-            self._count(alert.kind, alert.key, -1)
+            self._index(alert, False)
         self._clearing.pop(alert.id, None)
         self._firing.pop(alert.id, None)
         alert.resolved_at = now
@@ -299,7 +308,7 @@ class AlertEngine:
 
     def _deactivate(self, slot: _Slot, alert: Alert, now: float) -> None:
         if slot.states.pop(alert.key, None) is not None:
-            self._count(alert.kind, alert.key, -1)
+            self._index(alert, False)
         self._pending.pop(alert.id, None)
         self._transition(alert, INACTIVE, now)
 
@@ -330,10 +339,11 @@ class AlertEngine:
         """Time-based transitions: `for` elapsed, `keep_firing_for` over, clock-dependent rules."""
         started = time.perf_counter()
         for kind, slots in self._time_slots.items():
+            active = self._plans[kind].active
             for key in list(self._known.get(kind, ())):
                 fields = lookup(kind, key)
                 if fields is not None:
-                    self._evaluate_slots(slots, key, fields, now)
+                    self._evaluate_slots(slots, key, fields, now, active.get(key, _NONE))
         for alert in list(self._pending.values()):
             pslot = self._slots.get(alert.rule)
             if pslot is None or now - alert.active_since < pslot.rule.for_:

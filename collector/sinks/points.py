@@ -194,7 +194,7 @@ SCHEMA: dict[str, MeasurementSpec] = {
             "one point per controlResponse entry, at its controlAt time"),
         MeasurementSpec(
             "alerts", ("rule", "severity", "kind", "entity"), {
-                "state": _s("pending, firing or resolved"),
+                "state": _s("pending, firing, resolved, or inactive (a pending alert that cleared before firing)"),
                 "firing": _i("0/1", "1 while the alert fires"),
                 "value": _f("rule-specific", "the value that triggered the transition"),
                 "summary": _s("rendered summary annotation"),
