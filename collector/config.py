@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, HttpUrl, ValidationError, field_validator, model_validator
+from pydantic import Field, HttpUrl, ValidationError, field_validator, model_validator
 
 from collector.alerts.config import AlertsConfig, rule_files_relative_to
 from collector.configtypes import Duration, Secret, SecretSection, Section
@@ -411,8 +411,3 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     sinks = config.sinks.model_copy(update={"file": file_sink})
     return config.model_copy(update={"inventory": inventory, "sinks": sinks,
                                      "state_dir": rel(config.state_dir)})
-
-
-def redacted_dump(model: BaseModel) -> dict[str, Any]:
-    """The configuration as plain data with every secret replaced by `<redacted>`."""
-    return model.model_dump(mode="json")

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from collector.platform.models import (
-    DAY,
     AccountAssets,
     CardStatus,
     CardUsage,
@@ -363,7 +362,3 @@ class FleetState:
             devices["unknown" if online is None else "online" if online else "offline"] += 1
         sims = {"tracked": len(self.sims), "polled": sum(1 for s in self.sims.values() if s.obs)}
         return {"device": devices, "sim": sims}
-
-
-def days(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds / DAY

@@ -8,7 +8,7 @@ No write endpoint is listed here: the collector never calls one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -54,12 +54,3 @@ DEFAULT_ENDPOINTS: dict[Endpoint, EndpointSpec] = {
 
 # Extra form field of the month-usage endpoint (inferred): the month as YYYYMM.
 MONTH_PARAM = "month"
-
-
-def endpoint_table(overrides: dict[str, dict[str, object]] | None = None) -> dict[Endpoint, EndpointSpec]:
-    """The default table with per-endpoint overrides applied (`{"card_info": {"path": "..."}}`)."""
-    table = dict(DEFAULT_ENDPOINTS)
-    for name, fields in (overrides or {}).items():
-        key = Endpoint(name)
-        table[key] = replace(table[key], **fields)  # type: ignore[arg-type]
-    return table
