@@ -110,7 +110,8 @@ class Daemon:
         inventory = load_inventory(self.config.inventory, self.config.sharding)
         if self.simulator is not None and not inventory.devices and not inventory.cards:
             # The embedded demo: the simulator's whole fleet, spread over a few demo customers.
-            devices = {no: {"customer": DEMO_CUSTOMERS[i % len(DEMO_CUSTOMERS)]}
+            common = self.config.inventory.labels
+            devices = {no: {**common, "customer": DEMO_CUSTOMERS[i % len(DEMO_CUSTOMERS)]}
                        for i, no in enumerate(self.simulator.device_numbers())}
             inventory = Inventory(devices=devices, cards={})
         return inventory

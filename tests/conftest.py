@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import structlog
@@ -16,9 +17,12 @@ from tests.servers import (
     InfluxServer,
     ServerUnavailable,
     VictoriaMetricsServer,
+    _Server,
     start_influxd,
     start_victoria_metrics,
 )
+
+S = TypeVar("S", bound=_Server)
 
 
 def server_unavailable(exc: ServerUnavailable) -> None:
@@ -28,11 +32,9 @@ def server_unavailable(exc: ServerUnavailable) -> None:
     pytest.skip(f"integration server unavailable: {exc}")
 
 
-@pytest.fixture(scope="session")
-def influxd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
-    """One influxd (InfluxDB 1.x) for the session."""
+def _session_server(start: Callable[[Path], S], root: Path) -> Iterator[S]:
     try:
-        server = start_influxd(tmp_path_factory.mktemp("influxd"))
+        server = start(root)
     except ServerUnavailable as exc:
         server_unavailable(exc)
         raise
@@ -40,12 +42,23 @@ def influxd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxS
     server.stop()
 
 
+def _running(server: S) -> S:
+    """A session server, started again if an outage test left it stopped."""
+    if not server.running:
+        server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def influxd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    """One influxd (InfluxDB 1.x) for the session."""
+    yield from _session_server(start_influxd, tmp_path_factory.mktemp("influxd"))
+
+
 @pytest.fixture
 def influxd(influxd_server: InfluxServer) -> InfluxServer:
     """The session's influxd, started again if an outage test left it stopped."""
-    if not influxd_server.running:
-        influxd_server.start()
-    return influxd_server
+    return _running(influxd_server)
 
 
 @pytest.fixture
@@ -59,20 +72,12 @@ def influx_db(influxd: InfluxServer) -> str:
 @pytest.fixture(scope="session")
 def victoria_metrics_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetricsServer]:
     """One VictoriaMetrics single node for the session."""
-    try:
-        server = start_victoria_metrics(tmp_path_factory.mktemp("victoria-metrics"))
-    except ServerUnavailable as exc:
-        server_unavailable(exc)
-        raise
-    yield server
-    server.stop()
+    yield from _session_server(start_victoria_metrics, tmp_path_factory.mktemp("victoria-metrics"))
 
 
 @pytest.fixture
 def victoria_metrics(victoria_metrics_server: VictoriaMetricsServer) -> VictoriaMetricsServer:
-    if not victoria_metrics_server.running:
-        victoria_metrics_server.start()
-    return victoria_metrics_server
+    return _running(victoria_metrics_server)
 
 
 @pytest.fixture
