@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +16,7 @@ import yaml
 from pydantic import Field, HttpUrl, ValidationError, field_validator, model_validator
 
 from collector.alerts.config import AlertsConfig, rule_files_relative_to
-from collector.configtypes import Duration, Secret, SecretSection, Section
+from collector.configtypes import Duration, Secret, SecretSection, Section, TimeZoneName
 from collector.platform.endpoints import DEFAULT_ENDPOINTS, Endpoint, EndpointSpec
 from collector.platform.signing import DEFAULT_TEMPLATE, TEMPLATE_FIELDS, Signer, template_fields
 from collector.sinks.config import SinksConfig
@@ -98,16 +97,7 @@ class PlatformConfig(SecretSection):
     error_codes: ErrorCodesConfig = ErrorCodesConfig()
     endpoints: dict[Endpoint, EndpointOverride] = {}
     flow_unit: Literal["B", "KiB", "MiB"] = "KiB"
-    timezone: str = "Asia/Shanghai"
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
+    timezone: TimeZoneName = "Asia/Shanghai"
 
     def signer(self) -> Signer:
         secret = self.app_secret.get_secret_value() if self.app_secret else ""

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer, SecretStr, model_validator
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -46,7 +47,17 @@ def parse_size(value: Any) -> int:
     raise ValueError(f"must be a size like 512MiB or 2GB, got {value!r}")
 
 
+def check_zone(value: str) -> str:
+    """An IANA time zone name that this machine knows (`Asia/Shanghai`, `UTC`)."""
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+TimeZoneName = Annotated[str, AfterValidator(check_zone)]
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 Secret = Annotated[SecretStr, PlainSerializer(lambda _: "<redacted>", return_type=str)]
 

@@ -15,7 +15,6 @@ import contextvars
 import datetime as dt
 import os
 import re
-import zoneinfo
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import ConfigDict, Field, HttpUrl, PrivateAttr, field_validator, model_validator
 
 from collector.alerts.matchers import parse_matcher
-from collector.configtypes import Duration, Secret, SecretSection, Section, read_secret_sources
+from collector.configtypes import Duration, Secret, SecretSection, Section, TimeZoneName, read_secret_sources
 
 if TYPE_CHECKING:
     from collector.alerts.rules import Rule
@@ -232,19 +231,10 @@ class MaintenanceWindowConfig(Section):
     weekdays: list[Weekday] = list(WEEKDAYS)  # type: ignore[arg-type]
     start: dt.time
     end: dt.time
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     comment: str = ""
 
     _matchers = field_validator("matchers")(_check_matchers)
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
 
     @model_validator(mode="after")
     def _not_empty(self) -> MaintenanceWindowConfig:
