@@ -11,9 +11,12 @@ used core would serve (`capacity`): the honest figure when the client, not the s
 By default the server first answers every device once (a collector's first polling round), so the
 run measures the steady state; `--cold` measures first visits instead (every request builds the
 device's profile, as it does on every round for fleets beyond the 20k-profile cache).
+`--answer-cache N` sizes the simulator's cache of serialized device answers (0: off, every request
+computes and serialises its answer afresh, as before the cache existed).
 
     .venv/bin/python bench/bench_simulator.py --devices 10000 --duration 10 --concurrency 64
     .venv/bin/python bench/bench_simulator.py --devices 100000 --duration 10 --concurrency 64 --cold
+    .venv/bin/python bench/bench_simulator.py --devices 10000 --answer-cache 0
 
 Prints numbers, never passes or fails.
 """
@@ -41,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from collector.platform.endpoints import DEFAULT_ENDPOINTS, Endpoint
 from collector.platform.signing import Signer
 from collector.simulator import EMBEDDED_APP_ID, EMBEDDED_APP_SECRET, Simulator
+from collector.simulator.answers import ANSWER_CACHE
 
 
 def _pin(cores: set[int]) -> None:
@@ -71,19 +75,20 @@ def _serve_empty(ready: Any, stop: Any) -> None:
     asyncio.run(run())
 
 
-def _serve(devices: int, seed: int, core: int, warm: bool, empty: bool, ready: Any, stop: Any) -> None:
+def _serve(devices: int, seed: int, core: int, warm: bool, empty: bool, answer_cache: int, ready: Any,
+           stop: Any) -> None:
     _pin({core})
     if empty:
         _serve_empty(ready, stop)
         return
 
     async def run() -> None:
-        sim = Simulator(devices=devices, seed=seed, speed=1.0)
+        sim = Simulator(devices=devices, seed=seed, speed=1.0, answer_cache=answer_cache)
         if warm:
-            # One polling round, as a collector's first cycle does: profiles and dates get cached.
+            # One polling round, as a collector's first cycle does: profiles, dates and answers get cached.
             now = sim.now()
             for index in range(devices):
-                sim.wire.device(sim.fleet.device_state(index, now))
+                sim.device_data(index, now)
         url = await sim.start("127.0.0.1", 0)
         gc.freeze()  # as `iot-collector simulate` does
         ready.send((url, sim.device_numbers()))
@@ -188,6 +193,8 @@ def main() -> int:
     parser.add_argument("--cold", action="store_true",
                         help="skip the warm-up round: every request is a device's first visit (or, past "
                              "the 20k-profile cache, a rebuild)")
+    parser.add_argument("--answer-cache", type=int, default=ANSWER_CACHE,
+                        help="device answers the simulator keeps serialized (0: off)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
@@ -199,7 +206,7 @@ def main() -> int:
     stop = ctx.Event()
     started = time.perf_counter()
     server = ctx.Process(target=_serve, args=(args.devices, args.seed, server_core, not args.cold,
-                                              args.server == "empty", ready_send, stop))
+                                              args.server == "empty", args.answer_cache, ready_send, stop))
     server.start()
     url, device_nos = ready_recv.recv()
     startup = time.perf_counter() - started
@@ -232,7 +239,8 @@ def main() -> int:
     wall = wall_after - wall_before
     report = {
         "server": args.server, "driver": args.driver, "devices": args.devices,
-        "profiles": "cold" if args.cold else "warm", "clients": args.clients, "concurrency": args.concurrency,
+        "profiles": "cold" if args.cold else "warm", "answer_cache": args.answer_cache, "clients": args.clients,
+        "concurrency": args.concurrency,
         "duration_s": args.duration, "requests": requests, "errors": errors,
         "req_per_s": round(requests / args.duration),
         "server_cpu_share": round(cpu / wall, 2) if wall else None,

@@ -190,5 +190,7 @@ class AdminApi:
             clock.set_speed(float(body["speed"]))
         if "advance" in body:
             clock.advance(float(body["advance"]))
+            if self.sim.answers is not None:  # stale past their span anyway; free them at once
+                self.sim.answers.clear()
         now = clock.now()
         return {"simulated_time": now, "simulated_local": self.sim.fleet.face.format(now), "speed": clock.speed}

@@ -65,6 +65,10 @@ MONTH = 30.44 * DAY
 GIB = 1024 * 1024  # in KiB, the wire's flow unit
 INF = math.inf
 
+# How far before a boundary computed with float arithmetic (a refresh window, a routine offline window,
+# a renewal) a state stops being known constant: far more than the rounding error, far less than a second.
+STABLE_MARGIN = 1e-3
+
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 
@@ -339,6 +343,19 @@ class DeviceProfile:
             return self.origin + k * self.period + self.off_start
         return None
 
+    def next_offline_change(self, x: float) -> float:
+        """A time after `x` no later than the next start or end of a scheduled offline window
+        (`scheduled_offline_since` is constant from `x` until shortly before it)."""
+        k, o = self._split(x)
+        base = self.origin + k * self.period
+        end = base + self.period
+        if self._offline_period(k):
+            if o < self.off_start:
+                return min(base + self.off_start, end)
+            if o < self.off_end:
+                return min(base + self.off_end, end)
+        return end
+
     def slot_at(self, x: float) -> int:
         """The effective SIM slot at `x` per the routine (ignoring whether the device is online)."""
         o = self._split(x)[1]
@@ -486,6 +503,9 @@ class DeviceState:
     terminal_mac: str
     events: list[tuple[float, int, int]]  # (time, new slot, old slot), newest first
     sims: list[SimState] = field(default_factory=list)
+    # Asked again at any time in [t, until) (t: the time asked, no override in between), the device
+    # reports exactly this state; until <= t when that cannot be vouched for (e.g. a balance running down).
+    until: float = INF
 
 
 @dataclass(slots=True, eq=False)
@@ -520,6 +540,7 @@ class Fleet:
         self._rssi_pins: dict[int, tuple[float, int]] = {}
         self._touched: dict[int, float] = {}  # device -> last override (counts as a refresh)
         self._crossings: dict[tuple[int, float], float] = {}
+        self.generation = 0  # bumped by every override: states computed before it may be stale
 
     # --- ids ---------------------------------------------------------------------------------------
 
@@ -683,6 +704,7 @@ class Fleet:
     def _changed(self, device: int, t: float) -> None:
         self._touched[device] = max(t, self._touched.get(device, t))
         self._crossings.clear()
+        self.generation += 1
 
     @staticmethod
     def _open(holds: list[list[float]]) -> bool:
@@ -742,6 +764,7 @@ class Fleet:
         for holder in (self._offline_holds, self._suspend_holds, self._scheduled_resume, self._exhausted,
                        self._rssi_pins, self._touched, self._crossings):
             holder.clear()
+        self.generation += 1
 
     def override_counts(self) -> dict[str, int]:
         return {
@@ -883,16 +906,33 @@ class Fleet:
     def device_state(self, index: int, t: float, *, info: bool = False) -> DeviceState:
         """The device and its SIMs as queryDeviceFlow (or, with `info`, queryDeviceInfo) reports them."""
         device = self.profile(index)
-        touched = self._touched.get(index, -INF)
-        touched = touched if touched <= t else -INF
-        status_at = max(bucket(t, STATUS_REFRESH, device.status_phase), touched)
+        raw_touched = self._touched.get(index, -INF)
+        touched = raw_touched if raw_touched <= t else -INF
+        status_window = bucket(t, STATUS_REFRESH, device.status_phase)
+        status_at = max(status_window, touched)
         # The hourly grid of queryDeviceInfo is a subset of the 10-minute one: never fresher.
-        flow_at = max(bucket(t, INFO_FLOW_REFRESH if info else FLOW_REFRESH, device.flow_phase), touched)
+        flow_refresh = INFO_FLOW_REFRESH if info else FLOW_REFRESH
+        flow_window = bucket(t, flow_refresh, device.flow_phase)
+        flow_at = max(flow_window, touched)
         since = self.offline_since(device, t)
         online = since is None
+        # Until when every input read at `t` below stays the same (see DeviceState.until).
+        until = min(status_window + STATUS_REFRESH, flow_window + flow_refresh,
+                    device.next_offline_change(t)) - STABLE_MARGIN
+        if raw_touched > t:
+            until = min(until, raw_touched)
+        for start, end in self._offline_holds.get(index, ()):
+            if start > t:
+                until = min(until, start)
+            if end > t:
+                until = min(until, end)
+        if status_at > t:  # a window start rounded past `t`: the SIMs read min(status_at, t)
+            until = t
         if since is None:
             # A device reports when it reconnects: a refresh from before that is not its latest word.
             seen_at = status_at if self.offline_since(device, status_at) is None else t
+            if seen_at == t:
+                until = t
         else:  # what the device reported last: the last refresh (or override) before it went offline
             seen_at = max(bucket(since, STATUS_REFRESH, device.status_phase), touched if touched <= since else -INF)
         effective = device.slot_at(seen_at)
@@ -916,7 +956,28 @@ class Fleet:
         )
         state.sims = [self._sim_state(device, sim, t, status_at, flow_at, online, effective, events)
                       for sim in device.sims]
+        for sim in device.sims:
+            until = min(until, self._sim_until(sim, t))
+        state.until = until
         return state
+
+    def _sim_until(self, sim: SimProfile, t: float) -> float:
+        """Until when what `_sim_state` reads of `t` itself (suspension, expiry, renewal, balance) holds."""
+        if sim.suspend_at is not None and t < sim.suspend_at:
+            return t  # the balance runs down continuously until the card is suspended
+        until = INF
+        if sim.suspend_at is not None or sim.index in self._suspend_holds:
+            for start, end in self._suspension_intervals(sim):
+                if start > t:
+                    until = min(until, start)
+                if end > t:
+                    until = min(until, end)
+        if sim.fixed_end is not None:
+            if sim.fixed_end > t:
+                until = min(until, sim.fixed_end)
+        else:
+            until = min(until, self.end_at(sim, t) - STABLE_MARGIN)
+        return until
 
     def sim_state(self, sim_index: int, t: float) -> SimState:
         """One card as the card endpoints report it: the same values as inside its device's answer."""

@@ -27,6 +27,7 @@ from aiohttp.web_request import BaseRequest
 from collector.config import PlatformConfig
 from collector.platform.endpoints import MONTH_PARAM, Endpoint, EndpointSpec
 from collector.simulator.admin import AdminApi
+from collector.simulator.answers import ANSWER_CACHE, AnswerCache
 from collector.simulator.clock import SimClock
 from collector.simulator.faults import FaultConfig, FaultInjector
 from collector.simulator.fleet import (
@@ -59,6 +60,8 @@ TIMESTAMP_WINDOW = 300.0  # seconds of clock skew accepted on the `timestamp` he
 _JSON = "application/json;charset=UTF-8"
 _FORM = "application/x-www-form-urlencoded"
 _MONTH = re.compile(r"(\d{4})(0[1-9]|1[0-2])")
+# `{"code":0,"message":"操作成功","data":` exactly as orjson writes it, to splice a serialized `data` into.
+_OK_HEAD = orjson.dumps({"code": CODE_OK, "message": OK_MESSAGE})[:-1] + b',"data":'
 
 Handler = Callable[[dict[str, str], EndpointSpec], Any]
 
@@ -111,12 +114,14 @@ class Simulator:
     `start` fixes the simulated start time (default: now); `speed` 0 freezes simulated time.
     `profile_cache` devices keep their derived profile (about 4.5 KB each); the others are re-derived on
     every request, which costs about as much again as answering it.
+    `answer_cache` device answers (`data` of queryDeviceFlow / queryDeviceInfo, serialized, about 4.9 KB
+    each) are reused while the model vouches they cannot have changed (`AnswerCache`); 0 disables it.
     """
 
     def __init__(self, devices: int = 50, seed: int = 1, speed: float = 1.0,
                  platform: PlatformConfig | None = None, faults: FaultConfig | None = None, *,
                  start: float | None = None, timestamp_window: float = TIMESTAMP_WINDOW,
-                 profile_cache: int = PROFILE_CACHE) -> None:
+                 profile_cache: int = PROFILE_CACHE, answer_cache: int = ANSWER_CACHE) -> None:
         if platform is None:
             platform = PlatformConfig(app_id=EMBEDDED_APP_ID, app_secret=EMBEDDED_APP_SECRET)  # type: ignore[arg-type]
         self.platform = platform
@@ -124,6 +129,7 @@ class Simulator:
         self.fleet = Fleet(devices, seed, self.clock.started, platform.timezone, profile_cache)
         self.wire = WireFormat(self.fleet.face, platform.flow_unit_bytes)
         self.faults = FaultInjector(faults, seed)
+        self.answers = AnswerCache(answer_cache) if answer_cache > 0 else None
         self.stats = Stats()
         self.seed = seed
         self.app_id = platform.app_id
@@ -257,6 +263,11 @@ class Simulator:
         return handler(form, spec)
 
     def _body(self, code: int, message: str, data: Any, request: BaseRequest) -> bytes:
+        if type(data) is bytes:  # `data` serialized already (a device answer): splice it in
+            head = _OK_HEAD if code == CODE_OK and message == OK_MESSAGE else (
+                orjson.dumps({"code": code, "message": message})[:-1] + b',"data":')
+            return b"".join((head, data, b',"timestamp":', str(int(time.time())).encode(), b',"traceID":',
+                             orjson.dumps(request.headers.get("traceID", "")), b"}"))
         return orjson.dumps({"code": code, "message": message, "data": data, "timestamp": int(time.time()),
                              "traceID": request.headers.get("traceID", "")})
 
@@ -301,7 +312,23 @@ class Simulator:
         index = self.fleet.find_device(device_no)
         if index is None:
             raise ApiFailure(CODE_UNKNOWN_DEVICE, "设备不存在", "unknown_device")
-        return self.wire.device(self.fleet.device_state(index, self.clock.now(), info=info))
+        return self.device_data(index, self.clock.now(), info)
+
+    def device_data(self, index: int, t: float, info: bool = False) -> bytes:
+        """`data` of device `index`'s queryDeviceFlow (queryDeviceInfo with `info`) answer at simulated
+        time `t`, serialized: from the answer cache while the model vouches it cannot have changed."""
+        cache = self.answers
+        generation = self.fleet.generation
+        key = (index, info)
+        if cache is not None:
+            found = cache.get(key, generation, t)
+            if found is not None:
+                return found
+        state = self.fleet.device_state(index, t, info=info)
+        data = orjson.dumps(self.wire.device(state))
+        if cache is not None:
+            cache.put(key, generation, t, state.until, data)
+        return data
 
     def _device_flow(self, form: dict[str, str], spec: EndpointSpec) -> Any:
         return self._device(form, spec, info=False)
