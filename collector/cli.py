@@ -87,7 +87,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def budget_summary(config: Config, assumed_sims_per_device: int = 2) -> dict[str, Any]:
     """Devices, jobs and the request budget a configuration implies (for check-config and the docs)."""
     from collector.inventory import load_inventory
-    from collector.platform.endpoints import Endpoint
+    from collector.pipeline import JOB_ENDPOINTS
     from collector.schedule import plan_budget
 
     inventory = load_inventory(config.inventory, config.sharding)
@@ -96,17 +96,9 @@ def budget_summary(config: Config, assumed_sims_per_device: int = 2) -> dict[str
         devices = config.simulator.devices
     sims = devices * assumed_sims_per_device + len(inventory.cards)
     specs = config.platform.endpoint_specs()
-    jobs = config.jobs
-    rows = [
-        ("device_status", jobs.device_status, Endpoint.DEVICE_INFO, devices),
-        ("device_flow", jobs.device_flow, Endpoint.DEVICE_FLOW, devices),
-        ("card_status", jobs.card_status, Endpoint.CARD_STATUS, sims),
-        ("card_usage", jobs.card_usage, Endpoint.CARD_USAGE, sims),
-        ("card_info", jobs.card_info, Endpoint.CARD_INFO, sims),
-        ("card_month_usage", jobs.card_month_usage, Endpoint.CARD_MONTH_USAGE, sims),
-        ("card_actions", jobs.card_actions, Endpoint.CARD_ACTIONS, sims),
-        ("account_assets", jobs.account_assets, Endpoint.ACCOUNT_ASSETS, 1),
-    ]
+    counts = {"device": devices, "card": sims, "account": 1}
+    rows = [(name, getattr(config.jobs, name), endpoint, counts[kind])
+            for name, (endpoint, kind) in JOB_ENDPOINTS.items()]
     enabled = [(n, j.interval, specs[e].batch_limit, c) for n, j, e, c in rows if j.enabled]
     lines, need = plan_budget(enabled, config.platform.rate_limit)
     return {

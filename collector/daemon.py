@@ -222,16 +222,7 @@ class Daemon:
                 log.error("housekeeping failed", error=f"{type(exc).__name__}: {exc}")
 
     def _lookup(self, kind: str, key: str) -> dict[str, Any] | None:
-        now = time.time()
-        if kind == "device":
-            d = self.state.devices.get(key)
-            return None if d is None else d.fields(now, self.config.jobs.device_status.interval)
-        if kind == "sim":
-            s = self.state.sims.get(key)
-            return None if s is None else s.fields(now)
-        if kind == "account":
-            return self.state.account.fields(now)
-        return None
+        return self.state.fields(kind, key, time.time(), self.config.jobs.device_status.interval)
 
     def _watch_inventory(self) -> None:
         if not self.config.inventory.watch or not self.config.inventory.file:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -26,6 +27,20 @@ if TYPE_CHECKING:
 log = structlog.get_logger("collector.pipeline")
 
 Submit = Callable[[Sequence[str]], Awaitable[None]]
+
+
+# Every poll job: the endpoint it calls and the kind of entity it walks (devices, cards, or the one
+# account). The one table both the scheduler's jobs and check-config's request budget come from.
+JOB_ENDPOINTS: dict[str, tuple[Endpoint, str]] = {
+    "device_status": (Endpoint.DEVICE_INFO, "device"),
+    "device_flow": (Endpoint.DEVICE_FLOW, "device"),
+    "card_status": (Endpoint.CARD_STATUS, "card"),
+    "card_usage": (Endpoint.CARD_USAGE, "card"),
+    "card_info": (Endpoint.CARD_INFO, "card"),
+    "card_month_usage": (Endpoint.CARD_MONTH_USAGE, "card"),
+    "card_actions": (Endpoint.CARD_ACTIONS, "card"),
+    "account_assets": (Endpoint.ACCOUNT_ASSETS, "account"),
+}
 
 
 class GroupSubmit:
@@ -90,8 +105,6 @@ class Pipeline:
 
     def __init__(self, config: Config, client: PlatformClient, state: FleetState, submit: Submit,
                  alerts: AlertEngine | None = None, clock: Callable[[], float] | None = None) -> None:
-        import time
-
         self.config = config
         self.client = client
         self.state = state
@@ -106,16 +119,13 @@ class Pipeline:
             return
         now = self.clock()
         interval = self.config.jobs.device_status.interval
-        for device_no in change.devices:
-            device = self.state.devices.get(device_no)
-            if device is not None:
-                self.alerts.evaluate("device", device_no, device.fields(now, interval), now)
-        for iccid in change.sims:
-            sim = self.state.sims.get(iccid)
-            if sim is not None:
-                self.alerts.evaluate("sim", iccid, sim.fields(now), now)
+        keys = [("device", d) for d in change.devices] + [("sim", i) for i in change.sims]
         if change.account:
-            self.alerts.evaluate("account", "account", self.state.account.fields(now), now)
+            keys.append(("account", "account"))
+        for kind, key in keys:
+            fields = self.state.fields(kind, key, now, interval)
+            if fields is not None:
+                self.alerts.evaluate(kind, key, fields, now)
 
     def _device_lines(self, change: Change) -> list[str | None]:
         lines: list[str | None] = []
@@ -250,25 +260,19 @@ class Pipeline:
         """The enabled poll jobs of the configuration, with the endpoints' batch limits."""
         cfg, specs = self.config.jobs, self.config.platform.endpoint_specs()
 
-        def devices() -> list[str]:
-            return list(self.state.devices)
-
-        def cards() -> list[str]:
-            return self.state.iccids()
-
-        table: list[tuple[str, Any, Endpoint, Callable[[], Sequence[str]], Any]] = [
-            ("device_status", cfg.device_status, Endpoint.DEVICE_INFO, devices,
-             lambda ids: self.poll_device(Endpoint.DEVICE_INFO, ids)),
-            ("device_flow", cfg.device_flow, Endpoint.DEVICE_FLOW, devices,
-             lambda ids: self.poll_device(Endpoint.DEVICE_FLOW, ids)),
-            ("card_status", cfg.card_status, Endpoint.CARD_STATUS, cards, self.poll_card_status),
-            ("card_usage", cfg.card_usage, Endpoint.CARD_USAGE, cards, self.poll_card_usage),
-            ("card_info", cfg.card_info, Endpoint.CARD_INFO, cards, self.poll_card_info),
-            ("card_month_usage", cfg.card_month_usage, Endpoint.CARD_MONTH_USAGE, cards,
-             self.poll_card_month_usage),
-            ("card_actions", cfg.card_actions, Endpoint.CARD_ACTIONS, cards, self.poll_card_actions),
-            ("account_assets", cfg.account_assets, Endpoint.ACCOUNT_ASSETS, lambda: [], self.poll_account),
-        ]
-        return [PollJob(name=name, interval=job.interval, batch_limit=specs[endpoint].batch_limit,
-                        entities=entities, poll=poll)
-                for name, job, endpoint, entities, poll in table if job.enabled]
+        entities: dict[str, Callable[[], Sequence[str]]] = {
+            "device": lambda: list(self.state.devices), "card": self.state.iccids, "account": lambda: []}
+        polls: dict[str, Callable[[Sequence[str]], Coroutine[Any, Any, bool]]] = {
+            "device_status": lambda ids: self.poll_device(Endpoint.DEVICE_INFO, ids),
+            "device_flow": lambda ids: self.poll_device(Endpoint.DEVICE_FLOW, ids),
+            "card_status": self.poll_card_status, "card_usage": self.poll_card_usage,
+            "card_info": self.poll_card_info, "card_month_usage": self.poll_card_month_usage,
+            "card_actions": self.poll_card_actions, "account_assets": self.poll_account,
+        }
+        jobs = []
+        for name, (endpoint, kind) in JOB_ENDPOINTS.items():
+            job = getattr(cfg, name)
+            if job.enabled:
+                jobs.append(PollJob(name=name, interval=job.interval, batch_limit=specs[endpoint].batch_limit,
+                                    entities=entities[kind], poll=polls[name]))
+        return jobs

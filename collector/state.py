@@ -350,6 +350,19 @@ class FleetState:
             state.last_error = error
             state.last_error_at = at
 
+    def fields(self, kind: str, key: str, now: float, device_interval: float) -> dict[str, Any] | None:
+        """The fields alert rules see for one entity (None when it is not tracked); `device_interval`
+        is the device poll interval the staleness rule compares against."""
+        if kind == "device":
+            device = self.devices.get(key)
+            return None if device is None else device.fields(now, device_interval)
+        if kind == "sim":
+            sim = self.sims.get(key)
+            return None if sim is None else sim.fields(now)
+        if kind == "account":
+            return self.account.fields(now)
+        return None
+
     # --- summaries ----------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, dict[str, int]]:
