@@ -27,7 +27,7 @@ from collector.logs import register_secret
 from collector.pipeline import Pipeline
 from collector.schedule import Scheduler
 from collector.sdnotify import Notifier
-from collector.state import FleetState
+from collector.state import FieldRecord, FleetState
 from collector.telemetry import FleetCollector, HttpServer
 
 log = structlog.get_logger("collector.daemon")
@@ -75,7 +75,7 @@ class Daemon:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.state = FleetState()
+        self.state = FleetState(device_interval=config.jobs.device_status.interval)
         self.stop_event = asyncio.Event()
         self.started_at = time.time()
         self.first_cycle: set[str] = set()
@@ -215,14 +215,14 @@ class Daemon:
                     spool_bytes, oldest = self._spool_state()
                     limiter = getattr(self.client, "current_rate", None)
                     ratio = (limiter / self.config.platform.rate_limit) if isinstance(limiter, float) else 1.0
-                    self.alerts.evaluate("collector", "collector",
-                                         self.health.fields(now, spool_bytes, oldest, ratio), now)
+                    health = FieldRecord("collector", self.health.fields(now, spool_bytes, oldest, ratio))
+                    self.alerts.evaluate("collector", "collector", health, now)
                     self.alerts.sweep(now, self._lookup)
             except Exception as exc:  # housekeeping must survive anything
                 log.error("housekeeping failed", error=f"{type(exc).__name__}: {exc}")
 
-    def _lookup(self, kind: str, key: str) -> dict[str, Any] | None:
-        return self.state.fields(kind, key, time.time(), self.config.jobs.device_status.interval)
+    def _lookup(self, kind: str, key: str) -> Any:
+        return self.state.record(kind, key)
 
     def _watch_inventory(self) -> None:
         if not self.config.inventory.watch or not self.config.inventory.file:
@@ -258,6 +258,7 @@ class Daemon:
             log.warning("changes to these sections take effect at the next restart", sections=restart_needed)
             new = new.model_copy(update={s: getattr(self.config, s) for s in restart_needed})
         self.config = new
+        self.state.device_interval = new.jobs.device_status.interval
         register_config_secrets(new)
         self.reload_inventory("SIGHUP")
         assert self.pipeline is not None and self.scheduler is not None

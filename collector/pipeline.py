@@ -118,14 +118,17 @@ class Pipeline:
         if self.alerts is None:
             return
         now = self.clock()
-        interval = self.config.jobs.device_status.interval
-        keys = [("device", d) for d in change.devices] + [("sim", i) for i in change.sims]
+        evaluate, devices, sims = self.alerts.evaluate, self.state.devices, self.state.sims
+        for device_no in change.devices:
+            device = devices.get(device_no)
+            if device is not None:
+                evaluate("device", device_no, device, now)
+        for iccid in change.sims:
+            sim = sims.get(iccid)
+            if sim is not None:
+                evaluate("sim", iccid, sim, now)
         if change.account:
-            keys.append(("account", "account"))
-        for kind, key in keys:
-            fields = self.state.fields(kind, key, now, interval)
-            if fields is not None:
-                self.alerts.evaluate(kind, key, fields, now)
+            evaluate("account", "account", self.state.account, now)
 
     def _device_lines(self, change: Change) -> list[str | None]:
         lines: list[str | None] = []
@@ -136,7 +139,7 @@ class Pipeline:
         for iccid in change.sims:
             sim = self.state.sims[iccid]
             if sim.obs is not None:
-                lines.append(points.sim_point(sim.obs, sim.labels, usage_rate_bps=sim.usage_rate(),
+                lines.append(points.sim_point(sim.obs, sim.labels, usage_rate_bps=sim.usage_rate_bytes_per_second,
                                               effective=sim.effective))
         for event in change.new_events:
             labels = self.state.devices[event.device_no].labels if event.device_no in self.state.devices else {}
@@ -201,7 +204,7 @@ class Pipeline:
         for u in usages:
             sim = self.state.sims.get(u.iccid)
             if sim is not None:
-                lines.append(points.card_usage_point(u, sim.labels, usage_rate_bps=sim.usage_rate()))
+                lines.append(points.card_usage_point(u, sim.labels, usage_rate_bps=sim.usage_rate_bytes_per_second))
         return await self._deliver(change, lines, "card", len(usages))
 
     async def poll_card_info(self, ids: Sequence[str]) -> bool:
@@ -216,7 +219,7 @@ class Pipeline:
         for iccid in change.sims:
             sim = self.state.sims[iccid]
             if sim.obs is not None:
-                lines.append(points.sim_point(sim.obs, sim.labels, usage_rate_bps=sim.usage_rate(),
+                lines.append(points.sim_point(sim.obs, sim.labels, usage_rate_bps=sim.usage_rate_bytes_per_second,
                                               effective=sim.effective))
         return await self._deliver(change, lines, "card", len(sims))
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import functools
-from collections.abc import Iterable, Mapping
+import operator
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from collector.platform.models import (
+    DAY,
     AccountAssets,
     CardStatus,
     CardUsage,
@@ -29,24 +31,84 @@ from collector.platform.models import (
 USAGE_WINDOW_SECONDS = 24 * 3600.0
 USAGE_SAMPLES = 16
 
-FIELDS: dict[str, frozenset[str]] = {
-    "device": frozenset({
-        "device_no", "online", "online_status", "rssi_dbm", "battery_percent", "effective_sim",
-        "device_status", "wifi_clients", "staleness_seconds", "status_age_seconds", "poll_age_seconds",
-        "poll_interval_seconds", "consecutive_failures", "polled", "labels",
-    }),
-    "sim": frozenset({
-        "iccid", "sim_no", "device_no", "slot", "effective", "total_bytes", "used_bytes", "remaining_bytes",
-        "remaining_ratio", "usage_rate_bytes_per_second", "seconds_to_exhaustion", "seconds_to_cycle_end",
-        "exhausts_before_cycle_end", "days_to_expiry", "sim_status", "internet_status", "online_status",
-        "activate_status", "staleness_seconds", "status_age_seconds", "polled", "labels",
-    }),
-    "account": frozenset({"balance", "arrears_balance", "frozen_balance", "poll_age_seconds", "polled", "labels"}),
-    "collector": frozenset({
+# The fields an alert rule may read, per entity kind, and where each lives on the record the engine is
+# handed (the DeviceState / SimState / AccountState itself, no copy): an attribute path, whose last
+# part is always the field's name. A path through `obs` or `assets` reads None until the first poll.
+# Derived fields are properties computed on read, as of the entity's last poll; only TIME_FIELDS
+# depend on the clock: they are methods taking `now`, and rules reading them are swept on a timer.
+FIELDS: dict[str, dict[str, str]] = {
+    "device": {
+        "device_no": "device_no", "labels": "labels", "polled": "polled",
+        "online": "online", "online_status": "obs.online_status", "rssi_dbm": "obs.rssi_dbm",
+        "battery_percent": "obs.battery_percent", "effective_sim": "obs.effective_sim",
+        "device_status": "obs.device_status", "wifi_clients": "obs.wifi_clients",
+        "staleness_seconds": "staleness_seconds", "status_age_seconds": "status_age_seconds",
+        "poll_age_seconds": "poll_age_seconds", "poll_interval_seconds": "poll_interval_seconds",
+        "consecutive_failures": "consecutive_failures",
+    },
+    "sim": {
+        "iccid": "iccid", "device_no": "device_no", "effective": "effective", "labels": "labels",
+        "polled": "polled", "sim_no": "obs.sim_no", "slot": "obs.slot", "total_bytes": "obs.total_bytes",
+        "used_bytes": "obs.used_bytes", "remaining_bytes": "obs.remaining_bytes",
+        "remaining_ratio": "remaining_ratio", "sim_status": "obs.sim_status",
+        "internet_status": "obs.internet_status", "online_status": "obs.online_status",
+        "activate_status": "obs.activate_status",
+        "usage_rate_bytes_per_second": "usage_rate_bytes_per_second",
+        "seconds_to_exhaustion": "seconds_to_exhaustion", "seconds_to_cycle_end": "seconds_to_cycle_end",
+        "exhausts_before_cycle_end": "exhausts_before_cycle_end", "days_to_expiry": "days_to_expiry",
+        "staleness_seconds": "staleness_seconds", "status_age_seconds": "status_age_seconds",
+    },
+    "account": {
+        "balance": "assets.balance", "arrears_balance": "assets.arrears_balance",
+        "frozen_balance": "assets.frozen_balance", "poll_age_seconds": "poll_age_seconds", "polled": "polled",
+        "labels": "labels",
+    },
+    "collector": {name: name for name in (
         "upstream_requests", "upstream_errors", "upstream_error_ratio", "rate_limit_ratio", "spool_bytes",
-        "spool_oldest_age_seconds", "labels",
-    }),
+        "spool_oldest_age_seconds", "labels")},
 }
+TIME_FIELDS = frozenset({"status_age_seconds", "poll_age_seconds"})
+
+
+def field_reader(name: str, path: str) -> Callable[[Any, float], Any]:
+    """`read(record, now)` for the field `name` at attribute `path`: the generic way to read it (the
+    rule compiler inlines the common cases). A missing attribute on the path reads as None."""
+    if name in TIME_FIELDS:
+        def read_time(record: Any, now: float) -> Any:
+            method = getattr(record, name, None)
+            return None if method is None else method(now)
+        return read_time
+    get = operator.attrgetter(path)
+
+    def read(record: Any, _now: float) -> Any:
+        try:
+            return get(record)
+        except AttributeError:
+            return None
+    return read
+
+
+def field_values(kind: str, record: Any, now: float) -> dict[str, Any]:
+    """Every field of one record as a dict (for display and tests; rules read the record itself)."""
+    return {name: field_reader(name, path)(record, now) for name, path in FIELDS[kind].items()}
+
+
+class FieldRecord:
+    """A record built from field values (an observation file, the collector's own health, tests):
+    every path of FIELDS reads the given value, a field not given reads None."""
+
+    def __init__(self, kind: str, values: Mapping[str, Any]) -> None:
+        paths = FIELDS[kind]
+        for name, value in values.items():
+            path = paths.get(name)
+            if path is None:
+                continue
+            *parents, attr = path.split(".")
+            for parent in parents:
+                setattr(self, parent, self)
+            setattr(self, attr, (lambda _now, v=value: v) if name in TIME_FIELDS else value)
+        if not hasattr(self, "labels"):
+            self.labels: Mapping[str, str] = {}
 
 
 @functools.lru_cache(maxsize=4096)  # a fleet has few distinct cycle starts; datetime math is slow
@@ -68,32 +130,23 @@ class DeviceState:
     last_error_at: float | None = None
     consecutive_failures: int = 0
     last_event_at: float = 0.0
+    poll_interval_seconds: float | None = None  # the device job's interval, for the staleness rule
+    # Derived from each observation once, when it arrives: rules read them as plain attributes.
+    online: bool | None = None
+    staleness_seconds: float | None = None  # poll time minus the platform's last refresh of the device
 
-    def staleness(self) -> float | None:
-        if self.obs is None or self.obs.status_at is None:
-            return None
-        return self.obs.polled_at - self.obs.status_at
+    # --- fields of alert rules (FIELDS["device"]) ---------------------------------------------------
 
-    def fields(self, now: float, poll_interval: float) -> dict[str, Any]:
+    @property
+    def polled(self) -> bool:
+        return self.obs is not None
+
+    def status_age_seconds(self, now: float) -> float | None:
         o = self.obs
-        status_at = o.status_at if o else None
-        return {
-            "device_no": self.device_no,
-            "online": o.online if o else None,
-            "online_status": o.online_status if o else None,
-            "rssi_dbm": o.rssi_dbm if o else None,
-            "battery_percent": o.battery_percent if o else None,
-            "effective_sim": o.effective_sim if o else None,
-            "device_status": o.device_status if o else None,
-            "wifi_clients": o.wifi_clients if o else None,
-            "staleness_seconds": self.staleness(),
-            "status_age_seconds": None if status_at is None else now - status_at,
-            "poll_age_seconds": None if self.polled_at is None else now - self.polled_at,
-            "poll_interval_seconds": poll_interval,
-            "consecutive_failures": self.consecutive_failures,
-            "polled": o is not None,
-            "labels": self.labels,
-        }
+        return None if o is None or o.status_at is None else now - o.status_at
+
+    def poll_age_seconds(self, now: float) -> float | None:
+        return None if self.polled_at is None else now - self.polled_at
 
 
 @dataclass(slots=True)
@@ -109,6 +162,14 @@ class SimState:
     usage: list[tuple[float, int]] = field(default_factory=list)
     last_error: str | None = None
     consecutive_failures: int = 0
+    # Derived from each observation once, when it arrives (`derive`): the rules and the points read them.
+    remaining_ratio: float | None = None
+    usage_rate_bytes_per_second: float | None = None
+    exhausts_before_cycle_end: bool | None = None
+    days_to_expiry: float | None = None
+    # The end of the billing cycle that starts at `_cycle_start`: datetime math, so kept until it changes.
+    _cycle_start: float | None = None
+    _cycle_end: float | None = None
 
     def record_usage(self, at: float, used: int | None) -> None:
         if used is None:
@@ -127,48 +188,68 @@ class SimState:
 
     def usage_rate(self) -> float | None:
         """Bytes per second over the recent window, None until two samples at least 60 s apart."""
-        if len(self.usage) < 2:
+        usage = self.usage
+        if len(usage) < 2:
             return None
-        (t0, u0), (t1, u1) = self.usage[0], self.usage[-1]
+        (t0, u0), (t1, u1) = usage[0], usage[-1]
         return None if t1 - t0 < 60 else (u1 - u0) / (t1 - t0)
 
     def cycle_end(self) -> float | None:
-        if self.obs is None or self.obs.cycle_start is None:
-            return None
-        return add_month(self.obs.cycle_start)
-
-    def fields(self, now: float) -> dict[str, Any]:
         o = self.obs
-        rate = self.usage_rate()
-        remaining = o.remaining_bytes if o else None
-        to_exhaustion = None if remaining is None or not rate or rate <= 0 else remaining / rate
-        cycle_end = self.cycle_end()
-        to_cycle_end = None if cycle_end is None else cycle_end - now
-        return {
-            "iccid": self.iccid,
-            "sim_no": o.sim_no if o else "",
-            "device_no": self.device_no,
-            "slot": o.slot if o else None,
-            "effective": self.effective,
-            "total_bytes": o.total_bytes if o else None,
-            "used_bytes": o.used_bytes if o else None,
-            "remaining_bytes": remaining,
-            "remaining_ratio": o.remaining_ratio if o else None,
-            "usage_rate_bytes_per_second": rate,
-            "seconds_to_exhaustion": to_exhaustion,
-            "seconds_to_cycle_end": to_cycle_end,
-            "exhausts_before_cycle_end": (None if to_exhaustion is None or to_cycle_end is None
-                                          else to_exhaustion < to_cycle_end),
-            "days_to_expiry": o.days_to_expiry(now) if o else None,
-            "sim_status": o.sim_status if o else None,
-            "internet_status": o.internet_status if o else None,
-            "online_status": o.online_status if o else None,
-            "activate_status": o.activate_status if o else None,
-            "staleness_seconds": (None if o is None or o.status_at is None else o.polled_at - o.status_at),
-            "status_age_seconds": None if o is None or o.status_at is None else now - o.status_at,
-            "polled": o is not None,
-            "labels": self.labels,
-        }
+        start = None if o is None else o.cycle_start
+        if start is None:
+            return None
+        if start != self._cycle_start:
+            self._cycle_start, self._cycle_end = start, add_month(start)
+        return self._cycle_end
+
+    def derive(self) -> None:
+        """Compute the derived fields of the current observation, as of its poll time: remaining
+        ratio, usage rate over the recent window, whether the remaining data runs out before the
+        billing cycle ends at that rate, days to the package's expiry. Called once per observation
+        (after `record_usage`), so evaluating rules and building points cost a slot read each."""
+        o = self.obs
+        if o is None:
+            return
+        total, used = o.total_bytes, o.used_bytes
+        remaining = None if total is None or used is None else (total - used if total > used else 0)
+        self.remaining_ratio = remaining / total if remaining is not None and total else None
+        rate = self.usage_rate_bytes_per_second = self.usage_rate()
+        exhausts = None
+        if remaining is not None and rate is not None and rate > 0:
+            end = self.cycle_end()
+            if end is not None:
+                exhausts = o.polled_at + remaining / rate < end
+        self.exhausts_before_cycle_end = exhausts
+        self.days_to_expiry = None if o.expires_at is None else (o.expires_at - o.polled_at) / DAY
+
+    # --- fields of alert rules (FIELDS["sim"]) computed on read, as of the last poll --------------------
+
+    @property
+    def polled(self) -> bool:
+        return self.obs is not None
+
+    @property
+    def seconds_to_exhaustion(self) -> float | None:
+        """Remaining data over the usage rate: None while the rate is unknown or not positive."""
+        o, rate = self.obs, self.usage_rate_bytes_per_second
+        if o is None or o.remaining_bytes is None or rate is None or rate <= 0:
+            return None
+        return o.remaining_bytes / rate
+
+    @property
+    def seconds_to_cycle_end(self) -> float | None:
+        end = self.cycle_end()
+        return None if end is None or self.obs is None else end - self.obs.polled_at
+
+    @property
+    def staleness_seconds(self) -> float | None:
+        o = self.obs
+        return None if o is None or o.status_at is None else o.polled_at - o.status_at
+
+    def status_age_seconds(self, now: float) -> float | None:
+        o = self.obs
+        return None if o is None or o.status_at is None else now - o.status_at
 
 
 @dataclass(slots=True)
@@ -177,16 +258,12 @@ class AccountState:
     assets: AccountAssets | None = None
     polled_at: float | None = None
 
-    def fields(self, now: float) -> dict[str, Any]:
-        a = self.assets
-        return {
-            "balance": a.balance if a else None,
-            "arrears_balance": a.arrears_balance if a else None,
-            "frozen_balance": a.frozen_balance if a else None,
-            "poll_age_seconds": None if self.polled_at is None else now - self.polled_at,
-            "polled": a is not None,
-            "labels": self.labels,
-        }
+    @property
+    def polled(self) -> bool:
+        return self.assets is not None
+
+    def poll_age_seconds(self, now: float) -> float | None:
+        return None if self.polled_at is None else now - self.polled_at
 
 
 _LABEL_SETS: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
@@ -215,8 +292,11 @@ class Change:
 class FleetState:
     """Latest observation per entity. Single-threaded (the daemon's event loop) by design."""
 
-    def __init__(self) -> None:
+    def __init__(self, device_interval: float | None = None) -> None:
         self.devices: dict[str, DeviceState] = {}
+        # The device job's interval, handed to every device as `poll_interval_seconds` (the daemon
+        # updates it on reload; devices pick it up at their next poll).
+        self.device_interval = device_interval
         self.sims: dict[str, SimState] = {}
         self.account = AccountState()
         self.first_cycle_done = False
@@ -268,6 +348,9 @@ class FleetState:
         # observation so a device's memory does not grow with its event log or stale SIM copies.
         state.obs = replace(obs, events=(), sims=()) if obs.events or obs.sims else obs
         state.polled_at = obs.polled_at
+        state.online = obs.online
+        state.staleness_seconds = None if obs.status_at is None else obs.polled_at - obs.status_at
+        state.poll_interval_seconds = self.device_interval
         state.consecutive_failures = 0
         state.last_error = None
         new_events = tuple(e for e in obs.events if e.at > state.last_event_at)
@@ -293,6 +376,7 @@ class FleetState:
         state.effective = effective if effective is not None else state.effective
         state.consecutive_failures = 0
         state.record_usage(sim.polled_at, sim.used_bytes)
+        state.derive()
         return sim.iccid
 
     def observe_card_info(self, sims: Iterable[SimObservation]) -> Change:
@@ -317,6 +401,7 @@ class FleetState:
                                 status_at=st.status_at if st.status_at is not None else base.status_at,
                                 polled_at=st.polled_at)
             state.polled_at = st.polled_at
+            state.derive()
             keys.append(st.iccid)
         return Change(sims=tuple(keys))
 
@@ -335,6 +420,7 @@ class FleetState:
                 polled_at=u.polled_at)
             state.polled_at = u.polled_at
             state.record_usage(u.polled_at, u.used_bytes)
+            state.derive()
             keys.append(u.iccid)
         return Change(sims=tuple(keys))
 
@@ -347,20 +433,18 @@ class FleetState:
         state = self.devices.get(device_no)
         if state is not None:
             state.consecutive_failures += 1
+            state.poll_interval_seconds = self.device_interval
             state.last_error = error
             state.last_error_at = at
 
-    def fields(self, kind: str, key: str, now: float, device_interval: float) -> dict[str, Any] | None:
-        """The fields alert rules see for one entity (None when it is not tracked); `device_interval`
-        is the device poll interval the staleness rule compares against."""
+    def record(self, kind: str, key: str) -> DeviceState | SimState | AccountState | None:
+        """What alert rules of `kind` read for one entity (None when it is not tracked)."""
         if kind == "device":
-            device = self.devices.get(key)
-            return None if device is None else device.fields(now, device_interval)
+            return self.devices.get(key)
         if kind == "sim":
-            sim = self.sims.get(key)
-            return None if sim is None else sim.fields(now)
+            return self.sims.get(key)
         if kind == "account":
-            return self.account.fields(now)
+            return self.account
         return None
 
     # --- summaries ----------------------------------------------------------------------------------

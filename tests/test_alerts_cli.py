@@ -18,6 +18,7 @@ from collector.alerts.config import AlertsConfig
 from collector.alerts.engine import AlertEngine
 from collector.alerts.http import alert_routes, parse_time
 from collector.cli import main
+from collector.state import FieldRecord
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -130,7 +131,7 @@ async def api(tmp_path: Path) -> Any:
 
 async def test_http_alerts_and_silences(api: Any) -> None:
     engine, client = api
-    engine.evaluate("device", "d1", {"device_no": "d1", "online": False, "labels": {}}, 1_750_000_000.0)
+    engine.evaluate("device", "d1", FieldRecord("device", {"device_no": "d1", "online": False}), 1_750_000_000.0)
     body = await (await client.get("/api/alerts")).json()
     assert [a["id"] for a in body["alerts"]] == ["Off/d1"]
     assert (await (await client.get("/api/alerts?state=pending")).json())["alerts"] == []

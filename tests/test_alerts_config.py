@@ -16,6 +16,7 @@ from collector.alerts.config import AlertsConfig, rule_files_relative_to
 from collector.alerts.rules import default_params, default_rule_configs
 from collector.alerts.silences import SilenceBook, SilenceError
 from collector.config import ConfigError, parse_config
+from collector.state import FieldRecord
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:apprise.*")
@@ -74,8 +75,8 @@ def test_default_thresholds_are_overridable_and_rules_replaceable_by_name() -> N
     assert "DataStale" not in rules
     assert rules["LowBattery"].severity == "critical" and rules["LowBattery"].source == "alerts.rules[0]"
     weak = rules["WeakSignal"].condition.fn
-    assert weak({"online": True, "rssi_dbm": -108}) is False
-    assert weak({"online": True, "rssi_dbm": -111}) is True
+    assert weak(FieldRecord("device", {"online": True, "rssi_dbm": -108}), 0.0) is False
+    assert weak(FieldRecord("device", {"online": True, "rssi_dbm": -111}), 0.0) is True
 
 
 def test_unknown_parameters_and_disabled_rules_are_errors() -> None:

@@ -90,7 +90,7 @@ class Rig:
                      "url": f"{receiver.url}/hook-{self.customer}"},
                 ]}}, env={})
         self.sim = Simulator(devices=devices, seed=7, speed=1.0, platform=self.config.platform)
-        self.state = FleetState()
+        self.state = FleetState(device_interval=300.0)
         self.engine: AlertEngine | None = None
         self.client: PlatformClient | None = None
 
@@ -129,7 +129,7 @@ class Rig:
             change = self.state.observe_device(obs)
             now = obs.polled_at
             for no in change.devices:
-                engine.evaluate("device", no, self.state.devices[no].fields(now, 300.0), now)
+                engine.evaluate("device", no, self.state.devices[no], now)
 
     async def online_devices(self, count: int) -> list[str]:
         """`count` devices that are online with a decent signal right now."""

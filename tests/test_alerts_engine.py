@@ -16,6 +16,7 @@ from collector import metrics
 from collector.alerts.config import AlertsConfig
 from collector.alerts.engine import AlertEngine
 from collector.alerts.notifiers.base import GroupingReceiver
+from collector.state import FieldRecord
 
 T0 = 1_750_000_000.0
 
@@ -68,8 +69,10 @@ def recorder(engine: AlertEngine, name: str = "rec") -> Recorder:
     return rec
 
 
-def device(no: str, customer: str = "acme", **fields: Any) -> dict[str, Any]:
-    return {"device_no": no, "online": True, "rssi_dbm": -80, "labels": {"customer": customer}, **fields}
+def device(no: str, customer: str = "acme", **fields: Any) -> FieldRecord:
+    """A device record with these field values (the others read None)."""
+    return FieldRecord("device", {"device_no": no, "online": True, "rssi_dbm": -80, "labels": {"customer": customer},
+                                  **fields})
 
 
 async def settle(engine: AlertEngine, clock: Clock) -> None:

@@ -11,14 +11,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collector.alerts.expr import ExprError, compile_expr, human_bytes, human_duration, percent
-from collector.state import FIELDS
+from collector.state import FIELDS, FieldRecord
 
 DEVICE = FIELDS["device"]
 SIM = FIELDS["sim"]
 
 
 def run(text: str, fields: dict[str, Any], kind: str = "device", params: dict[str, Any] | None = None) -> Any:
-    return compile_expr(text, kind, FIELDS[kind], params).fn(fields)
+    return compile_expr(text, kind, FIELDS[kind], params).fn(FieldRecord(kind, fields), 0.0)
+
+
+def on(kind: str, fn: Any) -> Any:
+    """A compiled expression as a function of a fields dict (the record is built from the dict)."""
+    return lambda fields: fn(FieldRecord(kind, fields), 0.0)
 
 
 @pytest.mark.parametrize(("text", "fields", "expected"), [
@@ -78,8 +83,8 @@ def test_params_are_named_constants_and_lists_become_sets() -> None:
 
 def test_constants_are_folded_at_load() -> None:
     compiled = compile_expr("rssi_dbm < -100 - 5", "device", DEVICE)
-    assert compiled.fn({"rssi_dbm": -106}) is True
-    assert compiled.fn({"rssi_dbm": -105}) is False
+    assert on("device", compiled.fn)({"rssi_dbm": -106}) is True
+    assert on("device", compiled.fn)({"rssi_dbm": -105}) is False
     assert compiled.fields == {"rssi_dbm"}
 
 
@@ -114,14 +119,14 @@ def test_bad_expressions_are_refused_at_load(text: str, message: str) -> None:
 
 def test_sim_fields_are_their_own_namespace() -> None:
     compiled = compile_expr("remaining_ratio < 0.1 and exhausts_before_cycle_end == True", "sim", SIM)
-    assert compiled.fn({"remaining_ratio": 0.05, "exhausts_before_cycle_end": True}) is True
+    assert on("sim", compiled.fn)({"remaining_ratio": 0.05, "exhausts_before_cycle_end": True}) is True
     assert compiled.fields == {"remaining_ratio", "exhausts_before_cycle_end"}
 
 
 def test_combined_comparisons_keep_missing_value_semantics() -> None:
-    either = compile_expr("rssi_dbm < -105 or battery_percent in [1, 2]", "device", DEVICE).fn
-    both = compile_expr("rssi_dbm < -105 and battery_percent < 10", "device", DEVICE).fn
-    linear = compile_expr("staleness_seconds > 3 * poll_interval_seconds", "device", DEVICE).fn
+    either = on("device", compile_expr("rssi_dbm < -105 or battery_percent in [1, 2]", "device", DEVICE).fn)
+    both = on("device", compile_expr("rssi_dbm < -105 and battery_percent < 10", "device", DEVICE).fn)
+    linear = on("device", compile_expr("staleness_seconds > 3 * poll_interval_seconds", "device", DEVICE).fn)
     assert either({"rssi_dbm": None, "battery_percent": 2}) is True
     assert either({"rssi_dbm": None, "battery_percent": None}) is False
     assert both({"rssi_dbm": -110, "battery_percent": None}) is False
@@ -134,7 +139,7 @@ def test_combined_comparisons_keep_missing_value_semantics() -> None:
 def test_type_errors_surface_to_the_caller_who_treats_them_as_false() -> None:
     compiled = compile_expr("device_status < 3", "device", DEVICE)
     with pytest.raises(TypeError):
-        compiled.fn({"device_status": "three"})
+        on("device", compiled.fn)({"device_status": "three"})
 
 
 def test_formatting_helpers() -> None:
@@ -164,4 +169,4 @@ def test_compiled_closures_agree_with_simpleeval_on_present_values(rssi: int, ba
     text = _EXPRESSIONS[index]
     names = {"rssi_dbm": rssi, "battery_percent": battery}
     expected = simpleeval.EvalWithCompoundTypes(names=names, functions={"abs": abs, "max": max}).eval(text)
-    assert compile_expr(text, "device", DEVICE).fn(names) == expected
+    assert on("device", compile_expr(text, "device", DEVICE).fn)(names) == expected

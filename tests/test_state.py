@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from collector.platform.models import DeviceEvent, DeviceObservation, SimObservation
-from collector.state import FleetState, SimState, add_month
+from collector.platform.models import DAY, DeviceEvent, DeviceObservation, SimObservation
+from collector.state import FIELDS, FieldRecord, FleetState, SimState, add_month, field_values
 
 T0 = dt.datetime(2026, 1, 31, 16, 0, tzinfo=dt.UTC).timestamp()
 
@@ -27,25 +27,61 @@ def test_add_month_clamps_to_the_last_day() -> None:
 
 def test_usage_rate_forecast_and_reset_at_a_new_cycle() -> None:
     sim = SimState("x", {})
-    sim.obs = SimObservation(iccid="x", total_bytes=10_000, used_bytes=4_000, cycle_start=T0, polled_at=T0 + 7200)
+    sim.obs = SimObservation(iccid="x", total_bytes=10_000, used_bytes=4_000, cycle_start=T0,
+                             expires_at=T0 + 7200 + 2.5 * DAY, polled_at=T0 + 7200)
     sim.record_usage(T0 + 3600, 2_000)
     sim.record_usage(T0 + 7200, 4_000)
-    assert sim.usage_rate() == 2_000 / 3600
-    fields = sim.fields(T0 + 7200)
+    sim.derive()
+    assert sim.usage_rate() == sim.usage_rate_bytes_per_second == 2_000 / 3600
+    fields = field_values("sim", sim, T0 + 9000)
     assert fields["remaining_bytes"] == 6_000 and fields["remaining_ratio"] == 0.6
     assert fields["seconds_to_exhaustion"] == 6_000 / (2_000 / 3600)
     assert fields["exhausts_before_cycle_end"] is True  # 3 hours left at this rate, weeks in the cycle
+    assert fields["seconds_to_cycle_end"] == add_month(T0) - (T0 + 7200)  # as of the poll, not the clock
+    assert fields["days_to_expiry"] == 2.5
     sim.record_usage(T0 + 10800, 100)  # usage went down: a new cycle, the old rate is meaningless
     assert sim.usage_rate() is None
 
 
+def test_slow_usage_does_not_exhaust_before_the_cycle_ends_and_unknowns_stay_unknown() -> None:
+    sim = SimState("x", {})
+    sim.obs = SimObservation(iccid="x", total_bytes=10_000, used_bytes=4_000, cycle_start=T0, polled_at=T0 + 7200)
+    sim.record_usage(T0 + 3600, 3_999)
+    sim.record_usage(T0 + 7200, 4_000)  # one byte an hour: decades of data left
+    sim.derive()
+    assert sim.exhausts_before_cycle_end is False and sim.days_to_expiry is None
+    unknown = SimState("y", {})
+    unknown.obs = SimObservation(iccid="y", used_bytes=5, polled_at=T0)  # no allowance reported
+    unknown.derive()
+    values = field_values("sim", unknown, T0)
+    assert values["remaining_ratio"] is None and values["exhausts_before_cycle_end"] is None
+    assert values["remaining_bytes"] is None and values["polled"] is True
+
+
 def test_staleness_is_poll_time_minus_platform_refresh() -> None:
-    state = FleetState()
+    state = FleetState(device_interval=300)
     state.sync_inventory({"d1": {"customer": "acme"}}, {})
     state.observe_device(device("d1", T0, 10))
-    fields = state.devices["d1"].fields(T0 + 30, 300)
+    fields = field_values("device", state.devices["d1"], T0 + 30)
     assert fields["staleness_seconds"] == 90 and fields["status_age_seconds"] == 120
+    assert fields["poll_interval_seconds"] == 300 and fields["online"] is True
     assert fields["labels"] == {"customer": "acme"}
+
+
+def test_every_field_of_every_kind_reads_from_a_record_polled_or_not() -> None:
+    state = FleetState(device_interval=60)
+    state.sync_inventory({"d1": {}, "d2": {}}, {})
+    state.observe_device(device("d1", T0, 10))
+    for kind, record in (("device", state.devices["d1"]), ("device", state.devices["d2"]),
+                         ("sim", state.sims["d1-a"]), ("account", state.account)):
+        values = field_values(kind, record, T0 + 60)
+        assert set(values) == set(FIELDS[kind])
+    never = field_values("device", state.devices["d2"], T0)
+    assert never["polled"] is False and never["rssi_dbm"] is None and never["status_age_seconds"] is None
+    for kind, paths in FIELDS.items():  # a FieldRecord (files, the collector itself) answers every path
+        assert all(path.rsplit(".", 1)[-1] == name for name, path in paths.items()), kind
+        assert field_values(kind, FieldRecord(kind, {name: 7 for name in paths if name != "labels"}), T0) == {
+            **{name: 7 for name in paths}, "labels": {}}
 
 
 def test_sims_are_discovered_inherit_labels_and_leave_with_their_device() -> None:

@@ -139,70 +139,62 @@ def cmd_silence_remove(args: argparse.Namespace) -> int:
 # --- alerts test ------------------------------------------------------------------------------------------------
 
 
-def would_fire(rules: list[Rule], entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """Every (rule, entity) whose condition holds now, ignoring `for`: what the rules would fire."""
+def would_fire(rules: list[Rule], entities: Mapping[str, Mapping[str, Any]], now: float) -> list[dict[str, Any]]:
+    """Every (rule, entity) whose condition holds now, ignoring `for`: what the rules would fire.
+    `entities` are records by kind and key (state objects or FieldRecords)."""
     found: list[dict[str, Any]] = []
     for rule in rules:
-        for key, fields in entities.get(rule.kind, {}).items():
+        for key, record in entities.get(rule.kind, {}).items():
             try:
-                holds = rule.condition.fn(fields)
+                holds = rule.condition.fn(record, now)
             except Exception:
                 holds = False
             if holds:
                 found.append({"rule": rule.name, "severity": rule.severity, "kind": rule.kind, "entity": key,
-                              "for": rule.for_, "value": rule.current_value(fields),
-                              "labels": rule.alert_labels(key, fields), "annotations": rule.render(fields)})
+                              "for": rule.for_, "value": rule.current_value(record, now),
+                              "labels": rule.alert_labels(key, record), "annotations": rule.render(record, now)})
     return found
 
 
-def _entity_fields(kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
-    from collector.state import FIELDS
-
-    fields = {name: data.get(name) for name in FIELDS[kind]}
-    fields["labels"] = dict(data.get("labels") or {})
-    return fields
-
-
-def entities_from_file(path: str, config: Any, now: float) -> dict[str, dict[str, dict[str, Any]]]:
+def entities_from_file(path: str, config: Any, now: float) -> dict[str, dict[str, Any]]:
     """Observations from a file: queryDeviceFlow answers (one envelope, or a list of them), or entity
     fields by kind: `{"device": [{"device_no": ..., "rssi_dbm": ...}], "sim": [...], "account": {...}}`."""
     from collector.platform.parse import ParseContext, parse_device
-    from collector.state import FleetState
+    from collector.state import FieldRecord, FleetState
 
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
     if isinstance(doc, dict) and {"device", "sim", "account", "collector"} & set(doc):
-        out: dict[str, dict[str, dict[str, Any]]] = {}
+        out: dict[str, dict[str, Any]] = {}
         ids = {"device": "device_no", "sim": "iccid"}
         for kind in ("device", "sim", "account", "collector"):
             items = doc.get(kind) or []
             items = [items] if isinstance(items, dict) else items
             for i, item in enumerate(items):
                 key = str(item.get(ids[kind], i)) if kind in ids else kind
-                out.setdefault(kind, {})[key] = _entity_fields(kind, item)
+                out.setdefault(kind, {})[key] = FieldRecord(kind, item)
         return out
     envelopes = doc if isinstance(doc, list) else [doc]
     ctx = ParseContext.from_config(config.platform, config.privacy, polled_at=now)
-    state = FleetState()
+    state = FleetState(device_interval=config.jobs.device_status.interval)
     for env in envelopes:
         data = env.get("data", env) if isinstance(env, dict) else env
         obs = parse_device(data, ctx)
         state.sync_inventory({**{d: s.labels for d, s in state.devices.items()}, obs.device_no: {}}, {})
         state.observe_device(obs)
-    return _fleet_entities(state, config, now)
+    return _fleet_entities(state)
 
 
-def _fleet_entities(state: Any, config: Any, now: float) -> dict[str, dict[str, dict[str, Any]]]:
-    interval = config.jobs.device_status.interval
-    out: dict[str, dict[str, dict[str, Any]]] = {
-        "device": {no: d.fields(now, interval) for no, d in state.devices.items() if d.obs is not None},
-        "sim": {i: s.fields(now) for i, s in state.sims.items() if s.obs is not None},
+def _fleet_entities(state: Any) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {
+        "device": {no: d for no, d in state.devices.items() if d.obs is not None},
+        "sim": {i: s for i, s in state.sims.items() if s.obs is not None},
     }
     if state.account.assets is not None:
-        out["account"] = {"account": state.account.fields(now)}
+        out["account"] = {"account": state.account}
     return out
 
 
-async def entities_from_simulator(config: Any, now_fn: Callable[[], float]) -> dict[str, dict[str, dict[str, Any]]]:
+async def entities_from_simulator(config: Any, now_fn: Callable[[], float]) -> dict[str, dict[str, Any]]:
     """Start the simulator, poll every device (and the account) once with the real client."""
     from collector.daemon import DEMO_CUSTOMERS
     from collector.inventory import load_inventory
@@ -219,7 +211,7 @@ async def entities_from_simulator(config: Any, now_fn: Callable[[], float]) -> d
         if not devices and not inventory.cards:
             devices = {no: {"customer": DEMO_CUSTOMERS[i % len(DEMO_CUSTOMERS)]}
                        for i, no in enumerate(sim.device_numbers())}
-        state = FleetState()
+        state = FleetState(device_interval=config.jobs.device_status.interval)
         state.sync_inventory(devices, inventory.cards)
         async with PlatformClient(config.platform, config.privacy, base_url=base_url) as client:
             gate = asyncio.Semaphore(16)
@@ -234,7 +226,7 @@ async def entities_from_simulator(config: Any, now_fn: Callable[[], float]) -> d
             await asyncio.gather(*(poll(no) for no in devices))
             with contextlib.suppress(Exception):  # the account is optional for this preview
                 state.observe_account(await client.account_assets())
-        return _fleet_entities(state, config, now_fn())
+        return _fleet_entities(state)
     finally:
         await sim.stop()
 
@@ -274,7 +266,7 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
             return 2
     else:
         entities = asyncio.run(entities_from_simulator(config, time.time))
-    found = would_fire(rules, entities)
+    found = would_fire(rules, entities, time.time())
     if args.json:
         json.dump({"entities": {k: len(v) for k, v in entities.items()}, "would_fire": found}, sys.stdout,
                   indent=2, ensure_ascii=False)

@@ -2,9 +2,10 @@
 through inactive -> pending -> firing -> resolved, persists that state, and hands firing and resolved
 alerts to the notifiers.
 
-- `evaluate(kind, key, fields, now)` is the hot path, called for every entity an observation
-  changed: one closure call per rule of that kind, plus a dict lookup; nothing else unless the alert
-  changes state.
+- `evaluate(kind, key, record, now)` is the hot path, called for every entity an observation
+  changed, with the entity's state object as the record (no dict of fields is built: rules read
+  the fields they use through `collector.state.FIELDS`): one closure call per rule of that kind, plus
+  a dict lookup; nothing else unless the alert changes state.
 - `sweep(now, lookup)` runs on a timer: pending alerts whose `for` has elapsed fire, firing alerts
   kept by `keep_firing_for` resolve, and rules over clock-dependent fields (`TIME_FIELDS`) are
   re-evaluated for every known entity.
@@ -48,7 +49,7 @@ MAX_BUFFERED_POINTS = 100_000
 _NONE: Mapping[str, Alert] = {}
 _POINT_TAGS_SKIPPED = frozenset({"alertname", "kind", "severity", "device_no", "iccid"})
 WritePoints = Callable[[list[str]], Awaitable[None]]
-Lookup = Callable[[str, str], Mapping[str, Any] | None]
+Lookup = Callable[[str, str], Any]  # (kind, key) -> the entity's record, or None
 
 
 class _Slot:
@@ -180,7 +181,7 @@ class AlertEngine:
 
     # --- evaluation (hot path) ------------------------------------------------------------------------------
 
-    def evaluate(self, kind: str, key: str, fields: Mapping[str, Any], now: float) -> None:
+    def evaluate(self, kind: str, key: str, record: Any, now: float) -> None:
         """Evaluate every rule of `kind` for one entity whose fields just changed."""
         plan = self._plans.get(kind)
         if plan is None:
@@ -193,44 +194,44 @@ class AlertEngine:
             # holds (or fails to evaluate): then the careful path below runs.
             try:
                 for cond in plan.conds:
-                    if cond(fields):
+                    if cond(record, now):
                         break
                 else:
                     return
             except Exception:
                 pass
             mine = _NONE
-        self._evaluate_slots(plan.slots, key, fields, now, mine)
+        self._evaluate_slots(plan.slots, key, record, now, mine)
 
-    def _evaluate_slots(self, slots: Iterable[_Slot], key: str, fields: Mapping[str, Any], now: float,
+    def _evaluate_slots(self, slots: Iterable[_Slot], key: str, record: Any, now: float,
                         mine: Mapping[str, Alert]) -> None:
         """The careful path: every rule, with the entity's active alerts (`mine`, by rule name)."""
         for slot in slots:
             try:
-                holds = slot.cond(fields)
+                holds = slot.cond(record, now)
             except Exception:
                 holds = False
                 self.eval_errors += 1
             alert = mine.get(slot.rule.name)
             if alert is None:
                 if holds:
-                    self._activate(slot, key, fields, now)
+                    self._activate(slot, key, record, now)
             elif holds and alert.state == FIRING and alert.cleared_since is None:
                 alert.last_held = now  # still firing: the common case for an active entity
             else:
-                self._update(slot, alert, holds, fields, now)
+                self._update(slot, alert, holds, record, now)
 
-    def evaluate_many(self, kind: str, items: Iterable[tuple[str, Mapping[str, Any]]], now: float) -> None:
-        """`evaluate` for a batch of entities, timed into ALERT_EVAL_DURATION."""
+    def evaluate_many(self, kind: str, items: Iterable[tuple[str, Any]], now: float) -> None:
+        """`evaluate` for a batch of (key, record), timed into ALERT_EVAL_DURATION."""
         started = time.perf_counter()
-        for key, fields in items:
-            self.evaluate(kind, key, fields, now)
+        for key, record in items:
+            self.evaluate(kind, key, record, now)
         metrics.ALERT_EVAL_DURATION.observe(time.perf_counter() - started)
 
-    def _update(self, slot: _Slot, alert: Alert, holds: Any, fields: Mapping[str, Any], now: float) -> None:
+    def _update(self, slot: _Slot, alert: Alert, holds: Any, record: Any, now: float) -> None:
         if not holds and slot.clear is not None:
             try:
-                holds = not slot.clear(fields)  # between condition and clear: still active
+                holds = not slot.clear(record, now)  # between condition and clear: still active
             except Exception:
                 holds = True
                 self.eval_errors += 1
@@ -241,7 +242,7 @@ class AlertEngine:
                 alert.cleared_since = None
                 self._clearing.pop(alert.id, None)
             if alert.state == PENDING and now - alert.active_since >= rule.for_:
-                self._fire(slot, alert, fields, now)
+                self._fire(slot, alert, record, now)
             return
         if alert.state == PENDING:
             self._deactivate(slot, alert, now)
@@ -255,11 +256,11 @@ class AlertEngine:
 
     # --- transitions ------------------------------------------------------------------------------------------
 
-    def _activate(self, slot: _Slot, key: str, fields: Mapping[str, Any], now: float) -> None:
+    def _activate(self, slot: _Slot, key: str, record: Any, now: float) -> None:
         rule = slot.rule
         alert = Alert(rule=rule.name, kind=rule.kind, key=key, state=PENDING, active_since=now,
-                      labels=rule.alert_labels(key, fields), annotations=rule.render(fields), last_held=now,
-                      value=rule.current_value(fields))
+                      labels=rule.alert_labels(key, record), annotations=rule.render(record, now), last_held=now,
+                      value=rule.current_value(record, now))
         slot.states[key] = alert
         self._index(alert, True)
         if rule.for_ <= 0:
@@ -268,13 +269,13 @@ class AlertEngine:
         self._pending[alert.id] = alert
         self._transition(alert, PENDING, now)
 
-    def _fire(self, slot: _Slot, alert: Alert, fields: Mapping[str, Any] | None, now: float) -> None:
+    def _fire(self, slot: _Slot, alert: Alert, record: Any, now: float) -> None:
         self._pending.pop(alert.id, None)
         alert.state = FIRING
         alert.fired_at = now
-        if fields is not None:
-            alert.annotations = slot.rule.render(fields)
-            alert.value = slot.rule.current_value(fields)
+        if record is not None:
+            alert.annotations = slot.rule.render(record, now)
+            alert.value = slot.rule.current_value(record, now)
         self._firing[alert.id] = alert
         self._transition(alert, FIRING, now)
         for receiver in self.receivers.values():
@@ -341,22 +342,22 @@ class AlertEngine:
         for kind, slots in self._time_slots.items():
             active = self._plans[kind].active
             for key in list(self._known.get(kind, ())):
-                fields = lookup(kind, key)
-                if fields is not None:
-                    self._evaluate_slots(slots, key, fields, now, active.get(key, _NONE))
+                record = lookup(kind, key)
+                if record is not None:
+                    self._evaluate_slots(slots, key, record, now, active.get(key, _NONE))
         for alert in list(self._pending.values()):
             pslot = self._slots.get(alert.rule)
             if pslot is None or now - alert.active_since < pslot.rule.for_:
                 continue
-            fields = lookup(alert.kind, alert.key)
-            if fields is None:  # nothing fresher: the last evaluation still stands
+            record = lookup(alert.kind, alert.key)
+            if record is None:  # nothing fresher: the last evaluation still stands
                 self._fire(pslot, alert, None, now)
                 continue
             try:
-                holds = pslot.cond(fields)
+                holds = pslot.cond(record, now)
             except Exception:
                 holds = False
-            self._update(pslot, alert, holds, fields, now)
+            self._update(pslot, alert, holds, record, now)
         for alert in list(self._clearing.values()):
             cslot = self._slots.get(alert.rule)
             if cslot is not None and now - alert.last_held >= cslot.rule.keep_firing_for:

@@ -3,7 +3,10 @@ parsed with simpleeval's parser and operator table, then compiled once into nest
 
 Nothing here calls `eval`, `exec` or `compile`: the parsed tree is walked once at load, each node is
 checked against a whitelist and turned into a Python closure, so evaluating a rule at run time is a
-few closure calls over the fields dict. The hot shape `field <op> constant` is one closure.
+few closure calls over the entity's record: no dict of fields is built, a field is read straight from
+the state object through its attribute path (`collector.state.FIELDS`), derived fields are computed
+only when a rule reads them. The hot shape `field <op> constant` is one closure, and so is an
+`and` / `or` of such comparisons.
 
 Semantics (documented in docs/alerts.md):
 
@@ -30,8 +33,15 @@ from typing import Any
 
 import simpleeval
 
-Fields = Mapping[str, Any]
-Fn = Callable[[Fields], Any]
+from collector.state import TIME_FIELDS, field_reader
+
+# A compiled expression: fn(record, now). The record is the entity's state object (or a FieldRecord);
+# `now` is only read by the clock-dependent fields (TIME_FIELDS).
+Fn = Callable[[Any, float], Any]
+
+
+def _labels(r: Any, _now: float) -> Any:
+    return getattr(r, "labels", None) or {}
 
 
 class ExprError(ValueError):
@@ -122,75 +132,100 @@ HELPERS: dict[str, Callable[..., Any]] = {
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
-    """A compiled expression: `fn(fields)` evaluates it; `fields` are the entity fields it reads."""
+    """A compiled expression: `fn(record, now)` evaluates it; `fields` are the entity fields it reads."""
 
     text: str
     fn: Fn
     fields: frozenset[str]
 
 
-# (field, test): the comparison holds when the field's value is not None and test(value) is true
-_Pred = tuple[str, Callable[[Any], Any]]
-# (field, operator, constant, constant on the left)
-_Linear = tuple[str, Callable[[Any, Any], Any], Any, bool]
+# (getter, test): the comparison holds when the field's value is not None and test(value) is true
+_Pred = tuple[Callable[[Any], Any], Callable[[Any], Any]]
+# (getter, operator, constant, constant on the left)
+_Linear = tuple[Callable[[Any], Any], Callable[[Any, Any], Any], Any, bool]
 
 
 class _Node:
     """Compilation result of one AST node: a closure, or a constant folded at load."""
 
-    __slots__ = ("const", "fn", "is_const", "linear", "name", "pred")
+    __slots__ = ("const", "fn", "get", "is_const", "linear", "pred")
 
     def __init__(self, fn: Fn | None = None, *, const: Any = None, is_const: bool = False,
-                 name: str | None = None, pred: _Pred | None = None, linear: _Linear | None = None) -> None:
+                 get: Callable[[Any], Any] | None = None, pred: _Pred | None = None,
+                 linear: _Linear | None = None) -> None:
         self.fn = fn
         self.const = const
         self.is_const = is_const
         # For specialisation by the parent node:
-        self.name = name  # a plain field read
+        self.get = get  # a plain field read: an attribute getter of the record (AttributeError: None)
         self.pred = pred  # `field <op> constant`, a missing value making it false
         self.linear = linear  # `field <op> constant` or `constant <op> field` arithmetic
 
     def closure(self) -> Fn:
         if self.is_const:
             value = self.const
-            return lambda _d: value
+            return lambda _r, _now: value
         assert self.fn is not None
         return self.fn
 
 
-def _field_compare(name: str, opcls: type[ast.cmpop], c: Any) -> Fn:
+def _field_compare(get: Callable[[Any], Any], opcls: type[ast.cmpop], c: Any) -> Fn:
     """`field <op> constant` as one closure (the hot path of nearly every rule)."""
     if opcls is ast.Lt:
-        def f(d: Fields) -> bool:
-            v = d.get(name)
+        def f(r: Any, _now: float) -> bool:
+            try:
+                v = get(r)
+            except AttributeError:
+                return False
             return v is not None and v < c
     elif opcls is ast.LtE:
-        def f(d: Fields) -> bool:
-            v = d.get(name)
+        def f(r: Any, _now: float) -> bool:
+            try:
+                v = get(r)
+            except AttributeError:
+                return False
             return v is not None and v <= c
     elif opcls is ast.Gt:
-        def f(d: Fields) -> bool:
-            v = d.get(name)
+        def f(r: Any, _now: float) -> bool:
+            try:
+                v = get(r)
+            except AttributeError:
+                return False
             return v is not None and v > c
     elif opcls is ast.GtE:
-        def f(d: Fields) -> bool:
-            v = d.get(name)
+        def f(r: Any, _now: float) -> bool:
+            try:
+                v = get(r)
+            except AttributeError:
+                return False
             return v is not None and v >= c
     elif opcls is ast.Eq:
-        def f(d: Fields) -> bool:
-            v = d.get(name)
+        def f(r: Any, _now: float) -> bool:
+            try:
+                v = get(r)
+            except AttributeError:
+                return False
             return v is not None and v == c
     elif opcls is ast.NotEq:
-        def f(d: Fields) -> bool:
-            v = d.get(name)
+        def f(r: Any, _now: float) -> bool:
+            try:
+                v = get(r)
+            except AttributeError:
+                return False
             return v is not None and v != c
     elif opcls is ast.In:
-        def f(d: Fields) -> bool:
-            v = d.get(name)
+        def f(r: Any, _now: float) -> bool:
+            try:
+                v = get(r)
+            except AttributeError:
+                return False
             return v is not None and v in c
     else:
-        def f(d: Fields) -> bool:
-            v = d.get(name)
+        def f(r: Any, _now: float) -> bool:
+            try:
+                v = get(r)
+            except AttributeError:
+                return False
             return v is not None and v not in c
     return f
 
@@ -205,72 +240,91 @@ def _preds_closure(preds: tuple[_Pred, ...], conjunction: bool) -> Fn:
     """`p1 and p2 ...` / `p1 or p2 ...` over `field <op> constant` comparisons, in one closure
     (unrolled for two, the common case: Python-level calls cost more than the comparisons)."""
     if len(preds) == 2:
-        (n1, t1), (n2, t2) = preds
+        (g1, t1), (g2, t2) = preds
         if conjunction:
-            def both(d: Fields) -> Any:
-                v = d.get(n1)
-                if v is None or not t1(v):
+            def both(r: Any, _now: float) -> Any:
+                try:
+                    v = g1(r)
+                    if v is None or not t1(v):
+                        return False
+                    v = g2(r)
+                except AttributeError:
                     return False
-                v = d.get(n2)
                 return v is not None and t2(v)
             return both
 
-        def either(d: Fields) -> Any:
-            v = d.get(n1)
+        def either(r: Any, _now: float) -> Any:
+            try:
+                v = g1(r)
+            except AttributeError:
+                v = None
             if v is not None and t1(v):
                 return True
-            v = d.get(n2)
+            try:
+                v = g2(r)
+            except AttributeError:
+                return False
             return v is not None and t2(v)
         return either
     if conjunction:
-        def all_hold(d: Fields) -> bool:
-            get = d.get
-            for name, test in preds:
-                v = get(name)
+        def all_hold(r: Any, _now: float) -> bool:
+            for get, test in preds:
+                try:
+                    v = get(r)
+                except AttributeError:
+                    return False
                 if v is None or not test(v):
                     return False
             return True
         return all_hold
 
-    def any_holds(d: Fields) -> bool:
-        get = d.get
-        for name, test in preds:
-            v = get(name)
+    def any_holds(r: Any, _now: float) -> bool:
+        for get, test in preds:
+            try:
+                v = get(r)
+            except AttributeError:
+                continue
             if v is not None and test(v):
                 return True
         return False
     return any_holds
 
 
-def _field_compare_linear(name: str, opcls: type[ast.cmpop], linear: _Linear) -> Fn:
+def _field_compare_linear(get: Callable[[Any], Any], opcls: type[ast.cmpop], linear: _Linear) -> Fn:
     """`field <op> constant * other_field` (any arithmetic operator) in one closure."""
     cmp = _CMP[opcls]
     other, arith, c, const_left = linear
 
-    def f(d: Fields) -> bool:
-        a = d.get(name)
-        if a is None:
+    def f(r: Any, _now: float) -> bool:
+        try:
+            a = get(r)
+            if a is None:
+                return False
+            b = other(r)
+        except AttributeError:
             return False
-        b = d.get(other)
         if b is None:
             return False
         try:
-            r = arith(c, b) if const_left else arith(b, c)
+            x = arith(c, b) if const_left else arith(b, c)
         except ZeroDivisionError:
             return False
-        return bool(cmp(a, r))
+        return bool(cmp(a, x))
     return f
 
 
-def _field_compare_expr(name: str, opcls: type[ast.cmpop], right: Fn) -> Fn:
+def _field_compare_expr(get: Callable[[Any], Any], opcls: type[ast.cmpop], right: Fn) -> Fn:
     """`field <op> expression`, e.g. `staleness_seconds > 3 * poll_interval_seconds`."""
     fn = _CMP[opcls]
 
-    def f(d: Fields) -> bool:
-        a = d.get(name)
+    def f(r: Any, now: float) -> bool:
+        try:
+            a = get(r)
+        except AttributeError:
+            return False
         if a is None:
             return False
-        b = right(d)
+        b = right(r, now)
         return b is not None and bool(fn(a, b))
     return f
 
@@ -278,17 +332,17 @@ def _field_compare_expr(name: str, opcls: type[ast.cmpop], right: Fn) -> Fn:
 def _compare_pair(left: Fn, opcls: type[ast.cmpop], right: Fn) -> Fn:
     fn = _CMP[opcls]
 
-    def f(d: Fields) -> bool:
-        a = left(d)
+    def f(r: Any, now: float) -> bool:
+        a = left(r, now)
         if a is None:
             return False
-        b = right(d)
+        b = right(r, now)
         return b is not None and bool(fn(a, b))
     return f
 
 
 class _Compiler:
-    def __init__(self, kind: str, fields: frozenset[str], params: Mapping[str, Any]) -> None:
+    def __init__(self, kind: str, fields: Mapping[str, str], params: Mapping[str, Any]) -> None:
         self.kind = kind
         self.known = fields
         self.params = params
@@ -315,8 +369,11 @@ class _Compiler:
         if name in self.known:
             self.used.add(name)
             if name == "labels":
-                return _Node(lambda d: d.get("labels") or {})
-            return _Node(lambda d: d.get(name), name=name)
+                return _Node(_labels)
+            path = self.known[name]
+            # A clock-dependent field is a method of the record: no getter to specialise on.
+            get = None if name in TIME_FIELDS else op.attrgetter(path)
+            return _Node(field_reader(name, path), get=get)
         if name in self.params:
             value = self.params[name]
             if isinstance(value, list | tuple | set):
@@ -334,7 +391,7 @@ class _Compiler:
         if not isinstance(label, str):
             raise ExprError("a label name must be a string")
         self.used.add("labels")
-        return _Node(lambda d: (d.get("labels") or {}).get(label))
+        return _Node(lambda r, _now: (getattr(r, "labels", None) or {}).get(label))
 
     def _Attribute(self, node: ast.Attribute) -> _Node:
         return self._label(node.value, node.attr)
@@ -368,24 +425,24 @@ class _Compiler:
         if isinstance(node.op, ast.And):
             if len(fns) == 2:
                 a, b = fns
-                return _Node(lambda d: a(d) and b(d))
+                return _Node(lambda r, now: a(r, now) and b(r, now))
 
-            def all_of(d: Fields) -> Any:
+            def all_of(r: Any, now: float) -> Any:
                 v: Any = True
                 for fn in fns:
-                    v = fn(d)
+                    v = fn(r, now)
                     if not v:
                         return v
                 return v
             return _Node(all_of)
         if len(fns) == 2:
             a, b = fns
-            return _Node(lambda d: a(d) or b(d))
+            return _Node(lambda r, now: a(r, now) or b(r, now))
 
-        def any_of(d: Fields) -> Any:
+        def any_of(r: Any, now: float) -> Any:
             v: Any = False
             for fn in fns:
-                v = fn(d)
+                v = fn(r, now)
                 if v:
                     return v
             return v
@@ -397,15 +454,15 @@ class _Compiler:
             if inner.is_const:
                 return _Node(const=not inner.const, is_const=True)
             f = inner.closure()
-            return _Node(lambda d: not f(d))
+            return _Node(lambda r, now: not f(r, now))
         if isinstance(node.op, ast.USub | ast.UAdd):
             fn = op.neg if isinstance(node.op, ast.USub) else op.pos
             if inner.is_const:
                 return self._fold(fn, inner.const)
             g = inner.closure()
 
-            def unary(d: Fields) -> Any:
-                v = g(d)
+            def unary(r: Any, now: float) -> Any:
+                v = g(r, now)
                 return None if v is None else fn(v)
             return _Node(unary)
         raise ExprError(f"operator {type(node.op).__name__} is not allowed")
@@ -432,12 +489,16 @@ class _Compiler:
                 and abs(small.const) <= _SMALL_CONSTANT):
             fn = _PLAIN_BINOPS[type(node.op)]
             other = right if small is left else left
-            if other.name is not None:  # `constant <op> field` / `field <op> constant`: one closure
-                name, c = other.name, small.const
-                linear = (name, fn, c, small is left)
+            get = other.get
+            if get is not None:  # `constant <op> field` / `field <op> constant`: one closure
+                c = small.const
+                linear = (get, fn, c, small is left)
                 if small is left:
-                    def const_field(d: Fields) -> Any:
-                        v = d.get(name)
+                    def const_field(r: Any, _now: float) -> Any:
+                        try:
+                            v = get(r)
+                        except AttributeError:
+                            return None
                         if v is None:
                             return None
                         try:
@@ -446,8 +507,11 @@ class _Compiler:
                             return None
                     return _Node(const_field, linear=linear)
 
-                def field_const(d: Fields) -> Any:
-                    v = d.get(name)
+                def field_const(r: Any, _now: float) -> Any:
+                    try:
+                        v = get(r)
+                    except AttributeError:
+                        return None
                     if v is None:
                         return None
                     try:
@@ -457,11 +521,11 @@ class _Compiler:
                 return _Node(field_const, linear=linear)
         a, b = left.closure(), right.closure()
 
-        def binop(d: Fields) -> Any:
-            x = a(d)
+        def binop(r: Any, now: float) -> Any:
+            x = a(r, now)
             if x is None:
                 return None
-            y = b(d)
+            y = b(r, now)
             if y is None:
                 return None
             try:
@@ -478,18 +542,18 @@ class _Compiler:
             pairs.append(self._compare(left, opnode, right))
         if len(pairs) == 1:
             left, right, opcls = operands[0], operands[1], type(node.ops[0])
-            if left.is_const and right.name is not None and opcls in _MIRROR:
+            if left.is_const and right.get is not None and opcls in _MIRROR:
                 left, right, opcls = right, left, _MIRROR[opcls]
             pred: _Pred | None = None
-            if left.name is not None and right.is_const and right.const is not None:
+            if left.get is not None and right.is_const and right.const is not None:
                 if opcls in _REFLECTED:  # `value < c` is `c > value`: a C callable of the value
-                    pred = (left.name, functools.partial(_REFLECTED[opcls], right.const))
+                    pred = (left.get, functools.partial(_REFLECTED[opcls], right.const))
                 elif opcls is ast.In and isinstance(right.const, frozenset | tuple):
-                    pred = (left.name, right.const.__contains__)
+                    pred = (left.get, right.const.__contains__)
             return _Node(pairs[0], pred=pred)
 
-        def chain(d: Fields) -> bool:
-            return all(p(d) for p in pairs)
+        def chain(r: Any, now: float) -> bool:
+            return all(p(r, now) for p in pairs)
         return _Node(chain)
 
     def _compare(self, left: _Node, opnode: ast.cmpop, right: _Node) -> Fn:
@@ -502,23 +566,23 @@ class _Compiler:
             other = right if _is_none(left) else left
             g = other.closure()
             if opcls in (ast.Is, ast.Eq):
-                return lambda d: g(d) is None
-            return lambda d: g(d) is not None
+                return lambda r, now: g(r, now) is None
+            return lambda r, now: g(r, now) is not None
         if opcls not in _CMP:
             raise ExprError(f"operator {opcls.__name__} is not allowed")
-        if left.name is not None and right.is_const:
-            return _field_compare(left.name, opcls, right.const)
-        if left.is_const and right.name is not None and opcls in _MIRROR:
-            return _field_compare(right.name, _MIRROR[opcls], left.const)
-        if left.name is not None and right.linear is not None:
-            return _field_compare_linear(left.name, opcls, right.linear)
-        if left.name is not None and not right.is_const:
-            return _field_compare_expr(left.name, opcls, right.closure())
+        if left.get is not None and right.is_const:
+            return _field_compare(left.get, opcls, right.const)
+        if left.is_const and right.get is not None and opcls in _MIRROR:
+            return _field_compare(right.get, _MIRROR[opcls], left.const)
+        if left.get is not None and right.linear is not None:
+            return _field_compare_linear(left.get, opcls, right.linear)
+        if left.get is not None and not right.is_const:
+            return _field_compare_expr(left.get, opcls, right.closure())
         return _compare_pair(left.closure(), opcls, right.closure())
 
     def _IfExp(self, node: ast.IfExp) -> _Node:
         t, a, b = (self.compile(n).closure() for n in (node.test, node.body, node.orelse))
-        return _Node(lambda d: a(d) if t(d) else b(d))
+        return _Node(lambda r, now: a(r, now) if t(r, now) else b(r, now))
 
     def _Call(self, node: ast.Call) -> _Node:
         if not isinstance(node.func, ast.Name) or node.func.id not in HELPERS:
@@ -536,16 +600,16 @@ class _Compiler:
         if len(fns) == 1:
             f0 = fns[0]
 
-            def call1(d: Fields) -> Any:
+            def call1(r: Any, now: float) -> Any:
                 try:
-                    return fn(f0(d))
+                    return fn(f0(r, now))
                 except (TypeError, ValueError):
                     return None
             return _Node(call1)
 
-        def call(d: Fields) -> Any:
+        def call(r: Any, now: float) -> Any:
             try:
-                return fn(*(f(d) for f in fns))
+                return fn(*(f(r, now) for f in fns))
             except (TypeError, ValueError):
                 return None
         return _Node(call)
@@ -589,8 +653,9 @@ def parse(text: str) -> ast.expr:
     return node.value
 
 
-def compile_expr(text: str, kind: str, fields: frozenset[str], params: Mapping[str, Any] | None = None) -> Compiled:
-    """Compile `text` for entities of `kind` whose fields are `fields`. Raises ExprError."""
+def compile_expr(text: str, kind: str, fields: Mapping[str, str], params: Mapping[str, Any] | None = None) -> Compiled:
+    """Compile `text` for records of entities of `kind`, whose fields are `fields` (name -> attribute
+    path on the record, `collector.state.FIELDS[kind]`). Raises ExprError."""
     compiler = _Compiler(kind, fields, params or {})
     node = compiler.compile(parse(text))
     return Compiled(text=text, fn=node.closure(), fields=frozenset(compiler.used))

@@ -25,14 +25,11 @@ from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from collector.alerts.expr import Compiled, ExprError, Fn, compile_expr, parse
-from collector.state import FIELDS
+from collector.state import FIELDS, TIME_FIELDS
 
 if TYPE_CHECKING:
     from collector.alerts.config import AlertsConfig, RuleConfig
 
-# Fields whose value changes with the clock alone: rules reading them are re-evaluated by the sweep
-# for every known entity, not only when an observation arrives.
-TIME_FIELDS = frozenset({"status_age_seconds", "poll_age_seconds"})
 # The label naming the entity of each kind (account and collector are singletons).
 ID_LABEL = {"device": "device_no", "sim": "iccid"}
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
@@ -70,14 +67,14 @@ class Template:
     text: str
     parts: tuple[str | Fn, ...]
 
-    def render(self, fields: Mapping[str, Any]) -> str:
+    def render(self, record: Any, now: float) -> str:
         out: list[str] = []
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
             else:
                 try:
-                    out.append(format_value(part(fields)))
+                    out.append(format_value(part(record, now)))
                 except Exception:  # a template never breaks a notification
                     out.append("?")
         return "".join(out)
@@ -118,10 +115,10 @@ class Rule:
     time_based: bool = False
     config: dict[str, Any] = field(default_factory=dict)
 
-    def alert_labels(self, key: str, fields: Mapping[str, Any]) -> dict[str, str]:
+    def alert_labels(self, key: str, record: Any) -> dict[str, str]:
         """Rule labels, then the entity's labels, then alertname, kind, entity id and severity."""
         labels = dict(self.labels)
-        entity = fields.get("labels") or {}
+        entity = getattr(record, "labels", None) or {}
         labels.update({k: str(v) for k, v in entity.items()})
         labels["alertname"] = self.name
         labels["kind"] = self.kind
@@ -131,14 +128,14 @@ class Rule:
         labels["severity"] = self.severity
         return {k: v for k, v in labels.items() if v != ""}
 
-    def render(self, fields: Mapping[str, Any]) -> dict[str, str]:
-        return {name: t.render(fields) for name, t in self.annotations.items()}
+    def render(self, record: Any, now: float) -> dict[str, str]:
+        return {name: t.render(record, now) for name, t in self.annotations.items()}
 
-    def current_value(self, fields: Mapping[str, Any]) -> float | None:
+    def current_value(self, record: Any, now: float) -> float | None:
         if self.value is None:
             return None
         try:
-            v = self.value(fields)
+            v = self.value(record, now)
         except Exception:
             return None
         return float(v) if isinstance(v, int | float) else None

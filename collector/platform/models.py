@@ -82,13 +82,10 @@ class SimObservation:
 
     @property
     def remaining_ratio(self) -> float | None:
-        remaining = self.remaining_bytes
-        if remaining is None or not self.total_bytes:
+        total, used = self.total_bytes, self.used_bytes  # inline: alert rules read this one often
+        if not total or used is None:
             return None
-        return remaining / self.total_bytes
-
-    def days_to_expiry(self, now: float) -> float | None:
-        return None if self.expires_at is None else (self.expires_at - now) / DAY
+        return max(total - used, 0) / total
 
 
 @dataclass(frozen=True, slots=True)
