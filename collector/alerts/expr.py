@@ -137,10 +137,13 @@ class Compiled:
     text: str
     fn: Fn
     fields: frozenset[str]
+    # When set, `field <op> constant` tests of which one at least holds whenever the expression does
+    # (a necessary condition): the engine screens entities with them before calling `fn`.
+    screen: tuple[Pred, ...] | None = None
 
 
 # (getter, test): the comparison holds when the field's value is not None and test(value) is true
-_Pred = tuple[Callable[[Any], Any], Callable[[Any], Any]]
+Pred = tuple[Callable[[Any], Any], Callable[[Any], Any]]
 # (getter, operator, constant, constant on the left)
 _Linear = tuple[Callable[[Any], Any], Callable[[Any, Any], Any], Any, bool]
 
@@ -148,11 +151,11 @@ _Linear = tuple[Callable[[Any], Any], Callable[[Any, Any], Any], Any, bool]
 class _Node:
     """Compilation result of one AST node: a closure, or a constant folded at load."""
 
-    __slots__ = ("const", "fn", "get", "is_const", "linear", "pred")
+    __slots__ = ("const", "fn", "get", "is_const", "linear", "pred", "screen")
 
     def __init__(self, fn: Fn | None = None, *, const: Any = None, is_const: bool = False,
-                 get: Callable[[Any], Any] | None = None, pred: _Pred | None = None,
-                 linear: _Linear | None = None) -> None:
+                 get: Callable[[Any], Any] | None = None, pred: Pred | None = None,
+                 linear: _Linear | None = None, screen: tuple[Pred, ...] | None = None) -> None:
         self.fn = fn
         self.const = const
         self.is_const = is_const
@@ -160,6 +163,7 @@ class _Node:
         self.get = get  # a plain field read: an attribute getter of the record (AttributeError: None)
         self.pred = pred  # `field <op> constant`, a missing value making it false
         self.linear = linear  # `field <op> constant` or `constant <op> field` arithmetic
+        self.screen = screen if screen is not None else (pred,) if pred is not None else None
 
     def closure(self) -> Fn:
         if self.is_const:
@@ -236,7 +240,7 @@ _REFLECTED: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
 }
 
 
-def _preds_closure(preds: tuple[_Pred, ...], conjunction: bool) -> Fn:
+def _preds_closure(preds: tuple[Pred, ...], conjunction: bool) -> Fn:
     """`p1 and p2 ...` / `p1 or p2 ...` over `field <op> constant` comparisons, in one closure
     (unrolled for two, the common case: Python-level calls cost more than the comparisons)."""
     if len(preds) == 2:
@@ -420,7 +424,10 @@ class _Compiler:
         parts = [self.compile(v) for v in node.values]
         preds = [p.pred for p in parts]
         if all(p is not None for p in preds):  # only `field <op> constant` operands: one closure
-            return _Node(_preds_closure(tuple(p for p in preds if p is not None), isinstance(node.op, ast.And)))
+            tests = tuple(p for p in preds if p is not None)
+            conjunction = isinstance(node.op, ast.And)
+            # `a and b` needs `a`; `a or b` needs one of them.
+            return _Node(_preds_closure(tests, conjunction), screen=tests[:1] if conjunction else tests)
         fns = [p.closure() for p in parts]
         if isinstance(node.op, ast.And):
             if len(fns) == 2:
@@ -544,7 +551,7 @@ class _Compiler:
             left, right, opcls = operands[0], operands[1], type(node.ops[0])
             if left.is_const and right.get is not None and opcls in _MIRROR:
                 left, right, opcls = right, left, _MIRROR[opcls]
-            pred: _Pred | None = None
+            pred: Pred | None = None
             if left.get is not None and right.is_const and right.const is not None:
                 if opcls in _REFLECTED:  # `value < c` is `c > value`: a C callable of the value
                     pred = (left.get, functools.partial(_REFLECTED[opcls], right.const))
@@ -658,4 +665,4 @@ def compile_expr(text: str, kind: str, fields: Mapping[str, str], params: Mappin
     path on the record, `collector.state.FIELDS[kind]`). Raises ExprError."""
     compiler = _Compiler(kind, fields, params or {})
     node = compiler.compile(parse(text))
-    return Compiled(text=text, fn=node.closure(), fields=frozenset(compiler.used))
+    return Compiled(text=text, fn=node.closure(), fields=frozenset(compiler.used), screen=node.screen)
