@@ -137,7 +137,6 @@ def observe_and_evaluate(engine: AlertEngine, state: FleetState, profiles: dict[
         for iccid in p.iccids:
             evaluate("sim", iccid, sims[iccid], now)
         spent += clock() - started
-    started = clock()
     for _ in range(len(profiles)):
         t = clock()
         spent -= clock() - t

@@ -217,12 +217,9 @@ class Daemon:
                     ratio = (limiter / self.config.platform.rate_limit) if isinstance(limiter, float) else 1.0
                     health = FieldRecord("collector", self.health.fields(now, spool_bytes, oldest, ratio))
                     self.alerts.evaluate("collector", "collector", health, now)
-                    self.alerts.sweep(now, self._lookup)
+                    self.alerts.sweep(now, self.state.record)
             except Exception as exc:  # housekeeping must survive anything
                 log.error("housekeeping failed", error=f"{type(exc).__name__}: {exc}")
-
-    def _lookup(self, kind: str, key: str) -> Any:
-        return self.state.record(kind, key)
 
     def _watch_inventory(self) -> None:
         if not self.config.inventory.watch or not self.config.inventory.file:

@@ -34,8 +34,9 @@ USAGE_SAMPLES = 16
 # The fields an alert rule may read, per entity kind, and where each lives on the record the engine is
 # handed (the DeviceState / SimState / AccountState itself, no copy): an attribute path, whose last
 # part is always the field's name. A path through `obs` or `assets` reads None until the first poll.
-# Derived fields are properties computed on read, as of the entity's last poll; only TIME_FIELDS
-# depend on the clock: they are methods taking `now`, and rules reading them are swept on a timer.
+# Derived fields describe the entity as of its last poll: most are computed once per observation
+# (`DeviceState` / `SimState.derive`), a few rarely read ones are properties. Only TIME_FIELDS depend
+# on the clock: they are methods taking `now`, and rules reading them are swept on a timer.
 FIELDS: dict[str, dict[str, str]] = {
     "device": {
         "device_no": "device_no", "labels": "labels", "polled": "polled",
@@ -207,13 +208,12 @@ class SimState:
         """Compute the derived fields of the current observation, as of its poll time: remaining
         ratio, usage rate over the recent window, whether the remaining data runs out before the
         billing cycle ends at that rate, days to the package's expiry. Called once per observation
-        (after `record_usage`), so evaluating rules and building points cost a slot read each."""
+        (after `record_usage`), so a rule reading one costs a slot read (the points reuse the rate)."""
         o = self.obs
         if o is None:
             return
-        total, used = o.total_bytes, o.used_bytes
-        remaining = None if total is None or used is None else (total - used if total > used else 0)
-        self.remaining_ratio = remaining / total if remaining is not None and total else None
+        remaining = o.remaining_bytes
+        self.remaining_ratio = o.remaining_ratio
         rate = self.usage_rate_bytes_per_second = self.usage_rate()
         exhausts = None
         if remaining is not None and rate is not None and rate > 0:

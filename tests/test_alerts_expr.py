@@ -10,7 +10,7 @@ import simpleeval
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.alerts.expr import ExprError, compile_expr, human_bytes, human_duration, percent
+from collector.alerts.expr import ExprError, any_test, compile_expr, human_bytes, human_duration, percent
 from collector.state import FIELDS, FieldRecord
 
 DEVICE = FIELDS["device"]
@@ -177,17 +177,6 @@ _SCREENED = ["rssi_dbm < -100", "battery_percent in [1, 2, 3]", "online == False
              "-50 > rssi_dbm and online == True and battery_percent != 40"]
 
 
-def _screen_passes(screen: Any, record: FieldRecord) -> bool:
-    for get, test in screen:
-        try:
-            value = get(record)
-        except AttributeError:
-            continue
-        if value is not None and test(value):
-            return True
-    return False
-
-
 @given(rssi=st.one_of(st.none(), st.integers(-130, 0)), battery=st.one_of(st.none(), st.integers(0, 100)),
        online=st.one_of(st.none(), st.booleans()), index=st.integers(0, len(_SCREENED) - 1))
 def test_the_screen_of_a_condition_passes_whenever_the_condition_holds(
@@ -195,7 +184,7 @@ def test_the_screen_of_a_condition_passes_whenever_the_condition_holds(
     compiled = compile_expr(_SCREENED[index], "device", DEVICE)
     record = FieldRecord("device", {"rssi_dbm": rssi, "battery_percent": battery, "online": online})
     assert compiled.screen
-    holds, passes = compiled.fn(record, 0.0), _screen_passes(compiled.screen, record)
+    holds, passes = compiled.fn(record, 0.0), bool(any_test(compiled.screen)(record, 0.0))
     assert passes or not holds  # a necessary condition: the engine never skips an entity that alerts
     if " and " not in _SCREENED[index]:
         assert passes == holds  # a comparison or an `or` of comparisons: the screen is the condition

@@ -33,6 +33,7 @@ import structlog
 from collector import metrics
 from collector.alerts.alert import FIRING, INACTIVE, PENDING, RESOLVED, Alert, alert_id
 from collector.alerts.config import AlertsConfig
+from collector.alerts.expr import any_test
 from collector.alerts.notifiers import Receiver, build_receiver
 from collector.alerts.rules import Rule
 from collector.alerts.silences import SilenceBook
@@ -68,16 +69,17 @@ class _Plan:
     """The rules of one entity kind, and the active alerts of each entity of that kind, by rule name:
     the hot path only evaluates conditions for entities without any, which are nearly all of them.
 
-    For those, the conditions made of `field <op> constant` tests are screened first: one loop over
-    (getter, test) pairs that one at least passes whenever such a condition holds (`Compiled.screen`),
-    without a call per rule; the other conditions are called. Only an entity that passes goes on to
-    the exact evaluation of every rule."""
+    For those, the conditions made of `field <op> constant` tests are screened first: one closure
+    over all their (getter, test) pairs, of which one at least passes whenever such a condition
+    holds (`Compiled.screen`), without a call per rule; the other conditions are called. Only an
+    entity that passes goes on to the exact evaluation of every rule."""
 
     __slots__ = ("active", "exact", "known", "screen", "slots")
 
     def __init__(self, slots: list[_Slot], known: set[str] | None) -> None:
         self.slots = slots
-        self.screen = tuple(p for s in slots if s.rule.condition.screen for p in s.rule.condition.screen)
+        tests = tuple(p for s in slots if s.rule.condition.screen for p in s.rule.condition.screen)
+        self.screen = any_test(tests) if tests else None
         self.exact = tuple(s.cond for s in slots if not s.rule.condition.screen)
         self.active: dict[str, dict[str, Alert]] = {}
         self.known = known  # entity keys, kept only when a rule of this kind is clock-dependent
@@ -199,14 +201,7 @@ class AlertEngine:
             # Fast path, nearly every entity: no active alert, so nothing to do unless a condition
             # may hold (or fails to evaluate): then the careful path below runs.
             try:
-                for get, test in plan.screen:
-                    try:
-                        v = get(record)
-                    except AttributeError:
-                        continue
-                    if v is not None and test(v):
-                        break
-                else:
+                if plan.screen is None or not plan.screen(record, now):
                     for cond in plan.exact:
                         if cond(record, now):
                             break
@@ -234,13 +229,6 @@ class AlertEngine:
                 alert.last_held = now  # still firing: the common case for an active entity
             else:
                 self._update(slot, alert, holds, record, now)
-
-    def evaluate_many(self, kind: str, items: Iterable[tuple[str, Any]], now: float) -> None:
-        """`evaluate` for a batch of (key, record), timed into ALERT_EVAL_DURATION."""
-        started = time.perf_counter()
-        for key, record in items:
-            self.evaluate(kind, key, record, now)
-        metrics.ALERT_EVAL_DURATION.observe(time.perf_counter() - started)
 
     def _update(self, slot: _Slot, alert: Alert, holds: Any, record: Any, now: float) -> None:
         if not holds and slot.clear is not None:

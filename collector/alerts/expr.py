@@ -294,6 +294,12 @@ def _preds_closure(preds: tuple[Pred, ...], conjunction: bool) -> Fn:
     return any_holds
 
 
+def any_test(preds: tuple[Pred, ...]) -> Fn:
+    """One closure: does any of these `field <op> constant` tests pass for the record (a missing
+    value failing its test)? The engine's screen over the conditions of a kind."""
+    return _preds_closure(preds, conjunction=False)
+
+
 def _field_compare_linear(get: Callable[[Any], Any], opcls: type[ast.cmpop], linear: _Linear) -> Fn:
     """`field <op> constant * other_field` (any arithmetic operator) in one closure."""
     cmp = _CMP[opcls]

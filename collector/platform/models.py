@@ -82,10 +82,10 @@ class SimObservation:
 
     @property
     def remaining_ratio(self) -> float | None:
-        total, used = self.total_bytes, self.used_bytes  # inline: alert rules read this one often
-        if not total or used is None:
+        remaining = self.remaining_bytes
+        if remaining is None or not self.total_bytes:
             return None
-        return max(total - used, 0) / total
+        return remaining / self.total_bytes
 
 
 @dataclass(frozen=True, slots=True)
