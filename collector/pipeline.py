@@ -115,20 +115,15 @@ class Pipeline:
     # --- fan-out -----------------------------------------------------------------------------------------
 
     def _evaluate(self, change: Change) -> None:
+        """Hand the changed entities to the alert engine (evaluated at its next flush, in one batch)."""
         if self.alerts is None:
             return
-        now = self.clock()
-        evaluate, devices, sims = self.alerts.evaluate, self.state.devices, self.state.sims
-        for device_no in change.devices:
-            device = devices.get(device_no)
-            if device is not None:
-                evaluate("device", device_no, device, now)
-        for iccid in change.sims:
-            sim = sims.get(iccid)
-            if sim is not None:
-                evaluate("sim", iccid, sim, now)
+        if change.devices:
+            self.alerts.submit("device", change.devices, change.device_records)
+        if change.sims:
+            self.alerts.submit("sim", change.sims, change.sim_records)
         if change.account:
-            evaluate("account", "account", self.state.account, now)
+            self.alerts.submit("account", ("account",), (self.state.account,))
 
     def _device_lines(self, change: Change) -> list[str | None]:
         lines: list[str | None] = []
@@ -175,7 +170,9 @@ class Pipeline:
             raise
         except Exception as exc:
             self.state.record_device_failure(device_no, describe_error(exc), self.clock())
-            self._evaluate(Change(devices=(device_no,)))
+            device = self.state.devices.get(device_no)
+            if device is not None:
+                self._evaluate(Change(devices=(device_no,), device_records=(device,)))
             return self._failed("device", ids, exc)
         change = self.state.observe_device(obs)
         return await self._deliver(change, self._device_lines(change), "device", 1)

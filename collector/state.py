@@ -69,6 +69,8 @@ FIELDS: dict[str, dict[str, str]] = {
         "spool_oldest_age_seconds", "labels")},
 }
 TIME_FIELDS = frozenset({"status_age_seconds", "poll_age_seconds"})
+# The fields that are not numbers (every other field is a bool, an int, a float or None).
+TEXT_FIELDS = frozenset({"device_no", "iccid", "sim_no", "labels"})
 
 
 def field_reader(name: str, path: str) -> Callable[[Any, float], Any]:
@@ -281,12 +283,19 @@ def _shared_labels(labels: Mapping[str, str]) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """What one observation changed: entity keys to re-evaluate and device events seen for the first time."""
+    """What one observation changed: entity keys to re-evaluate, with their records (the state's
+    objects, in the same order), and device events seen for the first time."""
 
     devices: tuple[str, ...] = ()
     sims: tuple[str, ...] = ()
     account: bool = False
     new_events: tuple[DeviceEvent, ...] = ()
+    device_records: tuple[DeviceState, ...] = ()
+    sim_records: tuple[SimState, ...] = ()
+
+
+def _sims_changed(sims: list[SimState]) -> Change:
+    return Change(sims=tuple(s.iccid for s in sims), sim_records=tuple(sims))
 
 
 class FleetState:
@@ -356,15 +365,14 @@ class FleetState:
         new_events = tuple(e for e in obs.events if e.at > state.last_event_at)
         if new_events:
             state.last_event_at = max(e.at for e in new_events)
-        sims = []
-        for sim in obs.sims:
-            sims.append(self._observe_sim(sim, obs.device_no, state.labels,
-                                          effective=None if obs.effective_sim is None
-                                          else sim.slot == obs.effective_sim))
-        return Change(devices=(obs.device_no,), sims=tuple(sims), new_events=new_events)
+        sims = tuple(self._observe_sim(sim, obs.device_no, state.labels,
+                                       effective=None if obs.effective_sim is None else sim.slot == obs.effective_sim)
+                     for sim in obs.sims)
+        return Change(devices=(obs.device_no,), sims=tuple(s.iccid for s in sims), new_events=new_events,
+                      device_records=(state,), sim_records=sims)
 
     def _observe_sim(self, sim: SimObservation, device_no: str, labels: Mapping[str, str],
-                     effective: bool | None) -> str:
+                     effective: bool | None) -> SimState:
         state = self.sims.get(sim.iccid)
         if state is None:
             state = self.sims[sim.iccid] = SimState(sim.iccid, _shared_labels(labels))
@@ -377,20 +385,19 @@ class FleetState:
         state.consecutive_failures = 0
         state.record_usage(sim.polled_at, sim.used_bytes)
         state.derive()
-        return sim.iccid
+        return state
 
     def observe_card_info(self, sims: Iterable[SimObservation]) -> Change:
-        keys = []
+        changed = []
         for sim in sims:
             known = self.sims.get(sim.iccid)
             if known is None:
                 continue
-            keys.append(self._observe_sim(sim, sim.device_no or known.device_no,
-                                          known.labels, effective=None))
-        return Change(sims=tuple(keys))
+            changed.append(self._observe_sim(sim, sim.device_no or known.device_no, known.labels, effective=None))
+        return _sims_changed(changed)
 
     def observe_card_status(self, statuses: Iterable[CardStatus]) -> Change:
-        keys = []
+        changed = []
         for st in statuses:
             state = self.sims.get(st.iccid)
             if state is None:
@@ -402,11 +409,11 @@ class FleetState:
                                 polled_at=st.polled_at)
             state.polled_at = st.polled_at
             state.derive()
-            keys.append(st.iccid)
-        return Change(sims=tuple(keys))
+            changed.append(state)
+        return _sims_changed(changed)
 
     def observe_card_usage(self, usages: Iterable[CardUsage]) -> Change:
-        keys = []
+        changed = []
         for u in usages:
             state = self.sims.get(u.iccid)
             if state is None:
@@ -421,8 +428,8 @@ class FleetState:
             state.polled_at = u.polled_at
             state.record_usage(u.polled_at, u.used_bytes)
             state.derive()
-            keys.append(u.iccid)
-        return Change(sims=tuple(keys))
+            changed.append(state)
+        return _sims_changed(changed)
 
     def observe_account(self, assets: AccountAssets) -> Change:
         self.account.assets = assets

@@ -37,8 +37,7 @@ class Alert:
     labels: dict[str, str]
     annotations: dict[str, str]
     fired_at: float | None = None
-    last_held: float = 0.0
-    cleared_since: float | None = None  # firing, condition gone, kept by keep_firing_for
+    cleared_since: float | None = None  # firing, condition gone since, kept by keep_firing_for
     resolved_at: float | None = None
     last_notified: float | None = None
     value: float | None = None
@@ -50,7 +49,7 @@ class Alert:
     def to_json(self) -> dict[str, Any]:
         return {
             "rule": self.rule, "kind": self.kind, "key": self.key, "state": self.state,
-            "active_since": self.active_since, "fired_at": self.fired_at, "last_held": self.last_held,
+            "active_since": self.active_since, "fired_at": self.fired_at,
             "cleared_since": self.cleared_since, "resolved_at": self.resolved_at,
             "last_notified": self.last_notified, "value": self.value, "labels": self.labels,
             "annotations": self.annotations,
@@ -61,7 +60,7 @@ class Alert:
         return cls(rule=str(data["rule"]), kind=str(data["kind"]), key=str(data["key"]), state=str(data["state"]),
                    active_since=float(data["active_since"]), labels=dict(data.get("labels") or {}),
                    annotations=dict(data.get("annotations") or {}), fired_at=data.get("fired_at"),
-                   last_held=float(data.get("last_held") or 0.0), cleared_since=data.get("cleared_since"),
+                   cleared_since=data.get("cleared_since"),
                    resolved_at=data.get("resolved_at"), last_notified=data.get("last_notified"),
                    value=data.get("value"))
 

@@ -1,11 +1,17 @@
-"""The alert engine: evaluates compiled rules against entity fields, runs each (rule, entity) pair
+"""The alert engine: evaluates compiled rules against entity records, runs each (rule, entity) pair
 through inactive -> pending -> firing -> resolved, persists that state, and hands firing and resolved
 alerts to the notifiers.
 
-- `evaluate(kind, key, record, now)` is the hot path, called for every entity an observation
-  changed, with the entity's state object as the record (no dict of fields is built: rules read
-  the fields they use through `collector.state.FIELDS`): one closure call per rule of that kind, plus
-  a dict lookup; nothing else unless the alert changes state.
+- `submit(kind, keys, records)` is the hot path, called by the pipeline for the entities each poll
+  changed, with their records (the fleet state's own objects): it only queues them.
+- `flush(now)`, once a second on the engine's loop (or once 5,000 entities wait), evaluates the queued
+  entities in one batch per kind: the numeric fields the rules read are taken from every record in
+  one C-level pass into float64 columns, each rule whose expression has an array form
+  (`alerts/vector.py`) is a few numpy operations over the batch, the others are evaluated one record
+  at a time with their closures. Python then looks only at the entities where something happens: a
+  condition that starts holding, and the active alerts that stop, are pending, or are kept by
+  `keep_firing_for`. `evaluate(kind, key, record, now)` is submit + flush (the collector's own
+  entity, tests).
 - `sweep(now, lookup)` runs on a timer: pending alerts whose `for` has elapsed fire, firing alerts
   kept by `keep_firing_for` resolve, and rules over clock-dependent fields (`TIME_FIELDS`) are
   re-evaluated for every known entity.
@@ -20,69 +26,160 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import math
+import operator
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import structlog
 
 from collector import metrics
 from collector.alerts.alert import FIRING, INACTIVE, PENDING, RESOLVED, Alert, alert_id
 from collector.alerts.config import AlertsConfig
-from collector.alerts.expr import any_test
 from collector.alerts.notifiers import Receiver, build_receiver
 from collector.alerts.rules import Rule
 from collector.alerts.silences import SilenceBook
 from collector.logs import redact_text, register_secret
 from collector.sinks.points import alert_point
+from collector.state import FIELDS, field_reader
 
 log = structlog.get_logger("collector.alerts")
 
 STATE_VERSION = 1
 TICK_SECONDS = 0.25  # how often due groups are flushed and points handed to the sinks
+# How often the entities changed since the last time are evaluated, in one batch: an alert may start
+# this much later than its observation (Prometheus evaluates every 15 s to 1 min); a batch of
+# `FLUSH_ENTITIES` changed entities is evaluated at the next tick already.
+FLUSH_SECONDS = 1.0
+FLUSH_ENTITIES = 5000
 SAVE_MIN_INTERVAL = 1.0  # at most one state write per this many seconds while things change
 MAX_BUFFERED_POINTS = 100_000
 # Alert labels already carried by the point's own tags (rule, kind, severity, entity).
-_NONE: Mapping[str, Alert] = {}
 _POINT_TAGS_SKIPPED = frozenset({"alertname", "kind", "severity", "device_no", "iccid"})
 WritePoints = Callable[[list[str]], Awaitable[None]]
 Lookup = Callable[[str, str], Any]  # (kind, key) -> the entity's record, or None
 
 
 class _Slot:
-    """A rule at run time: its compiled closures and the alerts it has, by entity key."""
+    """A rule at run time: its compiled forms and the alerts it has, by entity key. `vector` when
+    its condition (and clear condition) evaluate over columns; otherwise one record at a time."""
 
-    __slots__ = ("clear", "cond", "rule", "states")
+    __slots__ = ("clear", "cond", "rule", "states", "unsteady", "vclear", "vcond", "vector")
 
     def __init__(self, rule: Rule, states: dict[str, Alert] | None = None) -> None:
         self.rule = rule
         self.cond = rule.condition.fn
         self.clear = rule.clear.fn if rule.clear is not None else None
+        self.vcond = rule.condition.vector
+        self.vclear = rule.clear.vector if rule.clear is not None else None
+        self.vector = self.vcond is not None and (rule.clear is None or self.vclear is not None)
         self.states: dict[str, Alert] = states if states is not None else {}
+        # Entities whose alert is pending or kept by keep_firing_for: those need a look at every
+        # evaluation even while the condition holds; a steady firing alert does not.
+        self.unsteady: set[str] = set()
+        for alert in self.states.values():
+            self.settle(alert)
+
+    def settle(self, alert: Alert) -> None:
+        """Keep `unsteady` in step with an alert that is in `states` and may have changed."""
+        if alert.state == PENDING or alert.cleared_since is not None:
+            self.unsteady.add(alert.key)
+        else:
+            self.unsteady.discard(alert.key)
 
 
 class _Plan:
-    """The rules of one entity kind, and the active alerts of each entity of that kind, by rule name:
-    the hot path only evaluates conditions for entities without any, which are nearly all of them.
+    """The rules of one entity kind; the entities changed since the last flush, as submitted (batches
+    of keys and of their records, the fleet state's own objects); and the active alerts of each entity
+    of the kind, counted (`active`: the few entities of a batch that have one are found with one lookup
+    each)."""
 
-    For those, the conditions made of `field <op> constant` tests are screened first: one closure
-    over all their (getter, test) pairs, of which one at least passes whenever such a condition
-    holds (`Compiled.screen`), without a call per rule; the other conditions are called. Only an
-    entity that passes goes on to the exact evaluation of every rule."""
+    __slots__ = ("active", "dtype", "fields", "forgotten", "keys", "known", "queued", "read", "readers",
+                 "records", "slots")
 
-    __slots__ = ("active", "exact", "known", "screen", "slots")
-
-    def __init__(self, slots: list[_Slot], known: set[str] | None) -> None:
+    def __init__(self, kind: str, slots: list[_Slot], known: set[str] | None) -> None:
         self.slots = slots
-        tests = tuple(p for s in slots if s.rule.condition.screen for p in s.rule.condition.screen)
-        self.screen = any_test(tests) if tests else None
-        self.exact = tuple(s.cond for s in slots if not s.rule.condition.screen)
-        self.active: dict[str, dict[str, Alert]] = {}
+        used: set[str] = set()
+        for slot in slots:
+            if slot.vector:
+                used |= slot.rule.condition.vector_fields
+                if slot.rule.clear is not None:
+                    used |= slot.rule.clear.vector_fields
+        self.fields = tuple(sorted(used))
+        paths = [FIELDS[kind][name] for name in self.fields]
+        # One C call per record reads every field the vectorised rules use (a tuple: at least two
+        # paths are asked for, the first one twice when it is alone).
+        self.read: Callable[[Any], Any] | None = (
+            operator.attrgetter(*paths, *paths[:1]) if len(paths) == 1 else operator.attrgetter(*paths) if paths
+            else None)
+        self.dtype = np.dtype([(f"f{i}", np.float64) for i in range(len(paths) + (len(paths) == 1))])
+        self.readers = [field_reader(name, path) for name, path in zip(self.fields, paths, strict=True)]
+        self.keys: list[Sequence[str]] = []
+        self.records: list[Sequence[Any]] = []
+        self.queued = 0
+        self.forgotten: set[str] = set()  # left the inventory since they were submitted
+        self.active: dict[str, int] = {}
+        for slot in slots:
+            for alert in slot.states.values():
+                self.index(alert, True)
         self.known = known  # entity keys, kept only when a rule of this kind is clock-dependent
+
+    def take(self) -> tuple[list[str], list[Any]]:
+        """The entities submitted since the last call: (keys, records), in submission order. An entity
+        submitted twice is there twice (it reads the same record: evaluating it twice changes nothing)."""
+        chain = itertools.chain.from_iterable
+        keys, records = list(chain(self.keys)), list(chain(self.records))
+        self.keys, self.records, self.queued = [], [], 0
+        if self.forgotten:
+            kept = [i for i, k in enumerate(keys) if k not in self.forgotten]
+            keys, records = [keys[i] for i in kept], [records[i] for i in kept]
+            self.forgotten = set()
+        return keys, records
+
+    def index(self, alert: Alert, active: bool) -> None:
+        """An alert of an entity of this kind became active, or stopped being active."""
+        left = self.active.get(alert.key, 0) + (1 if active else -1)
+        if left > 0:
+            self.active[alert.key] = left
+        else:
+            self.active.pop(alert.key, None)
+
+    def columns(self, records: list[Any]) -> tuple[dict[str, Any], int]:
+        """The fields of a batch of records as float64 columns (NaN where missing), read and
+        converted in C; and how many values were not numbers (read as missing)."""
+        assert self.read is not None
+        try:
+            table = np.fromiter(map(self.read, records), dtype=self.dtype, count=len(records))
+            bad = 0
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            # A record with a missing path (never polled) or a value that is not a number (a
+            # FieldRecord's): the batch goes field by field, in Python.
+            rows, bad = [], 0
+            for record in records:
+                row = []
+                for read in self.readers:
+                    value = read(record, 0.0)
+                    number = _as_float(value)
+                    if math.isnan(number) and value is not None and not isinstance(value, float):
+                        bad += 1
+                    row.append(number)
+                rows.append(tuple(row + row[:1] if len(row) == 1 else row))
+            table = np.array(rows, dtype=self.dtype)
+        return {name: table[f"f{i}"] for i, name in enumerate(self.fields)}, bad
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool | int | float):
+        with contextlib.suppress(OverflowError):
+            return float(value)
+    return math.nan
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -128,6 +225,7 @@ class AlertEngine:
         self._counters: dict[tuple[str, str], Any] = {}
         self._dirty = False
         self._last_save = 0.0
+        self._last_flush = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self._write_tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -147,17 +245,13 @@ class AlertEngine:
                 self._time_slots.setdefault(slot.rule.kind, []).append(slot)
         for kind in self._time_slots:
             self._known.setdefault(kind, set())
-        self._plans = {kind: _Plan(slots, self._known.get(kind) if kind in self._time_slots else None)
+        old = self._plans
+        self._plans = {kind: _Plan(kind, slots, self._known.get(kind) if kind in self._time_slots else None)
                        for kind, slots in by_kind.items()}
-        self._reindex()
-
-    def _reindex(self) -> None:
-        """Rebuild the per-kind index of entities with active alerts from the rules' states."""
-        for plan in self._plans.values():
-            plan.active = {}
-            for slot in plan.slots:
-                for key, alert in slot.states.items():
-                    plan.active.setdefault(key, {})[slot.rule.name] = alert
+        for kind, plan in old.items():  # entities submitted before a reload are still evaluated
+            new = self._plans.get(kind)
+            if new is not None:
+                new.keys, new.records, new.queued = plan.keys, plan.records, plan.queued
 
     def _build_receivers(self, config: AlertsConfig, keep: Mapping[str, Receiver]) -> None:
         receivers: dict[str, Receiver] = {}
@@ -187,72 +281,127 @@ class AlertEngine:
     def silenced_by(self, labels: Mapping[str, str], now: float) -> str | None:
         return self.silences.silenced_by(labels, now) if self.silences else None
 
-    # --- evaluation (hot path) ------------------------------------------------------------------------------
+    # --- evaluation ------------------------------------------------------------------------------------------
 
-    def evaluate(self, kind: str, key: str, record: Any, now: float) -> None:
-        """Evaluate every rule of `kind` for one entity whose fields just changed."""
+    def submit(self, kind: str, keys: Sequence[str], records: Sequence[Any]) -> None:
+        """Entities an observation just changed and their records (the state's own objects, in the same
+        order): evaluated together at the next `flush`, from the records as they are then. The hot
+        path: nothing is done per entity here."""
         plan = self._plans.get(kind)
         if plan is None:
             return
+        plan.keys.append(keys)
+        plan.records.append(records)
+        plan.queued += len(keys)
         if plan.known is not None:
-            plan.known.add(key)
-        mine: Mapping[str, Alert] | None = plan.active.get(key)
-        if mine is None:
-            # Fast path, nearly every entity: no active alert, so nothing to do unless a condition
-            # may hold (or fails to evaluate): then the careful path below runs.
-            try:
-                if plan.screen is None or not plan.screen(record, now):
-                    for cond in plan.exact:
-                        if cond(record, now):
-                            break
-                    else:
-                        return
-            except Exception:
-                pass
-            mine = _NONE
-        self._evaluate_slots(plan.slots, key, record, now, mine)
+            plan.known.update(keys)
 
-    def _evaluate_slots(self, slots: Iterable[_Slot], key: str, record: Any, now: float,
-                        mine: Mapping[str, Alert]) -> None:
-        """The careful path: every rule, with the entity's active alerts (`mine`, by rule name)."""
+    def evaluate(self, kind: str, key: str, record: Any, now: float) -> None:
+        """Evaluate every rule of `kind` for one entity now (the collector's own entity, tests)."""
+        self.submit(kind, (key,), (record,))
+        self.flush(now)
+
+    def flush(self, now: float | None = None) -> int:
+        """Evaluate the rules of every entity submitted since the last flush, each rule over the whole
+        batch of its kind at once. Returns how many entities were evaluated."""
+        now = self.clock() if now is None else now
+        started = time.perf_counter()
+        self._last_flush = time.monotonic()
+        count = 0
+        for plan in self._plans.values():
+            if plan.queued:
+                keys, records = plan.take()
+                count += self._evaluate_batch(plan, plan.slots, keys, records, now)
+        if count:
+            metrics.ALERT_EVAL_DURATION.observe(time.perf_counter() - started)
+        return count
+
+    def _evaluate_batch(self, plan: _Plan, slots: list[_Slot], keys: list[str], records: list[Any],
+                        now: float) -> int:
+        """Evaluate `slots` (rules of the plan's kind) for a batch of entities, `records[i]` being the
+        record of `keys[i]`: each vectorised rule as array operations over the batch's columns, the
+        others one record at a time; then the alerts change state. Returns the batch's size."""
+        n = len(keys)
+        if not n:
+            return 0
+        # The batch's entities that have an active alert (a few percent), with their records.
+        alerted = {keys[i]: records[i] for i in itertools.compress(range(n), map(plan.active.__contains__, keys))}
+        columns: dict[str, Any] | None = None
+        if plan.read is not None and any(slot.vector for slot in slots):
+            columns, bad = plan.columns(records)
+            self.eval_errors += bad
+        results: dict[str, tuple[_Slot, dict[str, Any], Collection[str]]] = {}
         for slot in slots:
-            try:
-                holds = slot.cond(record, now)
-            except Exception:
-                holds = False
-                self.eval_errors += 1
-            alert = mine.get(slot.rule.name)
-            if alert is None:
-                if holds:
+            holds: Any = None
+            if slot.vector and columns is not None:
+                try:
+                    assert slot.vcond is not None
+                    holds = slot.vcond(columns, n)
+                    active = holds if slot.vclear is None else holds | ~slot.vclear(columns, n)
+                except Exception as exc:  # never expected: the record-by-record path still answers
+                    holds = None
+                    self.eval_errors += 1
+                    log.error("vectorised rule failed", rule=slot.rule.name, error=f"{type(exc).__name__}: {exc}")
+            if holds is None:
+                holds, active = self._one_by_one(slot, records, now)
+            # Where the condition holds; and where an active alert stays active (hysteresis: the
+            # condition, or not yet the clear condition).
+            holding = {keys[i]: records[i] for i in np.flatnonzero(holds).tolist()}
+            still: Collection[str] = (holding if active is holds
+                                     else {keys[i] for i in np.flatnonzero(active).tolist()})
+            results[slot.rule.name] = (slot, holding, still)
+        for slot, _holding, still in results.values():  # active alerts of the batch's entities
+            mine = slot.states.keys() & alerted.keys()
+            if mine:
+                # A firing alert that stays active (its condition holds, or has not cleared) needs
+                # nothing; one that stops, or is pending or kept by keep_firing_for, does.
+                for key in sorted((mine.difference(still)) | (mine & slot.unsteady)):
+                    self._update(slot, slot.states[key], key in still, alerted[key], now)
+        for slot, holding, _ in results.values():  # new alerts
+            states = slot.states
+            for key, record in holding.items():
+                if key not in states:
                     self._activate(slot, key, record, now)
-            elif holds and alert.state == FIRING and alert.cleared_since is None:
-                alert.last_held = now  # still firing: the common case for an active entity
-            else:
-                self._update(slot, alert, holds, record, now)
+        return n
 
-    def _update(self, slot: _Slot, alert: Alert, holds: Any, record: Any, now: float) -> None:
-        if not holds and slot.clear is not None:
-            try:
-                holds = not slot.clear(record, now)  # between condition and clear: still active
-            except Exception:
-                holds = True
-                self.eval_errors += 1
+    def _one_by_one(self, slot: _Slot, records: list[Any], now: float) -> tuple[list[bool], list[bool]]:
+        """(condition holds, alert stays active) per record, with the rule's closures: an error reads
+        as "does not hold" for the condition and as "not cleared" for the clear condition."""
+        holds = [self._holds(slot.cond, r, now) for r in records]
+        clear = slot.clear
+        if clear is None:
+            return holds, holds
+        return holds, [h or not self._holds(clear, r, now) for h, r in zip(holds, records, strict=True)]
+
+    def _holds(self, fn: Callable[[Any, float], Any], record: Any, now: float) -> bool:
+        try:
+            return bool(fn(record, now))
+        except Exception:
+            self.eval_errors += 1
+            return False
+
+    def _update(self, slot: _Slot, alert: Alert, active: bool, record: Any, now: float) -> None:
+        """An alert whose entity was evaluated: `active` when its condition holds, or with a clear
+        condition (hysteresis) as long as that one does not."""
         rule = slot.rule
-        if holds:
-            alert.last_held = now
+        if active:
             if alert.cleared_since is not None:
                 alert.cleared_since = None
                 self._clearing.pop(alert.id, None)
+                self._dirty = True
+                slot.settle(alert)
             if alert.state == PENDING and now - alert.active_since >= rule.for_:
                 self._fire(slot, alert, record, now)
             return
         if alert.state == PENDING:
             self._deactivate(slot, alert, now)
-        elif rule.keep_firing_for > 0 and now - alert.last_held < rule.keep_firing_for:
-            if alert.cleared_since is None:
+        elif rule.keep_firing_for > 0 and (alert.cleared_since is None
+                                           or now - alert.cleared_since < rule.keep_firing_for):
+            if alert.cleared_since is None:  # keep firing for `keep_firing_for` from now (as Prometheus)
                 alert.cleared_since = now
                 self._clearing[alert.id] = alert
                 self._dirty = True
+                slot.settle(alert)
         else:
             self._resolve(slot, alert, now)
 
@@ -261,10 +410,11 @@ class AlertEngine:
     def _activate(self, slot: _Slot, key: str, record: Any, now: float) -> None:
         rule = slot.rule
         alert = Alert(rule=rule.name, kind=rule.kind, key=key, state=PENDING, active_since=now,
-                      labels=rule.alert_labels(key, record), annotations=rule.render(record, now), last_held=now,
+                      labels=rule.alert_labels(key, record), annotations=rule.render(record, now),
                       value=rule.current_value(record, now))
         slot.states[key] = alert
-        self._index(alert, True)
+        slot.settle(alert)
+        self._plans[rule.kind].index(alert, True)
         if rule.for_ <= 0:
             self._fire(slot, alert, None, now)  # annotations and value are those just computed
             return
@@ -275,6 +425,7 @@ class AlertEngine:
         self._pending.pop(alert.id, None)
         alert.state = FIRING
         alert.fired_at = now
+        slot.settle(alert)
         if record is not None:
             alert.annotations = slot.rule.render(record, now)
             alert.value = slot.rule.current_value(record, now)
@@ -284,23 +435,8 @@ class AlertEngine:
             if receiver.accepts(alert.labels):
                 receiver.firing(alert, now)
 
-    def _index(self, alert: Alert, active: bool) -> None:
-        """Keep the per-entity index of active alerts (`_Plan.active`) in step with the rules' states."""
-        plan = self._plans.get(alert.kind)
-        if plan is None:
-            return
-        if active:
-            plan.active.setdefault(alert.key, {})[alert.rule] = alert
-            return
-        mine = plan.active.get(alert.key)
-        if mine is not None:
-            mine.pop(alert.rule, None)
-            if not mine:
-                del plan.active[alert.key]
-
     def _resolve(self, slot: _Slot, alert: Alert, now: float) -> None:
-        if slot.states.pop(alert.key, None) is not None:
-            self._index(alert, False)
+        self._forget_alert(slot, alert)
         self._clearing.pop(alert.id, None)
         self._firing.pop(alert.id, None)
         alert.resolved_at = now
@@ -310,10 +446,16 @@ class AlertEngine:
                 receiver.resolved(alert, now)
 
     def _deactivate(self, slot: _Slot, alert: Alert, now: float) -> None:
-        if slot.states.pop(alert.key, None) is not None:
-            self._index(alert, False)
+        self._forget_alert(slot, alert)
         self._pending.pop(alert.id, None)
         self._transition(alert, INACTIVE, now)
+
+    def _forget_alert(self, slot: _Slot, alert: Alert) -> None:
+        if slot.states.pop(alert.key, None) is not None:
+            slot.unsteady.discard(alert.key)
+            plan = self._plans.get(alert.kind)
+            if plan is not None:
+                plan.index(alert, False)
 
     def _transition(self, alert: Alert, to: str, now: float) -> None:
         counter = self._counters.get((alert.rule, to))
@@ -340,13 +482,15 @@ class AlertEngine:
 
     def sweep(self, now: float, lookup: Lookup) -> None:
         """Time-based transitions: `for` elapsed, `keep_firing_for` over, clock-dependent rules."""
+        self.flush(now)
         started = time.perf_counter()
         for kind, slots in self._time_slots.items():
-            active = self._plans[kind].active
+            records = {}
             for key in list(self._known.get(kind, ())):
                 record = lookup(kind, key)
                 if record is not None:
-                    self._evaluate_slots(slots, key, record, now, active.get(key, _NONE))
+                    records[key] = record
+            self._evaluate_batch(self._plans[kind], slots, list(records), list(records.values()), now)
         for alert in list(self._pending.values()):
             pslot = self._slots.get(alert.rule)
             if pslot is None or now - alert.active_since < pslot.rule.for_:
@@ -355,14 +499,12 @@ class AlertEngine:
             if record is None:  # nothing fresher: the last evaluation still stands
                 self._fire(pslot, alert, None, now)
                 continue
-            try:
-                holds = pslot.cond(record, now)
-            except Exception:
-                holds = False
-            self._update(pslot, alert, holds, record, now)
+            _, [still] = self._one_by_one(pslot, [record], now)
+            self._update(pslot, alert, still, record, now)
         for alert in list(self._clearing.values()):
             cslot = self._slots.get(alert.rule)
-            if cslot is not None and now - alert.last_held >= cslot.rule.keep_firing_for:
+            if (cslot is not None and alert.cleared_since is not None
+                    and now - alert.cleared_since >= cslot.rule.keep_firing_for):
                 self._resolve(cslot, alert, now)
         if self.silences.expire(now):
             self._dirty = True
@@ -374,6 +516,8 @@ class AlertEngine:
         if known is not None:
             known.discard(key)
         plan = self._plans.get(kind)
+        if plan is not None and plan.queued:  # not evaluated any more, even if submitted before
+            plan.forgotten.add(key)
         for slot in plan.slots if plan is not None else ():
             alert = slot.states.get(key)
             if alert is None:
@@ -530,6 +674,8 @@ class AlertEngine:
                 orphans.append(alert)  # rule gone, or relabelled while we were down (as reload does)
                 continue
             slot.states[alert.key] = alert
+            slot.settle(alert)
+            self._plans[alert.kind].index(alert, True)
             if alert.state == PENDING:
                 self._pending[alert.id] = alert
             elif alert.state == FIRING:
@@ -539,7 +685,6 @@ class AlertEngine:
             known = self._known.get(alert.kind)
             if known is not None:
                 known.add(alert.key)
-        self._reindex()
         self._announce(now)
         for alert in orphans:  # their rule is gone: announce the end of the firing ones
             if alert.state == FIRING:
@@ -565,6 +710,9 @@ class AlertEngine:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             try:
+                if (time.monotonic() - self._last_flush >= FLUSH_SECONDS
+                        or sum(p.queued for p in self._plans.values()) >= FLUSH_ENTITIES):
+                    self.flush()
                 self.tick(self.clock())
                 self._flush_points()
                 if self._needs_save() and time.monotonic() - self._last_save >= SAVE_MIN_INTERVAL:
@@ -615,6 +763,10 @@ class AlertEngine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        try:
+            self.flush()  # what the last polls changed still counts
+        except Exception as exc:
+            log.error("alert evaluation at stop failed", error=redact_text(f"{type(exc).__name__}: {exc}"))
         with contextlib.suppress(Exception):
             self._flush_points()
         loop = asyncio.get_running_loop()

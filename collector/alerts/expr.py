@@ -2,11 +2,12 @@
 parsed with simpleeval's parser and operator table, then compiled once into nested closures.
 
 Nothing here calls `eval`, `exec` or `compile`: the parsed tree is walked once at load, each node is
-checked against a whitelist and turned into a Python closure, so evaluating a rule at run time is a
-few closure calls over the entity's record: no dict of fields is built, a field is read straight from
-the state object through its attribute path (`collector.state.FIELDS`), derived fields are computed
-only when a rule reads them. The hot shape `field <op> constant` is one closure, and so is an
-`and` / `or` of such comparisons.
+checked against a whitelist and turned into a Python closure, so evaluating it for one record is a
+few closure calls: no dict of fields is built, a field is read straight from the state object through
+its attribute path (`collector.state.FIELDS`). The same tree is also compiled into array operations
+over a batch of entities (`alerts/vector.py`) when it can be: that is how the engine evaluates
+conditions; the closures serve templates, annotation values, `alerts test`, and the rules the vector
+form cannot take (text fields, labels, clock-dependent fields).
 
 Semantics (documented in docs/alerts.md):
 
@@ -33,6 +34,7 @@ from typing import Any
 
 import simpleeval
 
+from collector.alerts.vector import VecFn, vector_fn
 from collector.state import TIME_FIELDS, field_reader
 
 # A compiled expression: fn(record, now). The record is the entity's state object (or a FieldRecord);
@@ -132,14 +134,15 @@ HELPERS: dict[str, Callable[..., Any]] = {
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
-    """A compiled expression: `fn(record, now)` evaluates it; `fields` are the entity fields it reads."""
+    """A compiled expression: `fn(record, now)` evaluates it for one record; `fields` are the entity
+    fields it reads. `vector`, when the expression can be vectorised (`alerts/vector.py`), evaluates
+    its truth over a batch of columns: `vector(columns, n)`, reading the numeric `vector_fields`."""
 
     text: str
     fn: Fn
     fields: frozenset[str]
-    # When set, `field <op> constant` tests of which one at least holds whenever the expression does
-    # (a necessary condition): the engine screens entities with them before calling `fn`.
-    screen: tuple[Pred, ...] | None = None
+    vector: VecFn | None = None
+    vector_fields: frozenset[str] = frozenset()
 
 
 # (getter, test): the comparison holds when the field's value is not None and test(value) is true
@@ -151,11 +154,11 @@ _Linear = tuple[Callable[[Any], Any], Callable[[Any, Any], Any], Any, bool]
 class _Node:
     """Compilation result of one AST node: a closure, or a constant folded at load."""
 
-    __slots__ = ("const", "fn", "get", "is_const", "linear", "pred", "screen")
+    __slots__ = ("const", "fn", "get", "is_const", "linear", "pred")
 
     def __init__(self, fn: Fn | None = None, *, const: Any = None, is_const: bool = False,
                  get: Callable[[Any], Any] | None = None, pred: Pred | None = None,
-                 linear: _Linear | None = None, screen: tuple[Pred, ...] | None = None) -> None:
+                 linear: _Linear | None = None) -> None:
         self.fn = fn
         self.const = const
         self.is_const = is_const
@@ -163,7 +166,6 @@ class _Node:
         self.get = get  # a plain field read: an attribute getter of the record (AttributeError: None)
         self.pred = pred  # `field <op> constant`, a missing value making it false
         self.linear = linear  # `field <op> constant` or `constant <op> field` arithmetic
-        self.screen = screen if screen is not None else (pred,) if pred is not None else None
 
     def closure(self) -> Fn:
         if self.is_const:
@@ -292,12 +294,6 @@ def _preds_closure(preds: tuple[Pred, ...], conjunction: bool) -> Fn:
                 return True
         return False
     return any_holds
-
-
-def any_test(preds: tuple[Pred, ...]) -> Fn:
-    """One closure: does any of these `field <op> constant` tests pass for the record (a missing
-    value failing its test)? The engine's screen over the conditions of a kind."""
-    return _preds_closure(preds, conjunction=False)
 
 
 def _field_compare_linear(get: Callable[[Any], Any], opcls: type[ast.cmpop], linear: _Linear) -> Fn:
@@ -431,9 +427,7 @@ class _Compiler:
         preds = [p.pred for p in parts]
         if all(p is not None for p in preds):  # only `field <op> constant` operands: one closure
             tests = tuple(p for p in preds if p is not None)
-            conjunction = isinstance(node.op, ast.And)
-            # `a and b` needs `a`; `a or b` needs one of them.
-            return _Node(_preds_closure(tests, conjunction), screen=tests[:1] if conjunction else tests)
+            return _Node(_preds_closure(tests, isinstance(node.op, ast.And)))
         fns = [p.closure() for p in parts]
         if isinstance(node.op, ast.And):
             if len(fns) == 2:
@@ -669,6 +663,18 @@ def parse(text: str) -> ast.expr:
 def compile_expr(text: str, kind: str, fields: Mapping[str, str], params: Mapping[str, Any] | None = None) -> Compiled:
     """Compile `text` for records of entities of `kind`, whose fields are `fields` (name -> attribute
     path on the record, `collector.state.FIELDS[kind]`). Raises ExprError."""
-    compiler = _Compiler(kind, fields, params or {})
-    node = compiler.compile(parse(text))
-    return Compiled(text=text, fn=node.closure(), fields=frozenset(compiler.used), screen=node.screen)
+    params = params or {}
+    tree = parse(text)
+    compiler = _Compiler(kind, fields, params)
+    node = compiler.compile(tree)
+
+    def fold(sub: ast.AST) -> tuple[bool, Any]:
+        try:
+            folded = _Compiler(kind, fields, params).compile(sub)
+        except ExprError:
+            return False, None
+        return folded.is_const, folded.const
+
+    vector = vector_fn(tree, fields, params, fold)
+    return Compiled(text=text, fn=node.closure(), fields=frozenset(compiler.used),
+                    vector=vector[0] if vector else None, vector_fields=vector[1] if vector else frozenset())
