@@ -118,10 +118,8 @@ class Pipeline:
         """Hand the changed entities to the alert engine (evaluated at its next flush, in one batch)."""
         if self.alerts is None:
             return
-        if change.devices:
-            self.alerts.submit("device", change.devices, change.device_records)
-        if change.sims:
-            self.alerts.submit("sim", change.sims, change.sim_records)
+        if change.devices or change.sims:
+            self.alerts.submit_change(change)
         if change.account:
             self.alerts.submit("account", ("account",), (self.state.account,))
 

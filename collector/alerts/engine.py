@@ -48,15 +48,15 @@ from collector.alerts.rules import Rule
 from collector.alerts.silences import SilenceBook
 from collector.logs import redact_text, register_secret
 from collector.sinks.points import alert_point
-from collector.state import FIELDS, field_reader
+from collector.state import FIELDS, Change, field_reader
 
 log = structlog.get_logger("collector.alerts")
 
 STATE_VERSION = 1
 TICK_SECONDS = 0.25  # how often due groups are flushed and points handed to the sinks
 # How often the entities changed since the last time are evaluated, in one batch: an alert may start
-# this much later than its observation (Prometheus evaluates every 15 s to 1 min); a batch of
-# `FLUSH_ENTITIES` changed entities is evaluated at the next tick already.
+# this much later than its observation (Prometheus evaluates every 15 s to 1 min); once
+# `FLUSH_ENTITIES` entities (or polls) wait, they are evaluated at the next tick already.
 FLUSH_SECONDS = 1.0
 FLUSH_ENTITIES = 5000
 SAVE_MIN_INTERVAL = 1.0  # at most one state write per this many seconds while things change
@@ -71,7 +71,7 @@ class _Slot:
     """A rule at run time: its compiled forms and the alerts it has, by entity key. `vector` when
     its condition (and clear condition) evaluate over columns; otherwise one record at a time."""
 
-    __slots__ = ("clear", "cond", "rule", "states", "unsteady", "vclear", "vcond", "vector")
+    __slots__ = ("clear", "clearing", "cond", "due", "rule", "states", "vclear", "vcond", "vector")
 
     def __init__(self, rule: Rule, states: dict[str, Alert] | None = None) -> None:
         self.rule = rule
@@ -81,18 +81,23 @@ class _Slot:
         self.vclear = rule.clear.vector if rule.clear is not None else None
         self.vector = self.vcond is not None and (rule.clear is None or self.vclear is not None)
         self.states: dict[str, Alert] = states if states is not None else {}
-        # Entities whose alert is pending or kept by keep_firing_for: those need a look at every
-        # evaluation even while the condition holds; a steady firing alert does not.
-        self.unsteady: set[str] = set()
+        # An alert that stays active needs no look, except a pending one whose `for` has elapsed
+        # (`due`: entity -> when it may fire) and a firing one kept by keep_firing_for (`clearing`).
+        self.due: dict[str, float] = {}
+        self.clearing: set[str] = set()
         for alert in self.states.values():
             self.settle(alert)
 
     def settle(self, alert: Alert) -> None:
-        """Keep `unsteady` in step with an alert that is in `states` and may have changed."""
-        if alert.state == PENDING or alert.cleared_since is not None:
-            self.unsteady.add(alert.key)
+        """Keep `due` and `clearing` in step with an alert of `states` that may have changed."""
+        if alert.state == PENDING:
+            self.due[alert.key] = alert.active_since + self.rule.for_
         else:
-            self.unsteady.discard(alert.key)
+            self.due.pop(alert.key, None)
+        if alert.cleared_since is not None:
+            self.clearing.add(alert.key)
+        else:
+            self.clearing.discard(alert.key)
 
 
 class _Plan:
@@ -226,6 +231,7 @@ class AlertEngine:
         self._dirty = False
         self._last_save = 0.0
         self._last_flush = time.monotonic()
+        self._changes: list[Change] = []  # handed over by the pipeline since the last flush
         self._tasks: list[asyncio.Task[None]] = []
         self._write_tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -284,9 +290,8 @@ class AlertEngine:
     # --- evaluation ------------------------------------------------------------------------------------------
 
     def submit(self, kind: str, keys: Sequence[str], records: Sequence[Any]) -> None:
-        """Entities an observation just changed and their records (the state's own objects, in the same
-        order): evaluated together at the next `flush`, from the records as they are then. The hot
-        path: nothing is done per entity here."""
+        """Entities that changed and their records (in the same order): evaluated together at the next
+        `flush`, from the records as they are then."""
         plan = self._plans.get(kind)
         if plan is None:
             return
@@ -295,6 +300,23 @@ class AlertEngine:
         plan.queued += len(keys)
         if plan.known is not None:
             plan.known.update(keys)
+
+    def submit_change(self, change: Change) -> None:
+        """What one poll changed (its devices and SIMs, with their records, the fleet state's own
+        objects): the pipeline's hot path, one append; the entities are queued at the next flush."""
+        self._changes.append(change)
+
+    def _take_changes(self) -> None:
+        changes, self._changes = self._changes, []
+        chain = itertools.chain.from_iterable
+        for kind, keys, records in (("device", "devices", "device_records"), ("sim", "sims", "sim_records")):
+            batch = list(chain(map(operator.attrgetter(keys), changes)))
+            if batch:
+                self.submit(kind, batch, list(chain(map(operator.attrgetter(records), changes))))
+
+    def queued(self) -> int:
+        """Roughly what waits for the next flush: entities submitted, plus polls handed over."""
+        return sum(p.queued for p in self._plans.values()) + len(self._changes)
 
     def evaluate(self, kind: str, key: str, record: Any, now: float) -> None:
         """Evaluate every rule of `kind` for one entity now (the collector's own entity, tests)."""
@@ -307,6 +329,8 @@ class AlertEngine:
         now = self.clock() if now is None else now
         started = time.perf_counter()
         self._last_flush = time.monotonic()
+        if self._changes:
+            self._take_changes()
         count = 0
         for plan in self._plans.values():
             if plan.queued:
@@ -353,9 +377,13 @@ class AlertEngine:
         for slot, _holding, still in results.values():  # active alerts of the batch's entities
             mine = slot.states.keys() & alerted.keys()
             if mine:
-                # A firing alert that stays active (its condition holds, or has not cleared) needs
-                # nothing; one that stops, or is pending or kept by keep_firing_for, does.
-                for key in sorted((mine.difference(still)) | (mine & slot.unsteady)):
+                # An alert that stays active (its condition holds, or has not cleared yet) needs
+                # nothing, unless it is pending with its `for` elapsed or kept by keep_firing_for;
+                # one that stops does.
+                due = slot.due
+                todo = mine.difference(still) | (mine & slot.clearing)
+                todo.update(k for k in mine & due.keys() if due[k] <= now)
+                for key in sorted(todo):
                     self._update(slot, slot.states[key], key in still, alerted[key], now)
         for slot, holding, _ in results.values():  # new alerts
             states = slot.states
@@ -452,7 +480,8 @@ class AlertEngine:
 
     def _forget_alert(self, slot: _Slot, alert: Alert) -> None:
         if slot.states.pop(alert.key, None) is not None:
-            slot.unsteady.discard(alert.key)
+            slot.clearing.discard(alert.key)
+            slot.due.pop(alert.key, None)
             plan = self._plans.get(alert.kind)
             if plan is not None:
                 plan.index(alert, False)
@@ -516,7 +545,7 @@ class AlertEngine:
         if known is not None:
             known.discard(key)
         plan = self._plans.get(kind)
-        if plan is not None and plan.queued:  # not evaluated any more, even if submitted before
+        if plan is not None and (plan.queued or self._changes):  # not evaluated, even if submitted before
             plan.forgotten.add(key)
         for slot in plan.slots if plan is not None else ():
             alert = slot.states.get(key)
@@ -710,8 +739,7 @@ class AlertEngine:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             try:
-                if (time.monotonic() - self._last_flush >= FLUSH_SECONDS
-                        or sum(p.queued for p in self._plans.values()) >= FLUSH_ENTITIES):
+                if time.monotonic() - self._last_flush >= FLUSH_SECONDS or self.queued() >= FLUSH_ENTITIES:
                     self.flush()
                 self.tick(self.clock())
                 self._flush_points()

@@ -113,11 +113,12 @@ def _compare(opcls: type[ast.cmpop], left: _V, right: _V) -> _Part:
         if not right.is_const or not isinstance(right.const, frozenset | tuple):
             raise NotVectorizable("`in` a non-constant")
         # A number is never equal to a string, and None never matches: keep the numbers.
-        values = np.array([float(v) for v in right.const if isinstance(v, bool | int | float)], dtype=np.float64)
+        values = sorted({float(v) for v in right.const if isinstance(v, bool | int | float)})
+        member = _member(values)
         a = _num(left)
         if opcls is ast.In:
-            return lambda c: np.isin(x := a(c), values) & _present(x)
-        return lambda c: ~np.isin(x := a(c), values) & _present(x)
+            return lambda c: member(a(c))  # NaN equals nothing
+        return lambda c: ~member(x := a(c)) & _present(x)
     ops: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
         ast.Lt: np.less, ast.LtE: np.less_equal, ast.Gt: np.greater, ast.GtE: np.greater_equal, ast.Eq: np.equal}
     a, b = _num(left), _num(right)
@@ -127,6 +128,23 @@ def _compare(opcls: type[ast.cmpop], left: _V, right: _V) -> _Part:
     if fn is None:
         raise NotVectorizable(f"operator {opcls.__name__}")
     return lambda c: fn(a(c), b(c))  # a NaN operand compares false
+
+
+def _member(values: list[float]) -> Callable[[Any], Any]:
+    """x in values: a few comparisons for a short list (np.isin sorts, slower below ~8 values)."""
+    if not values:
+        return lambda x: np.zeros(np.shape(x), dtype=np.bool_)
+    if len(values) <= 8:
+        first, rest = values[0], values[1:]
+
+        def few(x: Any) -> Any:
+            result = x == first
+            for v in rest:
+                result = result | (x == v)
+            return result
+        return few
+    table = np.array(values, dtype=np.float64)
+    return lambda x: np.isin(x, table)
 
 
 def _not_equal(x: Any, y: Any) -> Any:
