@@ -160,24 +160,36 @@ class _Plan:
         """The fields of a batch of records as float64 columns (NaN where missing), read and
         converted in C; and how many values were not numbers (read as missing)."""
         assert self.read is not None
+        rows: Iterable[Any] = map(self.read, records)
+        bad = 0
         try:
-            table = np.fromiter(map(self.read, records), dtype=self.dtype, count=len(records))
-            bad = 0
-        except (AttributeError, TypeError, ValueError, OverflowError):
-            # A record with a missing path (never polled) or a value that is not a number (a
-            # FieldRecord's): the batch goes field by field, in Python.
-            rows, bad = [], 0
-            for record in records:
-                row = []
-                for read in self.readers:
-                    value = read(record, 0.0)
-                    number = _as_float(value)
-                    if math.isnan(number) and value is not None and not isinstance(value, float):
-                        bad += 1
-                    row.append(number)
-                rows.append(tuple(row + row[:1] if len(row) == 1 else row))
-            table = np.array(rows, dtype=self.dtype)
+            table = np.fromiter(rows, dtype=self.dtype, count=len(records))
+        except AttributeError:  # a record never polled (no `obs`): record by record, in Python
+            rows = [self.row(r) for r in records]
+            try:
+                table = np.fromiter(rows, dtype=self.dtype, count=len(records))
+            except (TypeError, ValueError, OverflowError):
+                table, bad = self.checked(rows)
+        except (TypeError, ValueError, OverflowError):  # a value that is not a number (a FieldRecord's)
+            table, bad = self.checked([self.row(r) for r in records])
         return {name: table[f"f{i}"] for i, name in enumerate(self.fields)}, bad
+
+    def row(self, record: Any) -> tuple[Any, ...]:
+        assert self.read is not None
+        try:
+            values: tuple[Any, ...] = self.read(record)
+            return values
+        except AttributeError:  # a path through a missing object reads None
+            values = tuple(read(record, 0.0) for read in self.readers)
+            return values + values[:1] if len(values) == 1 else values
+
+    def checked(self, rows: list[tuple[Any, ...]]) -> tuple[Any, int]:
+        """Rows with values that are not numbers: those read as missing, and are counted."""
+        k = len(self.fields)  # a lone field is read twice: count it once
+        numbers = [tuple(_as_float(v) for v in row) for row in rows]
+        bad = sum(1 for row, nums in zip(rows, numbers, strict=True) for v, x in zip(row[:k], nums[:k], strict=True)
+                  if math.isnan(x) and v is not None and not isinstance(v, float))
+        return np.array(numbers, dtype=self.dtype), bad
 
 
 def _as_float(value: Any) -> float:
