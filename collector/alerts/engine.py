@@ -2,8 +2,9 @@
 through inactive -> pending -> firing -> resolved, persists that state, and hands firing and resolved
 alerts to the notifiers.
 
-- `submit(kind, keys, records)` is the hot path, called by the pipeline for the entities each poll
-  changed, with their records (the fleet state's own objects): it only queues them.
+- `submit_change(change)` is the hot path: the pipeline hands over what each poll changed (keys and
+  records, the fleet state's own objects), and it is only queued; `submit(kind, keys, records)` does
+  the same for anything else.
 - `flush(now)`, once a second on the engine's loop (or once 5,000 entities wait), evaluates the queued
   entities in one batch per kind: the numeric fields the rules read are taken from every record in
   one C-level pass into float64 columns, each rule whose expression has an array form

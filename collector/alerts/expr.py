@@ -176,7 +176,7 @@ class _Node:
 
 
 def _field_compare(get: Callable[[Any], Any], opcls: type[ast.cmpop], c: Any) -> Fn:
-    """`field <op> constant` as one closure (the hot path of nearly every rule)."""
+    """`field <op> constant` as one closure (the shape of nearly every rule)."""
     if opcls is ast.Lt:
         def f(r: Any, _now: float) -> bool:
             try:
