@@ -114,6 +114,12 @@ class FieldRecord:
             self.labels: Mapping[str, str] = {}
 
 
+def _status_age(obs: DeviceObservation | SimObservation | None, at: float) -> float | None:
+    """How long before `at` the platform last refreshed the entity (None when unknown): the staleness
+    at poll time, the status age at evaluation time."""
+    return None if obs is None or obs.status_at is None else at - obs.status_at
+
+
 @functools.lru_cache(maxsize=4096)  # a fleet has few distinct cycle starts; datetime math is slow
 def add_month(ts: float) -> float:
     """The same day and time one calendar month later (clamped to the month's last day), in UTC."""
@@ -145,8 +151,7 @@ class DeviceState:
         return self.obs is not None
 
     def status_age_seconds(self, now: float) -> float | None:
-        o = self.obs
-        return None if o is None or o.status_at is None else now - o.status_at
+        return _status_age(self.obs, now)
 
     def poll_age_seconds(self, now: float) -> float | None:
         return None if self.polled_at is None else now - self.polled_at
@@ -247,11 +252,10 @@ class SimState:
     @property
     def staleness_seconds(self) -> float | None:
         o = self.obs
-        return None if o is None or o.status_at is None else o.polled_at - o.status_at
+        return None if o is None else _status_age(o, o.polled_at)
 
     def status_age_seconds(self, now: float) -> float | None:
-        o = self.obs
-        return None if o is None or o.status_at is None else now - o.status_at
+        return _status_age(self.obs, now)
 
 
 @dataclass(slots=True)
@@ -358,7 +362,7 @@ class FleetState:
         state.obs = replace(obs, events=(), sims=()) if obs.events or obs.sims else obs
         state.polled_at = obs.polled_at
         state.online = obs.online
-        state.staleness_seconds = None if obs.status_at is None else obs.polled_at - obs.status_at
+        state.staleness_seconds = _status_age(obs, obs.polled_at)
         state.poll_interval_seconds = self.device_interval
         state.consecutive_failures = 0
         state.last_error = None
