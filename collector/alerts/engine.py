@@ -161,18 +161,17 @@ class _Plan:
         """The fields of a batch of records as float64 columns (NaN where missing), read and
         converted in C; and how many values were not numbers (read as missing)."""
         assert self.read is not None
-        rows: Iterable[Any] = map(self.read, records)
         bad = 0
         try:
-            table = np.fromiter(rows, dtype=self.dtype, count=len(records))
-        except AttributeError:  # a record never polled (no `obs`): record by record, in Python
+            table = np.fromiter(map(self.read, records), dtype=self.dtype, count=len(records))
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            # A record never polled (no `obs`), or a value that is not a number (a FieldRecord's):
+            # the rows are read record by record, in Python, and checked if they still do not convert.
             rows = [self.row(r) for r in records]
             try:
                 table = np.fromiter(rows, dtype=self.dtype, count=len(records))
             except (TypeError, ValueError, OverflowError):
                 table, bad = self.checked(rows)
-        except (TypeError, ValueError, OverflowError):  # a value that is not a number (a FieldRecord's)
-            table, bad = self.checked([self.row(r) for r in records])
         return {name: table[f"f{i}"] for i, name in enumerate(self.fields)}, bad
 
     def row(self, record: Any) -> tuple[Any, ...]:
