@@ -33,7 +33,7 @@ import operator
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +70,10 @@ Lookup = Callable[[str, str], Any]  # (kind, key) -> the entity's record, or Non
 
 class _Slot:
     """A rule at run time: its compiled forms and the alerts it has, by entity key. `vector` when
-    its condition (and clear condition) evaluate over columns; otherwise one record at a time."""
+    its condition (and clear condition) evaluate over columns; otherwise one record at a time.
+    `has` and `look` are its two bits in its plan's entity flags (`_Plan.active`)."""
 
-    __slots__ = ("clear", "clearing", "cond", "due", "rule", "states", "vclear", "vcond", "vector")
+    __slots__ = ("clear", "cond", "has", "look", "rule", "states", "vclear", "vcond", "vector")
 
     def __init__(self, rule: Rule, states: dict[str, Alert] | None = None) -> None:
         self.rule = rule
@@ -82,36 +83,26 @@ class _Slot:
         self.vclear = rule.clear.vector if rule.clear is not None else None
         self.vector = self.vcond is not None and (rule.clear is None or self.vclear is not None)
         self.states: dict[str, Alert] = states if states is not None else {}
-        # An alert that stays active needs no look, except a pending one whose `for` has elapsed
-        # (`due`: entity -> when it may fire) and a firing one kept by keep_firing_for (`clearing`).
-        self.due: dict[str, float] = {}
-        self.clearing: set[str] = set()
-        for alert in self.states.values():
-            self.settle(alert)
-
-    def settle(self, alert: Alert) -> None:
-        """Keep `due` and `clearing` in step with an alert of `states` that may have changed."""
-        if alert.state == PENDING:
-            self.due[alert.key] = alert.active_since + self.rule.for_
-        else:
-            self.due.pop(alert.key, None)
-        if alert.cleared_since is not None:
-            self.clearing.add(alert.key)
-        else:
-            self.clearing.discard(alert.key)
+        self.has = self.look = 0
 
 
 class _Plan:
     """The rules of one entity kind; the entities changed since the last flush, as submitted (batches
-    of keys and of their records, the fleet state's own objects); and the active alerts of each entity
-    of the kind, counted (`active`: the few entities of a batch that have one are found with one lookup
-    each)."""
+    of keys and of their records, the fleet state's own objects); and, for each entity of the kind that
+    has an active alert, its flags (`active`): two bits per rule, `has` (the rule has an alert for the
+    entity) and `look` (the alert needs a look at every evaluation even while its condition holds: it
+    is pending, or kept firing by keep_firing_for). A batch reads the flags of all its entities with
+    one C-level lookup each; most entities have none."""
 
-    __slots__ = ("active", "dtype", "fields", "forgotten", "keys", "known", "queued", "read", "readers",
+    __slots__ = ("active", "fields", "flags", "forgotten", "keys", "known", "queued", "read", "readers",
                  "records", "slots")
 
     def __init__(self, kind: str, slots: list[_Slot], known: set[str] | None) -> None:
         self.slots = slots
+        for i, slot in enumerate(slots):
+            slot.has, slot.look = 1 << (2 * i), 1 << (2 * i + 1)
+        # Flags fit 64 bits up to 32 rules of a kind; beyond that they are Python ints in an object array.
+        self.flags: Any = np.uint64 if len(slots) <= 32 else object
         used: set[str] = set()
         for slot in slots:
             if slot.vector:
@@ -120,12 +111,9 @@ class _Plan:
                     used |= slot.rule.clear.vector_fields
         self.fields = tuple(sorted(used))
         paths = [FIELDS[kind][name] for name in self.fields]
-        # One C call per record reads every field the vectorised rules use (a tuple: at least two
-        # paths are asked for, the first one twice when it is alone).
-        self.read: Callable[[Any], Any] | None = (
-            operator.attrgetter(*paths, *paths[:1]) if len(paths) == 1 else operator.attrgetter(*paths) if paths
-            else None)
-        self.dtype = np.dtype([(f"f{i}", np.float64) for i in range(len(paths) + (len(paths) == 1))])
+        # One C call per record reads every field the vectorised rules use (a tuple when there are
+        # several, the value itself when there is one).
+        self.read: Callable[[Any], Any] | None = operator.attrgetter(*paths) if paths else None
         self.readers = [field_reader(name, path) for name, path in zip(self.fields, paths, strict=True)]
         self.keys: list[Sequence[str]] = []
         self.records: list[Sequence[Any]] = []
@@ -133,15 +121,18 @@ class _Plan:
         self.forgotten: set[str] = set()  # left the inventory since they were submitted
         self.active: dict[str, int] = {}
         for slot in slots:
-            for alert in slot.states.values():
-                self.index(alert, True)
+            for key, alert in slot.states.items():
+                self.mark(slot, key, alert)
         self.known = known  # entity keys, kept only when a rule of this kind is clock-dependent
 
-    def take(self) -> tuple[list[str], list[Any]]:
+    def take(self) -> tuple[Sequence[str], Sequence[Any]]:
         """The entities submitted since the last call: (keys, records), in submission order. An entity
         submitted twice is there twice (it reads the same record: evaluating it twice changes nothing)."""
-        chain = itertools.chain.from_iterable
-        keys, records = list(chain(self.keys)), list(chain(self.records))
+        if len(self.keys) == 1:  # one submission (a flush's hand-over of polls is one): as it came
+            keys, records = self.keys[0], self.records[0]
+        else:
+            chain = itertools.chain.from_iterable
+            keys, records = list(chain(self.keys)), list(chain(self.records))
         self.keys, self.records, self.queued = [], [], 0
         if self.forgotten:
             kept = [i for i, k in enumerate(keys) if k not in self.forgotten]
@@ -149,47 +140,55 @@ class _Plan:
             self.forgotten = set()
         return keys, records
 
-    def index(self, alert: Alert, active: bool) -> None:
-        """An alert of an entity of this kind became active, or stopped being active."""
-        left = self.active.get(alert.key, 0) + (1 if active else -1)
-        if left > 0:
-            self.active[alert.key] = left
+    def mark(self, slot: _Slot, key: str, alert: Alert | None) -> None:
+        """Set the entity's flags for the rule of `slot` from its alert now (None: no alert)."""
+        flags = self.active.get(key, 0) & ~(slot.has | slot.look)
+        if alert is not None:
+            flags |= slot.has
+            if alert.state == PENDING or alert.cleared_since is not None:
+                flags |= slot.look
+        if flags:
+            self.active[key] = flags
         else:
-            self.active.pop(alert.key, None)
+            self.active.pop(key, None)
 
-    def columns(self, records: list[Any]) -> tuple[dict[str, Any], int]:
+    def columns(self, records: Sequence[Any]) -> tuple[dict[str, Any], int]:
         """The fields of a batch of records as float64 columns (NaN where missing), read and
         converted in C; and how many values were not numbers (read as missing)."""
         assert self.read is not None
+        n, k = len(records), len(self.fields)
         bad = 0
         try:
-            table = np.fromiter(map(self.read, records), dtype=self.dtype, count=len(records))
+            # One flat pass: field after field, record after record (a tuple per record, unpacked
+            # in C), then a (records x fields) view of it.
+            values = map(self.read, records) if k == 1 else itertools.chain.from_iterable(map(self.read, records))
+            table = np.fromiter(values, dtype=np.float64, count=n * k)
         except (AttributeError, TypeError, ValueError, OverflowError):
             # A record never polled (no `obs`), or a value that is not a number (a FieldRecord's):
             # the rows are read record by record, in Python, and checked if they still do not convert.
-            rows = [self.row(r) for r in records]
+            rows = list(itertools.chain.from_iterable(self.row(r) for r in records))
             try:
-                table = np.fromiter(rows, dtype=self.dtype, count=len(records))
+                table = np.fromiter(rows, dtype=np.float64, count=n * k)
             except (TypeError, ValueError, OverflowError):
                 table, bad = self.checked(rows)
-        return {name: table[f"f{i}"] for i, name in enumerate(self.fields)}, bad
+        table = table.reshape(n, k)
+        return {name: table[:, i] for i, name in enumerate(self.fields)}, bad
 
     def row(self, record: Any) -> tuple[Any, ...]:
-        assert self.read is not None
+        """The fields of one record, as a tuple, when the C-level read cannot take it."""
         try:
-            values: tuple[Any, ...] = self.read(record)
-            return values
+            values = self.read(record) if self.read is not None else ()
         except AttributeError:  # a path through a missing object reads None
-            values = tuple(read(record, 0.0) for read in self.readers)
-            return values + values[:1] if len(values) == 1 else values
+            return tuple(read(record, 0.0) for read in self.readers)
+        return (values,) if len(self.fields) == 1 else values
 
-    def checked(self, rows: list[tuple[Any, ...]]) -> tuple[Any, int]:
-        """Rows with values that are not numbers: those read as missing, and are counted."""
-        k = len(self.fields)  # a lone field is read twice: count it once
-        numbers = [tuple(_as_float(v) for v in row) for row in rows]
-        bad = sum(1 for row, nums in zip(rows, numbers, strict=True) for v, x in zip(row[:k], nums[:k], strict=True)
+    @staticmethod
+    def checked(values: list[Any]) -> tuple[Any, int]:
+        """Values that are not numbers: those read as missing, and are counted."""
+        numbers = [_as_float(v) for v in values]
+        bad = sum(1 for v, x in zip(values, numbers, strict=True)
                   if math.isnan(x) and v is not None and not isinstance(v, float))
-        return np.array(numbers, dtype=self.dtype), bad
+        return np.array(numbers, dtype=np.float64), bad
 
 
 def _as_float(value: Any) -> float:
@@ -352,7 +351,7 @@ class AlertEngine:
             metrics.ALERT_EVAL_DURATION.observe(time.perf_counter() - started)
         return count
 
-    def _evaluate_batch(self, plan: _Plan, slots: list[_Slot], keys: list[str], records: list[Any],
+    def _evaluate_batch(self, plan: _Plan, slots: list[_Slot], keys: Sequence[str], records: Sequence[Any],
                         now: float) -> int:
         """Evaluate `slots` (rules of the plan's kind) for a batch of entities, `records[i]` being the
         record of `keys[i]`: each vectorised rule as array operations over the batch's columns, the
@@ -360,13 +359,13 @@ class AlertEngine:
         n = len(keys)
         if not n:
             return 0
-        # The batch's entities that have an active alert (a few percent), with their records.
-        alerted = {keys[i]: records[i] for i in itertools.compress(range(n), map(plan.active.__contains__, keys))}
+        # Each entity's flags: which rules have an alert for it, and which of those need a look.
+        flags = np.fromiter(map(plan.active.get, keys, itertools.repeat(0)), dtype=plan.flags, count=n)
         columns: dict[str, Any] | None = None
         if plan.read is not None and any(slot.vector for slot in slots):
             columns, bad = plan.columns(records)
             self.eval_errors += bad
-        results: dict[str, tuple[_Slot, dict[str, Any], Collection[str]]] = {}
+        results: list[tuple[_Slot, Any, Any, Any]] = []
         for slot in slots:
             holds: Any = None
             if slot.vector and columns is not None:
@@ -380,38 +379,35 @@ class AlertEngine:
                     log.error("vectorised rule failed", rule=slot.rule.name, error=f"{type(exc).__name__}: {exc}")
             if holds is None:
                 holds, active = self._one_by_one(slot, records, now)
-            # Where the condition holds; and where an active alert stays active (hysteresis: the
-            # condition, or not yet the clear condition).
-            holding = {keys[i]: records[i] for i in np.flatnonzero(holds).tolist()}
-            still: Collection[str] = (holding if active is holds
-                                     else {keys[i] for i in np.flatnonzero(active).tolist()})
-            results[slot.rule.name] = (slot, holding, still)
-        for slot, _holding, still in results.values():  # active alerts of the batch's entities
-            mine = slot.states.keys() & alerted.keys()
-            if mine:
-                # An alert that stays active (its condition holds, or has not cleared yet) needs
-                # nothing, unless it is pending with its `for` elapsed or kept by keep_firing_for;
-                # one that stops does.
-                due = slot.due
-                todo = mine.difference(still) | (mine & slot.clearing)
-                todo.update(k for k in mine & due.keys() if due[k] <= now)
-                for key in sorted(todo):
-                    self._update(slot, slot.states[key], key in still, alerted[key], now)
-        for slot, holding, _ in results.values():  # new alerts
+            # Where the condition holds; where an active alert stays active (hysteresis: the
+            # condition, or not yet the clear condition); where the rule has an alert already.
+            results.append((slot, holds, active, (flags & slot.has) != 0))
+        for slot, _holds, still, has in results:  # the batch's active alerts that need a look
+            # An alert that stays active needs nothing, unless it is pending (its `for` may have
+            # elapsed) or kept by keep_firing_for; one that stops does.
             states = slot.states
-            for key, record in holding.items():
-                if key not in states:
-                    self._activate(slot, key, record, now)
+            for i in np.flatnonzero(has & (~still | ((flags & slot.look) != 0))).tolist():
+                alert = states.get(keys[i])
+                if alert is not None:  # None: an entity submitted twice, its alert ended at its first
+                    self._update(slot, alert, bool(still[i]), records[i], now)
+        for slot, holds, _still, has in results:  # new alerts
+            states = slot.states
+            for i in np.flatnonzero(holds & ~has).tolist():
+                if keys[i] not in states:
+                    self._activate(slot, keys[i], records[i], now)
         return n
 
-    def _one_by_one(self, slot: _Slot, records: list[Any], now: float) -> tuple[list[bool], list[bool]]:
-        """(condition holds, alert stays active) per record, with the rule's closures: an error reads
-        as "does not hold" for the condition and as "not cleared" for the clear condition."""
-        holds = [self._holds(slot.cond, r, now) for r in records]
+    def _one_by_one(self, slot: _Slot, records: Sequence[Any], now: float) -> tuple[Any, Any]:
+        """(condition holds, alert stays active) per record, as arrays, with the rule's closures: an
+        error reads as "does not hold" for the condition and as "not cleared" for the clear condition."""
+        holds = np.fromiter((self._holds(slot.cond, r, now) for r in records), dtype=np.bool_, count=len(records))
         clear = slot.clear
         if clear is None:
             return holds, holds
-        return holds, [h or not self._holds(clear, r, now) for h, r in zip(holds, records, strict=True)]
+        still = holds.copy()
+        for i in np.flatnonzero(~holds).tolist():
+            still[i] = not self._holds(clear, records[i], now)
+        return holds, still
 
     def _holds(self, fn: Callable[[Any, float], Any], record: Any, now: float) -> bool:
         try:
@@ -429,7 +425,7 @@ class AlertEngine:
                 alert.cleared_since = None
                 self._clearing.pop(alert.id, None)
                 self._dirty = True
-                slot.settle(alert)
+                self._mark(slot, alert)
             if alert.state == PENDING and now - alert.active_since >= rule.for_:
                 self._fire(slot, alert, record, now)
             return
@@ -441,7 +437,7 @@ class AlertEngine:
                 alert.cleared_since = now
                 self._clearing[alert.id] = alert
                 self._dirty = True
-                slot.settle(alert)
+                self._mark(slot, alert)
         else:
             self._resolve(slot, alert, now)
 
@@ -453,8 +449,7 @@ class AlertEngine:
                       labels=rule.alert_labels(key, record), annotations=rule.render(record, now),
                       value=rule.current_value(record, now))
         slot.states[key] = alert
-        slot.settle(alert)
-        self._plans[rule.kind].index(alert, True)
+        self._mark(slot, alert)
         if rule.for_ <= 0:
             self._fire(slot, alert, None, now)  # annotations and value are those just computed
             return
@@ -465,7 +460,7 @@ class AlertEngine:
         self._pending.pop(alert.id, None)
         alert.state = FIRING
         alert.fired_at = now
-        slot.settle(alert)
+        self._mark(slot, alert)
         if record is not None:
             alert.annotations = slot.rule.render(record, now)
             alert.value = slot.rule.current_value(record, now)
@@ -492,11 +487,13 @@ class AlertEngine:
 
     def _forget_alert(self, slot: _Slot, alert: Alert) -> None:
         if slot.states.pop(alert.key, None) is not None:
-            slot.clearing.discard(alert.key)
-            slot.due.pop(alert.key, None)
-            plan = self._plans.get(alert.kind)
-            if plan is not None:
-                plan.index(alert, False)
+            self._mark(slot, alert)
+
+    def _mark(self, slot: _Slot, alert: Alert) -> None:
+        """Keep the entity's flags in step with the rule's alert for it (present or gone)."""
+        plan = self._plans.get(alert.kind)
+        if plan is not None:
+            plan.mark(slot, alert.key, slot.states.get(alert.key))
 
     def _transition(self, alert: Alert, to: str, now: float) -> None:
         counter = self._counters.get((alert.rule, to))
@@ -540,8 +537,8 @@ class AlertEngine:
             if record is None:  # nothing fresher: the last evaluation still stands
                 self._fire(pslot, alert, None, now)
                 continue
-            _, [still] = self._one_by_one(pslot, [record], now)
-            self._update(pslot, alert, still, record, now)
+            _, still = self._one_by_one(pslot, [record], now)
+            self._update(pslot, alert, bool(still[0]), record, now)
         for alert in list(self._clearing.values()):
             cslot = self._slots.get(alert.rule)
             if (cslot is not None and alert.cleared_since is not None
@@ -715,8 +712,7 @@ class AlertEngine:
                 orphans.append(alert)  # rule gone, or relabelled while we were down (as reload does)
                 continue
             slot.states[alert.key] = alert
-            slot.settle(alert)
-            self._plans[alert.kind].index(alert, True)
+            self._mark(slot, alert)
             if alert.state == PENDING:
                 self._pending[alert.id] = alert
             elif alert.state == FIRING:
