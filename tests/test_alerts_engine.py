@@ -543,3 +543,56 @@ def test_a_batch_finds_what_the_closures_find_one_entity_at_a_time(tmp_path: Pat
     expected = {f"{f['rule']}/{f['entity']}" for f in would_fire(engine.rules(), {"device": devices, "sim": sims}, T0)}
     assert len(expected) > 100
     assert {a.id for a in engine.alerts()} == expected
+
+
+def test_a_pending_alert_fires_at_its_first_evaluation_after_for_without_a_sweep(tmp_path: Path) -> None:
+    clock = Clock()
+    engine = AlertEngine(alerts_config(WEAK), tmp_path, clock=clock)
+    weak = device("d1", rssi_dbm=-110)
+    engine.evaluate("device", "d1", weak, clock.t)
+    engine.evaluate("device", "d1", weak, clock.t + 119)  # `for` is 2m: not yet
+    assert states(engine) == {"WeakSignal/d1": "pending"}
+    engine.evaluate("device", "d1", weak, clock.t + 120)
+    assert states(engine) == {"WeakSignal/d1": "firing"}
+    # Deactivated and pending again: the timer of the first activation does not fire the second.
+    engine.evaluate("device", "d2", device("d2", rssi_dbm=-110), clock.t)
+    engine.evaluate("device", "d2", device("d2", rssi_dbm=-90), clock.t + 60)
+    engine.evaluate("device", "d2", device("d2", rssi_dbm=-110), clock.t + 100)
+    engine.evaluate("device", "d2", device("d2", rssi_dbm=-110), clock.t + 150)
+    assert states(engine)["WeakSignal/d2"] == "pending"
+    engine.evaluate("device", "d2", device("d2", rssi_dbm=-110), clock.t + 220)
+    assert states(engine)["WeakSignal/d2"] == "firing"
+
+
+def test_a_pending_alert_restored_after_a_restart_fires_at_its_next_evaluation(tmp_path: Path) -> None:
+    clock = Clock()
+    engine = AlertEngine(alerts_config(WEAK), tmp_path, clock=clock)
+    engine.evaluate("device", "d1", device("d1", rssi_dbm=-110), clock.t)
+    engine.save()
+    clock.t += 300  # down for longer than `for`
+    again = AlertEngine(alerts_config(WEAK), tmp_path, clock=clock)
+    again.load()
+    assert states(again) == {"WeakSignal/d1": "pending"}
+    again.evaluate("device", "d1", device("d1", rssi_dbm=-110), clock.t)
+    assert states(again) == {"WeakSignal/d1": "firing"}
+
+
+def test_more_rules_of_a_kind_than_the_flags_word_holds(tmp_path: Path) -> None:
+    """40 device rules: the per-entity flags outgrow 64 bits and are kept as Python ints."""
+    def name(t: int) -> str:
+        return f"Below{-t}"
+
+    rules = [{"name": name(t), "kind": "device", "condition": f"rssi_dbm < {t}",
+              "for": "1m" if t % 2 else "0s"} for t in range(-120, -80)]
+    clock = Clock()
+    engine = AlertEngine(alerts_config(*rules), tmp_path, clock=clock)
+    assert engine._plans["device"].flags is object
+    engine.submit("device", ["d1", "d2"], [device("d1", rssi_dbm=-100), device("d2", rssi_dbm=-85)])
+    engine.flush(clock.t)
+    fired = {k for k, v in states(engine).items() if v == "firing"}
+    assert fired == {f"{name(t)}/d1" for t in range(-99, -80) if t % 2 == 0} | {
+        f"{name(t)}/d2" for t in range(-84, -80) if t % 2 == 0}
+    engine.submit("device", ["d1", "d2"], [device("d1", rssi_dbm=-100), device("d2", rssi_dbm=-70)])
+    engine.flush(clock.t + 60)
+    assert set(states(engine)) == {f"{name(t)}/d1" for t in range(-99, -80)}
+    assert set(states(engine).values()) == {"firing"}

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import heapq
 import itertools
 import math
 import operator
@@ -71,9 +73,11 @@ Lookup = Callable[[str, str], Any]  # (kind, key) -> the entity's record, or Non
 class _Slot:
     """A rule at run time: its compiled forms and the alerts it has, by entity key. `vector` when
     its condition (and clear condition) evaluate over columns; otherwise one record at a time.
-    `has` and `look` are its two bits in its plan's entity flags (`_Plan.active`)."""
+    `has` and `look` are its two bits in its plan's entity flags (`_Plan.active`); `timers` holds
+    (when its `for` elapses, entity) for its pending alerts, earliest first (stale entries included:
+    an alert that ended, or started again since, is checked when its entry comes up)."""
 
-    __slots__ = ("clear", "cond", "has", "look", "rule", "states", "vclear", "vcond", "vector")
+    __slots__ = ("clear", "cond", "has", "look", "rule", "states", "timers", "vclear", "vcond", "vector")
 
     def __init__(self, rule: Rule, states: dict[str, Alert] | None = None) -> None:
         self.rule = rule
@@ -84,6 +88,13 @@ class _Slot:
         self.vector = self.vcond is not None and (rule.clear is None or self.vclear is not None)
         self.states: dict[str, Alert] = states if states is not None else {}
         self.has = self.look = 0
+        self.timers: list[tuple[float, str]] = []
+        for key, alert in self.states.items():
+            self.start_timer(key, alert)
+
+    def start_timer(self, key: str, alert: Alert) -> None:
+        if alert.state == PENDING:
+            heapq.heappush(self.timers, (alert.active_since + self.rule.for_, key))
 
 
 class _Plan:
@@ -91,8 +102,8 @@ class _Plan:
     of keys and of their records, the fleet state's own objects); and, for each entity of the kind that
     has an active alert, its flags (`active`): two bits per rule, `has` (the rule has an alert for the
     entity) and `look` (the alert needs a look at every evaluation even while its condition holds: it
-    is pending, or kept firing by keep_firing_for). A batch reads the flags of all its entities with
-    one C-level lookup each; most entities have none."""
+    is pending with its `for` elapsed, or kept firing by keep_firing_for). A batch reads the flags of
+    all its entities with one C-level lookup each; most entities have none."""
 
     __slots__ = ("active", "fields", "flags", "forgotten", "keys", "known", "queued", "read", "readers",
                  "records", "slots")
@@ -122,7 +133,7 @@ class _Plan:
         self.active: dict[str, int] = {}
         for slot in slots:
             for key, alert in slot.states.items():
-                self.mark(slot, key, alert)
+                self.mark(slot, key, alert, 0.0)
         self.known = known  # entity keys, kept only when a rule of this kind is clock-dependent
 
     def take(self) -> tuple[Sequence[str], Sequence[Any]]:
@@ -140,17 +151,28 @@ class _Plan:
             self.forgotten = set()
         return keys, records
 
-    def mark(self, slot: _Slot, key: str, alert: Alert | None) -> None:
-        """Set the entity's flags for the rule of `slot` from its alert now (None: no alert)."""
+    def mark(self, slot: _Slot, key: str, alert: Alert | None, now: float) -> None:
+        """Set the entity's flags for the rule of `slot` from its alert at `now` (None: no alert)."""
         flags = self.active.get(key, 0) & ~(slot.has | slot.look)
         if alert is not None:
             flags |= slot.has
-            if alert.state == PENDING or alert.cleared_since is not None:
+            if alert.cleared_since is not None or (alert.state == PENDING
+                                                   and now - alert.active_since >= slot.rule.for_):
                 flags |= slot.look
         if flags:
             self.active[key] = flags
         else:
             self.active.pop(key, None)
+
+    def ripen(self, now: float) -> None:
+        """Pending alerts whose `for` has elapsed by `now` need a look at their next evaluation."""
+        for slot in self.slots:
+            timers = slot.timers
+            while timers and timers[0][0] <= now:
+                _, key = heapq.heappop(timers)
+                alert = slot.states.get(key)
+                if alert is not None and alert.state == PENDING:
+                    self.mark(slot, key, alert, now)
 
     def columns(self, records: Sequence[Any]) -> tuple[dict[str, Any], int]:
         """The fields of a batch of records as float64 columns (NaN where missing), read and
@@ -337,6 +359,18 @@ class AlertEngine:
     def flush(self, now: float | None = None) -> int:
         """Evaluate the rules of every entity submitted since the last flush, each rule over the whole
         batch of its kind at once. Returns how many entities were evaluated."""
+        # The cyclic garbage collector is held off first thing (reference counting still frees): the
+        # batch's lists (keys, records: one entry per entity) are young and die with the flush, and a
+        # collection triggered meanwhile would walk every entity they reference, for nothing.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._flush(now)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _flush(self, now: float | None) -> int:
         now = self.clock() if now is None else now
         started = time.perf_counter()
         self._last_flush = time.monotonic()
@@ -360,6 +394,7 @@ class AlertEngine:
         if not n:
             return 0
         # Each entity's flags: which rules have an alert for it, and which of those need a look.
+        plan.ripen(now)
         flags = np.fromiter(map(plan.active.get, keys, itertools.repeat(0)), dtype=plan.flags, count=n)
         columns: dict[str, Any] | None = None
         if plan.read is not None and any(slot.vector for slot in slots):
@@ -425,7 +460,7 @@ class AlertEngine:
                 alert.cleared_since = None
                 self._clearing.pop(alert.id, None)
                 self._dirty = True
-                self._mark(slot, alert)
+                self._mark(slot, alert, now)
             if alert.state == PENDING and now - alert.active_since >= rule.for_:
                 self._fire(slot, alert, record, now)
             return
@@ -437,7 +472,7 @@ class AlertEngine:
                 alert.cleared_since = now
                 self._clearing[alert.id] = alert
                 self._dirty = True
-                self._mark(slot, alert)
+                self._mark(slot, alert, now)
         else:
             self._resolve(slot, alert, now)
 
@@ -449,18 +484,19 @@ class AlertEngine:
                       labels=rule.alert_labels(key, record), annotations=rule.render(record, now),
                       value=rule.current_value(record, now))
         slot.states[key] = alert
-        self._mark(slot, alert)
+        self._mark(slot, alert, now)
         if rule.for_ <= 0:
             self._fire(slot, alert, None, now)  # annotations and value are those just computed
             return
         self._pending[alert.id] = alert
+        slot.start_timer(key, alert)
         self._transition(alert, PENDING, now)
 
     def _fire(self, slot: _Slot, alert: Alert, record: Any, now: float) -> None:
         self._pending.pop(alert.id, None)
         alert.state = FIRING
         alert.fired_at = now
-        self._mark(slot, alert)
+        self._mark(slot, alert, now)
         if record is not None:
             alert.annotations = slot.rule.render(record, now)
             alert.value = slot.rule.current_value(record, now)
@@ -487,13 +523,13 @@ class AlertEngine:
 
     def _forget_alert(self, slot: _Slot, alert: Alert) -> None:
         if slot.states.pop(alert.key, None) is not None:
-            self._mark(slot, alert)
+            self._mark(slot, alert, 0.0)
 
-    def _mark(self, slot: _Slot, alert: Alert) -> None:
+    def _mark(self, slot: _Slot, alert: Alert, now: float) -> None:
         """Keep the entity's flags in step with the rule's alert for it (present or gone)."""
         plan = self._plans.get(alert.kind)
         if plan is not None:
-            plan.mark(slot, alert.key, slot.states.get(alert.key))
+            plan.mark(slot, alert.key, slot.states.get(alert.key), now)
 
     def _transition(self, alert: Alert, to: str, now: float) -> None:
         counter = self._counters.get((alert.rule, to))
@@ -712,7 +748,8 @@ class AlertEngine:
                 orphans.append(alert)  # rule gone, or relabelled while we were down (as reload does)
                 continue
             slot.states[alert.key] = alert
-            self._mark(slot, alert)
+            slot.start_timer(alert.key, alert)
+            self._mark(slot, alert, now)
             if alert.state == PENDING:
                 self._pending[alert.id] = alert
             elif alert.state == FIRING:
