@@ -596,3 +596,16 @@ def test_more_rules_of_a_kind_than_the_flags_word_holds(tmp_path: Path) -> None:
     engine.flush(clock.t + 60)
     assert set(states(engine)) == {f"{name(t)}/d1" for t in range(-99, -80)}
     assert set(states(engine).values()) == {"firing"}
+
+
+def test_a_flapping_pending_alert_does_not_pile_up_timers(tmp_path: Path) -> None:
+    long_for = {**WEAK, "for": "7d", "clear": None}
+    clock = Clock()
+    engine = AlertEngine(alerts_config(long_for), tmp_path, clock=clock)
+    for i in range(500):  # pending, inactive, pending again... every five minutes, for 1.7 days
+        engine.evaluate("device", "d1", device("d1", rssi_dbm=-110 if i % 2 == 0 else -90), clock.t + 300 * i)
+    slot = engine._slots["WeakSignal"]
+    assert len(slot.timers) <= 2 * len(slot.states) + 64 + 1
+    engine.evaluate("device", "d1", device("d1", rssi_dbm=-110), clock.t + 300 * 500)
+    engine.evaluate("device", "d1", device("d1", rssi_dbm=-110), clock.t + 300 * 500 + 7 * 86400)
+    assert states(engine) == {"WeakSignal/d1": "firing"}

@@ -93,8 +93,12 @@ class _Slot:
             self.start_timer(key, alert)
 
     def start_timer(self, key: str, alert: Alert) -> None:
-        if alert.state == PENDING:
-            heapq.heappush(self.timers, (alert.active_since + self.rule.for_, key))
+        if alert.state != PENDING:
+            return
+        heapq.heappush(self.timers, (alert.active_since + self.rule.for_, key))
+        if len(self.timers) > 2 * len(self.states) + 64:  # mostly stale (flapping under a long `for`)
+            self.timers = [(a.active_since + self.rule.for_, k) for k, a in self.states.items() if a.state == PENDING]
+            heapq.heapify(self.timers)
 
 
 class _Plan:
@@ -418,8 +422,8 @@ class AlertEngine:
             # condition, or not yet the clear condition); where the rule has an alert already.
             results.append((slot, holds, active, (flags & slot.has) != 0))
         for slot, _holds, still, has in results:  # the batch's active alerts that need a look
-            # An alert that stays active needs nothing, unless it is pending (its `for` may have
-            # elapsed) or kept by keep_firing_for; one that stops does.
+            # An alert that stays active needs nothing, unless it is pending with its `for` elapsed
+            # or kept by keep_firing_for; one that stops does.
             states = slot.states
             for i in np.flatnonzero(has & (~still | ((flags & slot.look) != 0))).tolist():
                 alert = states.get(keys[i])
