@@ -147,17 +147,15 @@ def observe_and_evaluate(engine: AlertEngine, state: FleetState, profiles: dict[
 
 def hand_written(state: FleetState, params: dict[str, Any]) -> tuple[float, int]:
     """Baseline: the eight default conditions written out by hand in plain Python over the same
-    records (same fields, same missing-value rules), no engine: (seconds, entities where one holds)."""
+    records (the same attributes the engine reads, `FIELDS`, and the same missing-value rules), no engine:
+    (seconds, entities where one holds)."""
     weak, low_battery = params["weak_signal_dbm"], params["low_battery_percent"]
     stale, low_data = params["stale_intervals"], params["sim_data_low_ratio"]
     expiry, suspended, data_off = params["sim_expiry_days"], set(params["sim_suspended_statuses"]), set(
         params["sim_data_off_statuses"])
     started, hits = time.perf_counter(), 0
     for d in state.devices.values():
-        o = d.obs
-        if o is None:
-            continue
-        online, rssi, battery, staleness = o.online, o.rssi_dbm, o.battery_percent, d.staleness_seconds
+        online, rssi, battery, staleness = d.online, d.rssi_dbm, d.battery_percent, d.staleness_seconds
         interval = d.poll_interval_seconds
         if ((online is not None and online == False)  # noqa: E712 - the rule's own comparison
                 or (rssi is not None and rssi < weak and online is not None and online == True)  # noqa: E712
@@ -165,14 +163,12 @@ def hand_written(state: FleetState, params: dict[str, Any]) -> tuple[float, int]
                 or (staleness is not None and interval is not None and staleness > stale * interval)):
             hits += 1
     for s in state.sims.values():
-        so = s.obs
-        if so is None:
-            continue
-        ratio, exhausts, days = so.remaining_ratio, s.exhausts_before_cycle_end, s.days_to_expiry
+        ratio, exhausts, days = s.remaining_ratio, s.exhausts_before_cycle_end, s.days_to_expiry
+        status, internet = s.sim_status, s.internet_status
         if ((ratio is not None and ratio < low_data) or (exhausts is not None and exhausts == True)  # noqa: E712
                 or (days is not None and days < expiry)
-                or (so.sim_status is not None and so.sim_status in suspended)
-                or (so.internet_status is not None and so.internet_status in data_off)):
+                or (status is not None and status in suspended)
+                or (internet is not None and internet in data_off)):
             hits += 1
     return time.perf_counter() - started, hits
 

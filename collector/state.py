@@ -35,13 +35,16 @@ USAGE_SAMPLES = 16
 # handed (the DeviceState / SimState / AccountState itself, no copy): an attribute path, whose last
 # part is always the field's name. A path through `obs` or `assets` reads None until the first poll.
 # Derived fields describe the entity as of its last poll: most are computed once per observation
-# (`DeviceState` / `SimState.derive`), a few rarely read ones are properties. Only TIME_FIELDS depend
-# on the clock: they are methods taking `now`, and rules reading them are swept on a timer.
+# (`DeviceState` / `SimState.derive`), a few rarely read ones are properties. The observed fields the
+# default rules test (signal, battery, card and data status) are also copied onto the record at each
+# observation: evaluating those rules over a batch reads one object per entity, not two. Only
+# TIME_FIELDS depend on the clock: they are methods taking `now`, and rules reading them are swept on
+# a timer.
 FIELDS: dict[str, dict[str, str]] = {
     "device": {
         "device_no": "device_no", "labels": "labels", "polled": "polled",
-        "online": "online", "online_status": "obs.online_status", "rssi_dbm": "obs.rssi_dbm",
-        "battery_percent": "obs.battery_percent", "effective_sim": "obs.effective_sim",
+        "online": "online", "online_status": "obs.online_status", "rssi_dbm": "rssi_dbm",
+        "battery_percent": "battery_percent", "effective_sim": "obs.effective_sim",
         "device_status": "obs.device_status", "wifi_clients": "obs.wifi_clients",
         "staleness_seconds": "staleness_seconds", "status_age_seconds": "status_age_seconds",
         "poll_age_seconds": "poll_age_seconds", "poll_interval_seconds": "poll_interval_seconds",
@@ -51,8 +54,8 @@ FIELDS: dict[str, dict[str, str]] = {
         "iccid": "iccid", "device_no": "device_no", "effective": "effective", "labels": "labels",
         "polled": "polled", "sim_no": "obs.sim_no", "slot": "obs.slot", "total_bytes": "obs.total_bytes",
         "used_bytes": "obs.used_bytes", "remaining_bytes": "obs.remaining_bytes",
-        "remaining_ratio": "remaining_ratio", "sim_status": "obs.sim_status",
-        "internet_status": "obs.internet_status", "online_status": "obs.online_status",
+        "remaining_ratio": "remaining_ratio", "sim_status": "sim_status",
+        "internet_status": "internet_status", "online_status": "obs.online_status",
         "activate_status": "obs.activate_status",
         "usage_rate_bytes_per_second": "usage_rate_bytes_per_second",
         "seconds_to_exhaustion": "seconds_to_exhaustion", "seconds_to_cycle_end": "seconds_to_cycle_end",
@@ -140,9 +143,12 @@ class DeviceState:
     consecutive_failures: int = 0
     last_event_at: float = 0.0
     poll_interval_seconds: float | None = None  # the device job's interval, for the staleness rule
-    # Derived from each observation once, when it arrives: rules read them as plain attributes.
+    # Derived from each observation once, or copied from it, when it arrives: rules read them as plain
+    # attributes of the record.
     online: bool | None = None
     staleness_seconds: float | None = None  # poll time minus the platform's last refresh of the device
+    rssi_dbm: int | None = None
+    battery_percent: int | None = None
 
     # --- fields of alert rules (FIELDS["device"]) ---------------------------------------------------
 
@@ -170,8 +176,11 @@ class SimState:
     usage: list[tuple[float, int]] = field(default_factory=list)
     last_error: str | None = None
     consecutive_failures: int = 0
-    # Derived from each observation once, when it arrives (`derive`): the rules and the points read them.
+    # Derived from each observation once, or copied from it, when it arrives (`derive`): the rules and
+    # the points read them.
     remaining_ratio: float | None = None
+    sim_status: int | None = None
+    internet_status: int | None = None
     usage_rate_bytes_per_second: float | None = None
     exhausts_before_cycle_end: bool | None = None
     days_to_expiry: float | None = None
@@ -214,13 +223,15 @@ class SimState:
     def derive(self) -> None:
         """Compute the derived fields of the current observation, as of its poll time: remaining
         ratio, usage rate over the recent window, whether the remaining data runs out before the
-        billing cycle ends at that rate, days to the package's expiry. Called once per observation
+        billing cycle ends at that rate, days to the package's expiry; and copy the card and data
+        status the default rules test. Called once per observation
         (after `record_usage`), so a rule reading one costs a slot read (the points reuse the rate)."""
         o = self.obs
         if o is None:
             return
         remaining = o.remaining_bytes
         self.remaining_ratio = o.remaining_ratio
+        self.sim_status, self.internet_status = o.sim_status, o.internet_status
         rate = self.usage_rate_bytes_per_second = self.usage_rate()
         exhausts = None
         if remaining is not None and rate is not None and rate > 0:
@@ -363,6 +374,8 @@ class FleetState:
         state.polled_at = obs.polled_at
         state.online = obs.online
         state.staleness_seconds = _status_age(obs, obs.polled_at)
+        state.rssi_dbm = obs.rssi_dbm
+        state.battery_percent = obs.battery_percent
         state.poll_interval_seconds = self.device_interval
         state.consecutive_failures = 0
         state.last_error = None

@@ -112,3 +112,25 @@ def test_a_poll_for_a_device_removed_meanwhile_is_ignored() -> None:
     state.sync_inventory({}, {})
     assert state.observe_device(device("gone", T0, 1)).devices == ()
     assert "gone" not in state.devices
+
+
+def test_fields_copied_onto_the_record_follow_every_observation() -> None:
+    """rssi_dbm, battery_percent, sim_status and internet_status live on the record (one object to
+    read per entity): a device poll and a card status poll both keep them equal to the observation."""
+    from dataclasses import replace
+
+    from collector.platform.models import CardStatus
+
+    state = FleetState(device_interval=60)
+    state.sync_inventory({"d1": {}}, {})
+    obs = replace(device("d1", T0, 10), rssi_dbm=-97, battery_percent=41)
+    obs = replace(obs, sims=(replace(obs.sims[0], sim_status=4, internet_status=1), obs.sims[1]))
+    state.observe_device(obs)
+    d, s = state.devices["d1"], state.sims["d1-a"]
+    assert (d.rssi_dbm, d.battery_percent, s.sim_status, s.internet_status) == (-97, 41, 4, 1)
+    state.observe_card_status([CardStatus(iccid="d1-a", sim_status=5, internet_status=2, polled_at=T0 + 60)])
+    assert (s.sim_status, s.internet_status) == (5, 2)
+    state.observe_device(replace(device("d1", T0 + 120, 20), rssi_dbm=None, battery_percent=12))
+    assert (d.rssi_dbm, d.battery_percent) == (None, 12)
+    assert (s.sim_status, s.internet_status) == (None, None)  # the device's answer did not report them
+    assert field_values("sim", s, T0)["sim_status"] is None
