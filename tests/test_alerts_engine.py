@@ -586,7 +586,7 @@ def test_more_rules_of_a_kind_than_the_flags_word_holds(tmp_path: Path) -> None:
               "for": "1m" if t % 2 else "0s"} for t in range(-120, -80)]
     clock = Clock()
     engine = AlertEngine(alerts_config(*rules), tmp_path, clock=clock)
-    assert engine._plans["device"].flags is object
+    assert engine._plans["device"].flag_dtype is object
     engine.submit("device", ["d1", "d2"], [device("d1", rssi_dbm=-100), device("d2", rssi_dbm=-85)])
     engine.flush(clock.t)
     fired = {k for k, v in states(engine).items() if v == "firing"}

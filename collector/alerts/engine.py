@@ -73,7 +73,7 @@ Lookup = Callable[[str, str], Any]  # (kind, key) -> the entity's record, or Non
 class _Slot:
     """A rule at run time: its compiled forms and the alerts it has, by entity key. `vector` when
     its condition (and clear condition) evaluate over columns; otherwise one record at a time.
-    `has` and `look` are its two bits in its plan's entity flags (`_Plan.active`); `timers` holds
+    `has` and `look` are its two bits in its plan's entity flags (`_Plan.flags`); `timers` holds
     (when its `for` elapses, entity) for its pending alerts, earliest first (stale entries included:
     an alert that ended, or started again since, is checked when its entry comes up)."""
 
@@ -104,12 +104,12 @@ class _Slot:
 class _Plan:
     """The rules of one entity kind; the entities changed since the last flush, as submitted (batches
     of keys and of their records, the fleet state's own objects); and, for each entity of the kind that
-    has an active alert, its flags (`active`): two bits per rule, `has` (the rule has an alert for the
+    has an active alert, its flags (`flags`): two bits per rule, `has` (the rule has an alert for the
     entity) and `look` (the alert needs a look at every evaluation even while its condition holds: it
     is pending with its `for` elapsed, or kept firing by keep_firing_for). A batch reads the flags of
     all its entities with one C-level lookup each; most entities have none."""
 
-    __slots__ = ("active", "fields", "flags", "forgotten", "keys", "known", "queued", "read", "readers",
+    __slots__ = ("fields", "flag_dtype", "flags", "forgotten", "keys", "known", "queued", "read", "readers",
                  "records", "slots")
 
     def __init__(self, kind: str, slots: list[_Slot], known: set[str] | None) -> None:
@@ -117,7 +117,7 @@ class _Plan:
         for i, slot in enumerate(slots):
             slot.has, slot.look = 1 << (2 * i), 1 << (2 * i + 1)
         # Flags fit 64 bits up to 32 rules of a kind; beyond that they are Python ints in an object array.
-        self.flags: Any = np.uint64 if len(slots) <= 32 else object
+        self.flag_dtype: Any = np.uint64 if len(slots) <= 32 else object
         used: set[str] = set()
         for slot in slots:
             if slot.vector:
@@ -134,7 +134,7 @@ class _Plan:
         self.records: list[Sequence[Any]] = []
         self.queued = 0
         self.forgotten: set[str] = set()  # left the inventory since they were submitted
-        self.active: dict[str, int] = {}
+        self.flags: dict[str, int] = {}
         for slot in slots:
             for key, alert in slot.states.items():
                 self.mark(slot, key, alert, 0.0)
@@ -157,16 +157,16 @@ class _Plan:
 
     def mark(self, slot: _Slot, key: str, alert: Alert | None, now: float) -> None:
         """Set the entity's flags for the rule of `slot` from its alert at `now` (None: no alert)."""
-        flags = self.active.get(key, 0) & ~(slot.has | slot.look)
+        flags = self.flags.get(key, 0) & ~(slot.has | slot.look)
         if alert is not None:
             flags |= slot.has
             if alert.cleared_since is not None or (alert.state == PENDING
                                                    and now - alert.active_since >= slot.rule.for_):
                 flags |= slot.look
         if flags:
-            self.active[key] = flags
+            self.flags[key] = flags
         else:
-            self.active.pop(key, None)
+            self.flags.pop(key, None)
 
     def ripen(self, now: float) -> None:
         """Pending alerts whose `for` has elapsed by `now` need a look at their next evaluation."""
@@ -399,7 +399,7 @@ class AlertEngine:
             return 0
         # Each entity's flags: which rules have an alert for it, and which of those need a look.
         plan.ripen(now)
-        flags = np.fromiter(map(plan.active.get, keys, itertools.repeat(0)), dtype=plan.flags, count=n)
+        flags = np.fromiter(map(plan.flags.get, keys, itertools.repeat(0)), dtype=plan.flag_dtype, count=n)
         columns: dict[str, Any] | None = None
         if plan.read is not None and any(slot.vector for slot in slots):
             columns, bad = plan.columns(records)
