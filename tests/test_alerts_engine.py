@@ -488,6 +488,23 @@ def test_an_entity_forgotten_before_the_flush_is_not_evaluated(tmp_path: Path) -
     assert states(engine) == {"DeviceOffline/d2": "firing"}
 
 
+def test_an_entity_removed_and_re_added_before_the_flush_is_evaluated_from_its_new_submission(
+        tmp_path: Path) -> None:
+    from collector.platform.models import DeviceObservation
+    from collector.state import FleetState
+
+    state = FleetState(device_interval=60.0)
+    state.sync_inventory({"d1": {}}, {})
+    engine = AlertEngine(alerts_config(OFFLINE), tmp_path, clock=Clock())
+    engine.submit_change(state.observe_device(DeviceObservation(device_no="d1", online_status=1, polled_at=T0)))
+    state.sync_inventory({}, {})  # removed...
+    engine.forget("device", "d1", T0)
+    state.sync_inventory({"d1": {}}, {})  # ...and back, offline now, all within one flush window
+    engine.submit_change(state.observe_device(DeviceObservation(device_no="d1", online_status=0, polled_at=T0 + 1)))
+    assert engine.flush(T0 + 1) == 1
+    assert states(engine) == {"DeviceOffline/d1": "firing"}
+
+
 def test_rules_the_array_form_cannot_take_are_evaluated_in_the_same_batch(tmp_path: Path) -> None:
     by_label = {"name": "AcmeOffline", "kind": "device", "condition": "labels.customer == 'acme' and online == False"}
     engine = AlertEngine(alerts_config(OFFLINE, by_label), tmp_path, clock=Clock())

@@ -133,7 +133,9 @@ class _Plan:
         self.keys: list[Sequence[str]] = []
         self.records: list[Sequence[Any]] = []
         self.queued = 0
-        self.forgotten: set[str] = set()  # left the inventory since they were submitted
+        # Entities that left the inventory since they were submitted: key -> how many entities were
+        # queued when it left (its submissions before that position are dropped, later ones kept).
+        self.forgotten: dict[str, int] = {}
         self.flags: dict[str, int] = {}
         for slot in slots:
             for key, alert in slot.states.items():
@@ -142,7 +144,9 @@ class _Plan:
 
     def take(self) -> tuple[Sequence[str], Sequence[Any]]:
         """The entities submitted since the last call: (keys, records), in submission order. An entity
-        submitted twice is there twice (it reads the same record: evaluating it twice changes nothing)."""
+        submitted twice is there twice (it reads the same record: evaluating it twice changes nothing).
+        An entity's submissions from before it left the inventory are left out; if it came back, the
+        submissions since are kept."""
         if len(self.keys) == 1:  # one submission (a flush's hand-over of polls is one): as it came
             keys, records = self.keys[0], self.records[0]
         else:
@@ -150,9 +154,10 @@ class _Plan:
             keys, records = list(chain(self.keys)), list(chain(self.records))
         self.keys, self.records, self.queued = [], [], 0
         if self.forgotten:
-            kept = [i for i, k in enumerate(keys) if k not in self.forgotten]
+            cut = self.forgotten.get
+            kept = [i for i, k in enumerate(keys) if i >= cut(k, 0)]
             keys, records = [keys[i] for i in kept], [records[i] for i in kept]
-            self.forgotten = set()
+            self.forgotten = {}
         return keys, records
 
     def mark(self, slot: _Slot, key: str, alert: Alert | None, now: float) -> None:
@@ -294,7 +299,7 @@ class AlertEngine:
         for kind, plan in old.items():  # entities submitted before a reload are still evaluated
             new = self._plans.get(kind)
             if new is not None:
-                new.keys, new.records, new.queued = plan.keys, plan.records, plan.queued
+                new.keys, new.records, new.queued, new.forgotten = plan.keys, plan.records, plan.queued, plan.forgotten
 
     def _build_receivers(self, config: AlertsConfig, keep: Mapping[str, Receiver]) -> None:
         receivers: dict[str, Receiver] = {}
@@ -595,7 +600,9 @@ class AlertEngine:
             known.discard(key)
         plan = self._plans.get(kind)
         if plan is not None and (plan.queued or self._changes):  # not evaluated, even if submitted before
-            plan.forgotten.add(key)
+            if self._changes:  # queue the polls handed over so far: they come before this point
+                self._take_changes()
+            plan.forgotten[key] = plan.queued
         for slot in plan.slots if plan is not None else ():
             alert = slot.states.get(key)
             if alert is None:
