@@ -92,6 +92,10 @@ class _Slot:
         for key, alert in self.states.items():
             self.start_timer(key, alert)
 
+    def due(self, alert: Alert, now: float) -> bool:
+        """A pending alert whose `for` has elapsed by `now` (it fires if its condition still holds)."""
+        return alert.state == PENDING and now - alert.active_since >= self.rule.for_
+
     def start_timer(self, key: str, alert: Alert) -> None:
         if alert.state != PENDING:
             return
@@ -165,8 +169,7 @@ class _Plan:
         flags = self.flags.get(key, 0) & ~(slot.has | slot.look)
         if alert is not None:
             flags |= slot.has
-            if alert.cleared_since is not None or (alert.state == PENDING
-                                                   and now - alert.active_since >= slot.rule.for_):
+            if alert.cleared_since is not None or slot.due(alert, now):
                 flags |= slot.look
         if flags:
             self.flags[key] = flags
@@ -470,7 +473,7 @@ class AlertEngine:
                 self._clearing.pop(alert.id, None)
                 self._dirty = True
                 self._mark(slot, alert, now)
-            if alert.state == PENDING and now - alert.active_since >= rule.for_:
+            if slot.due(alert, now):
                 self._fire(slot, alert, record, now)
             return
         if alert.state == PENDING:
@@ -576,7 +579,7 @@ class AlertEngine:
             self._evaluate_batch(self._plans[kind], slots, list(records), list(records.values()), now)
         for alert in list(self._pending.values()):
             pslot = self._slots.get(alert.rule)
-            if pslot is None or now - alert.active_since < pslot.rule.for_:
+            if pslot is None or not pslot.due(alert, now):
                 continue
             record = lookup(alert.kind, alert.key)
             if record is None:  # nothing fresher: the last evaluation still stands
