@@ -170,3 +170,16 @@ def test_compiled_closures_agree_with_simpleeval_on_present_values(rssi: int, ba
     names = {"rssi_dbm": rssi, "battery_percent": battery}
     expected = simpleeval.EvalWithCompoundTypes(names=names, functions={"abs": abs, "max": max}).eval(text)
     assert on("device", compile_expr(text, "device", DEVICE).fn)(names) == expected
+
+
+def test_an_ordering_against_the_literal_none_is_false_for_any_value() -> None:
+    """Found by the vector property test: `x < None` raised for a value that was not None (counted as
+    an evaluation error, so `not (x < None)` read as false); a comparison with None is false."""
+    from collector.alerts.expr import compile_expr
+    from collector.state import FIELDS, FieldRecord
+
+    for text, expected in (("rssi_dbm < None", False), ("None >= rssi_dbm", False), ("rssi_dbm in None", False),
+                           ("not (rssi_dbm < None)", True), ("(rssi_dbm + 1) > None", False)):
+        compiled = compile_expr(text, "device", FIELDS["device"], {})
+        for value in (-90, False, 2.5, None):
+            assert compiled.fn(FieldRecord("device", {"rssi_dbm": value}), 0.0) is expected, (text, value)

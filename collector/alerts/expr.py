@@ -577,6 +577,8 @@ class _Compiler:
             return lambda r, now: g(r, now) is not None
         if opcls not in _CMP:
             raise ExprError(f"operator {opcls.__name__} is not allowed")
+        if _is_none(left) or _is_none(right):  # with a missing operand no comparison holds
+            return lambda _r, _now: False
         if left.get is not None and right.is_const:
             return _field_compare(left.get, opcls, right.const)
         if left.is_const and right.get is not None and opcls in _MIRROR:
