@@ -107,10 +107,10 @@ class HttpServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen, self.config.port)
         await site.start()
-        server = site._server  # the bound socket, to learn the port when 0 was asked for
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        # The bound address, to learn the port when 0 was asked for (AppRunner.addresses is public).
+        addresses = self._runner.addresses
+        if addresses:
+            self.port = addresses[0][1]
         log.info("http server listening", address=f"http://{self.config.listen}:{self.port}")
 
     async def stop(self) -> None:
