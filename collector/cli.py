@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from collector import __version__
 from collector.config import Config, ConfigError, load_config
+from collector.formats import short_duration
 
 DEFAULT_CONFIG_PATHS = ("/etc/iot-collector/collector.yaml", "collector.yaml")
 
@@ -115,13 +116,6 @@ def budget_summary(config: Config, assumed_sims_per_device: int = 2) -> dict[str
     }
 
 
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s" if seconds < 60 else f"{seconds / 60:.1f}m"
-
-
 def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     platform = "embedded simulator" if summary["simulator"] else "platform"
     out.write(f"devices: {summary['devices']}  standalone cards: {summary['cards']}  "
@@ -131,8 +125,8 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     out.write("jobs:\n")
     for job in summary["jobs"]:
         stretched = "" if job["effective_interval"] == job["interval"] else \
-            f"  -> stretched to {_duration(job['effective_interval'])}"
-        out.write(f"  {job['job']:<17} every {_duration(job['interval']):>5}  {job['requests_per_cycle']:>7} "
+            f"  -> stretched to {short_duration(job['effective_interval'])}"
+        out.write(f"  {job['job']:<17} every {short_duration(job['interval']):>5}  {job['requests_per_cycle']:>7} "
                   f"requests/cycle  {job['requests_per_second']:8.3f} req/s{stretched}\n")
     if summary["disabled_jobs"]:
         out.write(f"  disabled: {', '.join(summary['disabled_jobs'])}\n")

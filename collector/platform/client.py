@@ -29,7 +29,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
 
@@ -81,6 +80,7 @@ from collector.platform.parse import (
     parse_envelope,
 )
 from collector.platform.ratelimit import RateLimiter
+from collector.retry import Backoff, parse_retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -123,20 +123,6 @@ def _transport(config: PlatformConfig, limits: httpx.Limits) -> httpx.AsyncBaseT
     return httpx.AsyncHTTPTransport(limits=limits)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date), None if absent or unusable."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
 def _subject(device_no: str, cards: int) -> dict[str, Any]:
     """What a request was about, for its log line: a device, a number of cards, or nothing."""
     if device_no:
@@ -177,6 +163,8 @@ class PlatformClient:
                                               max_concurrency=config.max_concurrency)
         self._sleep = sleep
         self._rng = rng or random.Random()
+        retries = config.retries
+        self._backoff = Backoff(retries.backoff_initial, retries.backoff_max, retries.max_attempts)
         self._now = wall_clock
         self._warned_fields: set[tuple[str, str]] = set()
         limits = httpx.Limits(max_connections=config.max_concurrency,
@@ -306,7 +294,6 @@ class PlatformClient:
         """
         spec = self._specs[endpoint]
         name = endpoint.value
-        retries = self.config.retries
         attempt = 0
         while True:
             attempt += 1
@@ -336,8 +323,8 @@ class PlatformClient:
                 # proxy) and is gone on the next try; the deterministic cause, invalid UTF-8 in a
                 # field, is rescued by the decoder instead. A well-formed answer of the wrong shape is
                 # not retried: the same bytes would come back.
-                delay = self._backoff(attempt, retry_after)
-                if not error.transient or attempt >= retries.max_attempts or delay is None:
+                delay = self._backoff.delay(attempt, retry_after, rng=self._rng)
+                if not error.transient or delay is None:
                     self._log_failure(error, name, device_no, cards, attempt, True, retry_after)
                     raise
                 self._log_failure(error, name, device_no, cards, attempt, False, retry_after)
@@ -381,7 +368,8 @@ class PlatformClient:
             UPSTREAM_LATENCY.labels(name).observe(elapsed)
         log.debug("upstream request", endpoint=name, **_subject(device_no, cards), trace_id=trace_id,
                   status=response.status_code, duration_ms=round(elapsed * 1000, 1), attempt=attempt)
-        retry_after = _retry_after(response) if response.status_code in _THROTTLE_STATUSES else None
+        retry_after = (parse_retry_after(response.headers.get("retry-after"))
+                       if response.status_code in _THROTTLE_STATUSES else None)
         return response.content, response.status_code, retry_after
 
     def _status_error(self, raw: bytes, status: int, name: str, trace_id: str) -> PlatformError:
@@ -396,20 +384,6 @@ class PlatformClient:
         except ParseError:
             pass
         return http_error
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float | None:
-        """Seconds to wait before the next attempt; None when the server asks for a longer wait than
-        backoff_max allows (then we give up rather than call it back early)."""
-        retries = self.config.retries
-        base = min(retries.backoff_max, retries.backoff_initial * 2 ** (attempt - 1))
-        # "Equal jitter": never less than half the step, so retries of many callers spread out but
-        # still back off.
-        delay = base * (0.5 + self._rng.random() / 2)
-        if retry_after is not None:
-            if retry_after > retries.backoff_max:
-                return None
-            delay = max(delay, retry_after)
-        return delay
 
     def _count_failure(self, error: PlatformError, name: str) -> None:
         UPSTREAM_REQUESTS.labels(name, error.outcome).inc()
