@@ -87,8 +87,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def budget_summary(config: Config, assumed_sims_per_device: int = 2) -> dict[str, Any]:
     """Devices, jobs and the request budget a configuration implies (for check-config and the docs)."""
+    from collector.endpoints import ENDPOINTS
     from collector.inventory import load_inventory
-    from collector.pipeline import JOB_ENDPOINTS
     from collector.schedule import plan_budget
 
     inventory = load_inventory(config.inventory, config.sharding)
@@ -98,16 +98,15 @@ def budget_summary(config: Config, assumed_sims_per_device: int = 2) -> dict[str
     sims = devices * assumed_sims_per_device + len(inventory.cards)
     specs = config.platform.endpoint_specs()
     counts = {"device": devices, "card": sims, "account": 1}
-    rows = [(name, getattr(config.jobs, name), endpoint, counts[kind])
-            for name, (endpoint, kind) in JOB_ENDPOINTS.items()]
-    enabled = [(n, j.interval, specs[e].batch_limit, c) for n, j, e, c in rows if j.enabled]
+    enabled = [(e.job, config.jobs.job(e.job).interval, 0 if e.entity == "account" else specs[e.name].batch_limit,
+                counts[e.entity]) for e in ENDPOINTS.values() if config.jobs.job(e.job).enabled]
     lines, need = plan_budget(enabled, config.platform.rate_limit)
     return {
         "devices": devices, "cards": len(inventory.cards), "assumed_sims": sims,
         "assumed_sims_per_device": assumed_sims_per_device,
         "rate_limit_rps": config.platform.rate_limit, "needed_rps": need,
         "jobs": [line.__dict__ for line in lines],
-        "disabled_jobs": [n for n, j, _e, _c in rows if not j.enabled],
+        "disabled_jobs": [e.job for e in ENDPOINTS.values() if not config.jobs.job(e.job).enabled],
         "sinks": [name for name in ("file", "influxdb_v1", "influxdb_v2")
                   if getattr(config.sinks, name).enabled],
         "alerts": config.alerts.enabled,
