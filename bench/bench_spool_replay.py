@@ -27,8 +27,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector.endpoints.card_status import CardStatus, status_line
-from collector.endpoints.card_usage import CardUsage, usage_line
+from collector.endpoints.card_status import status_line
+from collector.endpoints.card_usage import usage_line
 from collector.endpoints.device_flow import device_line, sim_line
 from collector.platform.models import DeviceObservation, Location, SimObservation
 from collector.sinks.config import SinksConfig
@@ -90,13 +90,15 @@ def generate(devices: int, minutes: int, start: float, seed: int = 1) -> list[li
 
     def card_status(index: int, at: float) -> list[str]:
         _device_no, iccids, labels = fleet[index]
-        out = [status_line(CardStatus(i, "", 4, 2, 1, at - 30, at), labels) for i in iccids]
+        out = [status_line(SimObservation(i, sim_status=4, online_status=2, internet_status=1, status_at=at - 30,
+                                          polled_at=at), labels) for i in iccids]
         return [line for line in out if line]
 
     def card_usage(index: int, at: float) -> list[str]:
         _device_no, iccids, labels = fleet[index]
-        out = [usage_line(CardUsage(i, "", 100 * GIB, rng.randint(0, 100 * GIB), None, None,
-                                    start - 86400 * 20, start + 86400 * 40, at - 300, at), labels, None)
+        out = [usage_line(SimObservation(i, total_bytes=100 * GIB, used_bytes=rng.randint(0, 100 * GIB),
+                                         cycle_start=start - 86400 * 20, expires_at=start + 86400 * 40,
+                                         flow_at=at - 300, polled_at=at), labels, None)
                for i in iccids]
         return [line for line in out if line]
 

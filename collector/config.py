@@ -80,14 +80,6 @@ class ErrorCodesConfig(Section):
     transient: list[int] = list(TRANSIENT_CODES)
 
 
-def _nested_errors(model: str, problems: list[tuple[tuple[str, ...], str, Any]]) -> None:
-    """Raise the problems as validation errors at their own paths below the field validated."""
-    if problems:
-        raise ValidationError.from_exception_data(model, [
-            InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=value)
-            for loc, message, value in problems])
-
-
 class PlatformConfig(SecretSection):
     """The upstream agent open API v2.0."""
 
@@ -111,25 +103,20 @@ class PlatformConfig(SecretSection):
     flow_unit: Literal["B", "KiB", "MiB"] = "KiB"
     timezone: TimeZoneName = "Asia/Shanghai"
 
-    @field_validator("endpoints")
-    @classmethod
-    def _known_endpoints(cls, value: dict[str, EndpointOverride]) -> dict[str, EndpointOverride]:
-        _nested_errors("endpoints", [((name,), f"unknown endpoint; one of: {', '.join(ENDPOINTS)}", name)
-                                     for name in value if name not in ENDPOINTS])
-        return value
-
-    @field_validator("fields")
-    @classmethod
-    def _known_fields(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        problems: list[tuple[tuple[str, ...], str, Any]] = []
-        for name, overrides in value.items():
+    @model_validator(mode="after")
+    def _known_names(self) -> PlatformConfig:
+        known = f"unknown endpoint; one of: {', '.join(ENDPOINTS)}"
+        problems: list[tuple[tuple[str, ...], str, Any]] = [
+            (("endpoints", name), known, name) for name in self.endpoints if name not in ENDPOINTS]
+        for name, overrides in self.fields.items():
             endpoint = ENDPOINTS.get(name)
-            if endpoint is None:
-                problems.append(((name,), f"unknown endpoint; one of: {', '.join(ENDPOINTS)}", name))
-                continue
-            problems += [((name, key), why, overrides[key]) for key, why in endpoint.wire.problems(overrides).items()]
-        _nested_errors("fields", problems)
-        return value
+            problems += [(("fields", name), known, name)] if endpoint is None else [
+                (("fields", name, key), why, overrides[key]) for key, why in endpoint.wire.problems(overrides).items()]
+        if problems:
+            raise ValidationError.from_exception_data("platform", [
+                InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=value)
+                for loc, message, value in problems])
+        return self
 
     def signer(self) -> Signer:
         secret = self.app_secret.get_secret_value() if self.app_secret else ""

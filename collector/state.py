@@ -18,7 +18,7 @@ import calendar
 import datetime as dt
 import functools
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -397,6 +397,27 @@ class FleetState:
         state.record_usage(sim.polled_at, sim.used_bytes)
         state.derive()
         return state
+
+    def update_sims(self, cards: Iterable[Any], fields: tuple[str, ...], kept: tuple[str, ...] = (),
+                    usage: bool = False) -> Change:
+        """Card observations of a batch endpoint merged into the SIMs they are about: `fields` (named
+        alike on both) copied, those in `kept` only when the card reports them, and the usage history
+        extended when `usage`. Cards not tracked are ignored."""
+        changed = []
+        for card in cards:
+            sim = self.sims.get(card.iccid)
+            if sim is None:
+                continue
+            base = sim.obs or SimObservation(iccid=card.iccid, sim_no=card.sim_no)
+            values = {name: getattr(card, name) for name in fields}
+            values.update({name: getattr(base, name) for name in kept if values[name] is None})
+            sim.obs = replace(base, **values, polled_at=card.polled_at)
+            sim.polled_at = card.polled_at
+            if usage:
+                sim.record_usage(card.polled_at, card.used_bytes)
+            sim.derive()
+            changed.append(sim)
+        return sims_changed(changed)
 
     def observe_account(self, assets: AccountAssets) -> Change:
         """An account assets poll."""

@@ -517,3 +517,39 @@ def test_the_sample_round_trips_through_stdlib_json_too() -> None:
     fast = parse_device(parse_envelope(SAMPLE_BYTES, "x"), ctx())
     exact = parse_device(json.loads(SAMPLE_BYTES)["data"], ctx())
     assert fast == exact
+
+
+# --- the wire tables ----------------------------------------------------------------------------------
+
+
+def test_wire_fields_list_every_key_read_with_its_json_type_and_overrides_applied() -> None:
+    from collector.endpoints import wire_fields
+    from collector.platform.wire import SECRET_FIELDS
+
+    listed = wire_fields()
+    device = {f.path: f for f in listed["device_flow"]}
+    assert device["data.device.rssi"][1:] == ("device", "rssi_dbm", "rssi", "integer")
+    assert device["data.sims[].totalFlow"].json_type == "number"
+    assert device["data.device.position.lat"].record == "location"
+    assert device["data.device.controlResponse[].controlAt"].json_type == "string"
+    assert {f.path for f in listed["card_status"]} >= {"data[].iccid", "data[].simStatus", "data[].lastSimStatusAt"}
+    assert not {f.key for fields in listed.values() for f in fields} & SECRET_FIELDS
+    renamed = {f.path for f in wire_fields({"device_flow": {"rssi_dbm": "signal", "sims": "simList"}})["device_flow"]}
+    assert {"data.device.signal", "data.simList[].iccid"} <= renamed and "data.device.rssi" not in renamed
+
+
+def test_every_key_the_sample_holds_for_a_field_we_read_is_in_the_table() -> None:
+    """The table and the documented answer agree: each wire key the device_flow table names for the
+    device and its SIMs is present in the vendor's sample, with the JSON type the table expects
+    (or null)."""
+    from collector.endpoints import wire_fields
+
+    sample = SAMPLE["data"]
+    for f in wire_fields()["device_flow"]:
+        if f.record not in ("device", "sim"):
+            continue
+        holder = sample["device"] if f.record == "device" else sample["sims"][0]
+        assert f.key in holder, f.path
+        value = holder[f.key]
+        expected = {"integer": int, "number": (int, float), "string": str, "object": dict, "array": list}[f.json_type]
+        assert value is None or isinstance(value, expected), f"{f.path}: {value!r}"

@@ -14,8 +14,8 @@ from collector.endpoints import ENDPOINTS, SCHEMA, account_assets, card_actions,
 from collector.endpoints.account_assets import account_line
 from collector.endpoints.card_actions import CardAction, action_line
 from collector.endpoints.card_month_usage import CardMonthUsage, month_line
-from collector.endpoints.card_status import CardStatus, status_line
-from collector.endpoints.card_usage import CardUsage, usage_line
+from collector.endpoints.card_status import status_line
+from collector.endpoints.card_usage import usage_line
 from collector.endpoints.device_flow import device_line, event_line, sim_line
 from collector.platform.models import AccountAssets, DeviceEvent, DeviceObservation, Location, SimObservation
 from collector.sinks import points
@@ -65,14 +65,17 @@ def every_kind_lines(labels: dict[str, str] | None = None) -> dict[str, str]:
         "device": device_line(sample_device(), labels),
         "sim": sim_line(sim_state(sample_sim(), labels, rate=1234.5, effective=True)),
         "card_status": status_line(
-            CardStatus("898608841925D2210999", "1440000000001", 4, 2, 1, POLLED - 5, POLLED), labels),
+            SimObservation("898608841925D2210999", "1440000000001", sim_status=4, online_status=2, internet_status=1,
+                           status_at=POLLED - 5, polled_at=POLLED), labels),
         "card_usage": usage_line(
-            CardUsage("898608841925D2210999", "1440000000001", 1000, 250, 260, 240, 1754006400.0,
-                      1760716800.0, POLLED - 60, POLLED), labels, 0.5),
+            SimObservation("898608841925D2210999", "1440000000001", total_bytes=1000, used_bytes=250,
+                           real_used_bytes=260, carrier_used_bytes=240, cycle_start=1754006400.0,
+                           expires_at=1760716800.0, flow_at=POLLED - 60, polled_at=POLLED), labels, 0.5),
         "card_month_usage": month_line(
             CardMonthUsage("898608841925D2210999", "202509", 123456, "1440000000001", POLLED), labels),
         "card_action": action_line(
-            CardAction("898608841925D2210999", "SN1", "1440000000001", "suspend", 1, "ok", POLLED - 10),
+            CardAction("898608841925D2210999", POLLED - 10, "suspend", 1, serial_no="SN1", sim_no="1440000000001",
+                       remark="ok"),
             labels),
         "account": account_line(AccountAssets(1520.5, 0.0, 12.0, POLLED, {"coupon": 3.0}), labels),
         "device_event": event_line(DeviceEvent("865214078636124", 1758190000.0, 251, "2", "1"), labels),
@@ -144,7 +147,7 @@ def test_missing_nan_and_out_of_range_values_are_omitted() -> None:
 
 
 def test_an_observation_without_values_gives_no_line() -> None:
-    assert status_line(CardStatus("8986", polled_at=POLLED), {}) is None
+    assert status_line(SimObservation("8986", polled_at=POLLED), {}) is None
     assert action_line(CardAction("8986"), {}) is None
 
 
@@ -278,12 +281,13 @@ def test_any_device_poll_writes_each_field_with_its_schema_type(device: DeviceOb
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.builds(CardUsage, iccid=st.text(min_size=1, max_size=10), total_bytes=ints, used_bytes=ints,
+@given(st.builds(SimObservation, iccid=st.text(min_size=1, max_size=10), total_bytes=ints, used_bytes=ints,
                  expires_at=floats, flow_at=floats, polled_at=st.floats(0, 4e9)),
        st.builds(AccountAssets, balance=floats, arrears_balance=floats, polled_at=st.floats(0, 4e9),
                  extra=st.dictionaries(st.sampled_from(["coupon", "integral", "bad key"]), floats)),
        floats)
-def test_any_card_or_account_values_keep_field_types(card: CardUsage, account: AccountAssets, rate: object) -> None:
+def test_any_card_or_account_values_keep_field_types(card: SimObservation, account: AccountAssets,
+                                                     rate: object) -> None:
     for line in (usage_line(card, {}, rate), account_line(account, {})):  # type: ignore[arg-type]
         if line is not None:
             assert_schema(line)

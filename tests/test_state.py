@@ -120,7 +120,6 @@ def test_rule_fields_read_the_latest_observation_of_every_endpoint() -> None:
     from dataclasses import replace
 
     from collector.endpoints import ENDPOINTS
-    from collector.endpoints.card_status import CardStatus
 
     state = FleetState(device_interval=60)
     state.sync_inventory({"d1": {}}, {})
@@ -135,8 +134,8 @@ def test_rule_fields_read_the_latest_observation_of_every_endpoint() -> None:
                 sim_fields["internet_status"])
 
     assert read() == (-97, 41, 4, 1)
-    ENDPOINTS["card_status"].observe(state, [CardStatus(iccid="d1-a", sim_status=5, internet_status=2,
-                                                        polled_at=T0 + 60)])
+    ENDPOINTS["card_status"].observe(state, [SimObservation(iccid="d1-a", sim_status=5, internet_status=2,
+                                                            polled_at=T0 + 60)])
     assert read() == (-97, 41, 5, 2)
     state.observe_device(replace(device("d1", T0 + 120, 20), rssi_dbm=None, battery_percent=12))
     assert read() == (None, 12, None, None)  # the device's answer did not report them
@@ -148,3 +147,19 @@ def test_a_sim_in_a_device_keeps_its_card_entry_labels_after_a_poll() -> None:
     state.observe_device(device("d1", T0, 10))
     assert state.sims["d1-b"].labels == {"customer": "acme", "plan": "big"}
     assert state.sims["d1-a"].labels == {"customer": "acme"}
+
+
+def test_a_card_usage_poll_extends_the_usage_history_and_keeps_what_it_does_not_report() -> None:
+    from collector.endpoints import ENDPOINTS
+
+    state = FleetState()
+    state.sync_inventory({"d1": {}}, {})
+    state.observe_device(device("d1", T0, 1_000))
+    usage = ENDPOINTS["card_usage"]
+    change = usage.observe(state, [SimObservation(iccid="d1-a", total_bytes=1000, used_bytes=1_000 + 3600,
+                                                  polled_at=T0 + 3600), SimObservation(iccid="unknown")])
+    sim = state.sims["d1-a"]
+    assert change.sims == ("d1-a",) and change.sim_records == (sim,)
+    assert sim.obs is not None and sim.obs.cycle_start == T0 and sim.obs.slot == 1  # kept from the device poll
+    assert sim.usage_rate_bytes_per_second == 1.0  # 3600 bytes in an hour
+    assert field_values("sim", sim, T0 + 3600)["remaining_bytes"] == 0

@@ -26,8 +26,7 @@ POINTS = Measurement("account", (), {
 def account_line(assets: AccountAssets, labels: Mapping[str, str]) -> str | None:
     """The `account` line. Extras become float fields under their name (skipped when the name is not a
     plain identifier or clashes with a fixed field)."""
-    fields: dict[str, Any] = {"balance": assets.balance, "arrears_balance": assets.arrears_balance,
-                              "frozen_balance": assets.frozen_balance}
+    fields = POINTS.read(assets)
     for key, value in assets.extra.items():
         if key.isidentifier() and key.isascii() and key not in fields:
             fields[key] = value

@@ -14,11 +14,9 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from collector.platform.wire import (
     ARRAY,
-    ID,
     ParseContext,
     Parsed,
     Record,
-    WireField,
     WireTable,
     parse_records,
     records_of,
@@ -119,11 +117,6 @@ def card_table(record: Record) -> WireTable:
     return WireTable((Record("data", (("records", "", ARRAY(record.name)),)), record))
 
 
-def card_record(*fields: WireField) -> Record:
-    """A card record: identified by its `iccid`, plus `fields`."""
-    return Record("card", (("iccid", "iccid", ID), *fields), identity="iccid")
-
-
 class CardEndpoint(ReadEndpoint[C]):
     """A batch endpoint over cards (`iccids` in the form, comma-separated): its records become
     `model(iccid=..., <the record's fields>, polled_at=...)`, a bad record is skipped, and a card the
@@ -131,12 +124,11 @@ class CardEndpoint(ReadEndpoint[C]):
 
     entity = "card"
     model: Callable[..., C]
-    row = "card"  # the record name of the list's rows
 
     def parse(self, data: Any, ctx: ParseContext, query: Query) -> Parsed[C]:
         t = self.table(ctx)
         key = t["data"].key("records")
-        row = t[self.row]
+        row = t.records[1]
         return parse_records(records_of(data, key, self.name), f"data.{key}" if key else "data", self.name,
                              lambda rec, path: self.one(rec, path, row, ctx, query))
 

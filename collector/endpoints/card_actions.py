@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from collector.endpoints.base import CardEndpoint, EndpointSpec, card_record, card_table
-from collector.platform.wire import ID, INT, TEXT, TIME
-from collector.sinks.points import Measurement, int_field, nonempty, string_field
+from collector.endpoints.base import CardEndpoint, EndpointSpec, card_table
+from collector.platform.wire import ID, INT, TEXT, TIME, Record
+from collector.sinks.points import Measurement, int_field, string_field
 from collector.state import Change, FleetState
 
 
@@ -21,12 +21,12 @@ class CardAction:
     """One entry of the card operation log: a suspend/resume submitted to the carrier."""
 
     iccid: str
-    serial_no: str = ""
-    sim_no: str = ""
+    created_at: float | None = None
     action: str = ""
     status: int | None = None
+    serial_no: str = ""
+    sim_no: str = ""
     remark: str = ""
-    created_at: float | None = None
     polled_at: float = 0.0
 
 
@@ -42,23 +42,18 @@ def action_line(action: CardAction, labels: Mapping[str, str]) -> str | None:
     """The `card_action` line of one log entry, at its creation time (None without one)."""
     if action.created_at is None:
         return None
-    fields = {"status": action.status, "serial_no": nonempty(action.serial_no), "remark": nonempty(action.remark),
-              "sim_no": nonempty(action.sim_no)}
-    return POINTS.line({"iccid": action.iccid, "action": action.action}, labels, fields, action.created_at)
+    return POINTS.line({"iccid": action.iccid, "action": action.action}, labels, POINTS.read(action),
+                       action.created_at)
 
 
 class CardActions(CardEndpoint[CardAction]):
-    name = "card_actions"
+    name = job = "card_actions"
     summary = "the operation log of cards (suspend and resume submissions)"
-    call = EndpointSpec("/openapi/iot/querySimAction", "iccids", 100)
-    job = "card_actions"
-    interval = 3600.0
-    enabled = False
-    wire = card_table(card_record(
-        ("serial_no", "serialNo", ID), ("sim_no", "simNo", ID), ("action", "actionType", TEXT),
-        ("status", "status", INT), ("remark", "remark", TEXT), ("created_at", "createdAt", TIME)))
-    model = CardAction
-    measurements = (POINTS,)
+    call, interval, enabled = EndpointSpec("/openapi/iot/querySimAction", "iccids", 100), 3600.0, False
+    wire = card_table(Record("action", (
+        ("iccid", "iccid", ID), ("serial_no", "serialNo", ID), ("sim_no", "simNo", ID), ("action", "actionType", TEXT),
+        ("status", "status", INT), ("remark", "remark", TEXT), ("created_at", "createdAt", TIME)), identity="iccid"))
+    model, measurements = CardAction, (POINTS,)
 
     def points(self, state: FleetState, items: Sequence[CardAction], change: Change) -> list[str]:
         lines = [action_line(a, state.sims[a.iccid].labels) for a in items if a.iccid in state.sims]

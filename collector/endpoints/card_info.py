@@ -14,14 +14,10 @@ from collector.state import Change, FleetState, sims_changed
 
 
 class CardInfo(CardEndpoint[SimObservation]):
-    name = "card_info"
+    name = job = "card_info"
     summary = "every detail of a card, 100 cards a request"
-    call = EndpointSpec("/openapi/iot/querySimInfo", "iccids", 100)
-    job = "card_info"
-    interval = 6 * 3600.0
-    wire = card_table(SIM)
-    model = SimObservation
-    row = "sim"
+    call, interval = EndpointSpec("/openapi/iot/querySimInfo", "iccids", 100), 6 * 3600.0
+    wire, model = card_table(SIM), SimObservation
 
     def observe(self, state: FleetState, items: Sequence[SimObservation]) -> Change:
         changed = []

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any
 
-from collector.endpoints.base import CardEndpoint, EndpointSpec, Query, card_record, card_table
+from collector.endpoints.base import CardEndpoint, EndpointSpec, Query, card_table
 from collector.platform.errors import ParseError
 from collector.platform.wire import FLOW, ID, ParseContext, Record
-from collector.sinks.points import Measurement, int_field, nonempty, string_field
+from collector.sinks.points import Measurement, int_field, string_field
 from collector.state import Change, FleetState
 
 MONTH_PARAM = "month"
@@ -42,18 +42,15 @@ POINTS = Measurement("card_month_usage", ("iccid", "month"), {
 
 def month_line(u: CardMonthUsage, labels: Mapping[str, str]) -> str | None:
     """The `card_month_usage` line of one card and month."""
-    return POINTS.line({"iccid": u.iccid, "month": u.month}, labels,
-                       {"used_bytes": u.used_bytes, "sim_no": nonempty(u.sim_no)}, u.polled_at)
+    return POINTS.line({"iccid": u.iccid, "month": u.month}, labels, POINTS.read(u), u.polled_at)
 
 
 class CardMonthUsageEndpoint(CardEndpoint[CardMonthUsage]):
-    name = "card_month_usage"
+    name = job = "card_month_usage"
     summary = "each card's usage in the current calendar month, 10 cards a request"
-    call = EndpointSpec("/openapi/iot/querySimMonthFlow", "iccids", 10)
-    job = "card_month_usage"
-    interval = 24 * 3600.0
-    enabled = False
-    wire = card_table(card_record(("sim_no", "simNo", ID), ("month", "month", ID), ("used_bytes", "useFlow", FLOW)))
+    call, interval, enabled = EndpointSpec("/openapi/iot/querySimMonthFlow", "iccids", 10), 24 * 3600.0, False
+    wire = card_table(Record("month_usage", (("iccid", "iccid", ID), ("sim_no", "simNo", ID), ("month", "month", ID),
+                                             ("used_bytes", "useFlow", FLOW)), identity="iccid"))
     measurements = (POINTS,)
 
     def extra_form(self, now: float, tz: tzinfo, given: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -33,7 +33,7 @@ from collector.platform.wire import (
     record,
     unusable,
 )
-from collector.sinks.points import Measurement, age, bool01, float_field, int_field, nonempty, string_field
+from collector.sinks.points import Measurement, age, bool01, float_field, int_field, string_field
 from collector.state import Change, FleetState, SimState, merge
 
 SIM = Record("sim", (
@@ -194,34 +194,23 @@ def parse_events(raw: Any, key: str, device_no: str, ctx: ParseContext, event: R
 # --- points ------------------------------------------------------------------------------------------
 
 
-def remaining(total: int | None, used: int | None) -> tuple[int | None, float | None]:
-    """(remaining bytes, remaining ratio) of an allowance; None where unknown."""
-    if total is None or used is None:
-        return None, None
-    left = max(total - used, 0)
-    return left, (left / total if total > 0 else None)
+def usage_fields(total: int | None, used: int | None, expires: float | None, at: float,
+                 rate: float | None) -> dict[str, Any]:
+    """The derived usage fields of a SIM or a card usage observation polled at `at`."""
+    left = None if total is None or used is None else max(total - used, 0)
+    return {"remaining_bytes": left,
+            "remaining_ratio": None if left is None or total is None or total <= 0 else left / total,
+            "days_to_expiry": None if expires is None else (expires - at) / DAY, "usage_rate_bytes_per_second": rate}
 
 
 def device_line(obs: DeviceObservation, labels: Mapping[str, str]) -> str | None:
     """The `device` line of one device poll; `sim_count` counts the SIMs the answer listed."""
     at = obs.polled_at
-    fields: dict[str, Any] = {
-        "online": bool01(obs.online), "online_status": obs.online_status, "rssi_dbm": obs.rssi_dbm,
-        "battery_percent": obs.battery_percent, "effective_sim": obs.effective_sim,
-        "device_status": obs.device_status, "wisdom_network": obs.wisdom_network,
-        "wifi_clients": obs.wifi_clients, "wifi_clients_max": obs.wifi_clients_max,
-        "wifi_clients_5g": obs.wifi_clients_5g, "wifi_clients_5g_max": obs.wifi_clients_5g_max,
-        "sim_count": len(obs.sims), "staleness_seconds": age(at, obs.status_at),
-        "flow_staleness_seconds": age(at, obs.flow_at), "warranty_expires_at": obs.warranty_expires_at,
-        "soft_version": nonempty(obs.soft_version),
-    }
-    loc = obs.location
-    if loc is not None:
-        fields.update({
-            "region_name": nonempty(loc.region_name), "province_code": nonempty(loc.province_code),
-            "city_code": nonempty(loc.city_code), "lat": loc.lat, "lng": loc.lng, "cell_id": nonempty(loc.cell_id),
-            "lac": nonempty(loc.lac), "mcc": nonempty(loc.mcc), "mnc": nonempty(loc.mnc),
-        })
+    fields = DEVICE_POINTS.read(obs)
+    fields.update(sim_count=len(obs.sims), staleness_seconds=age(at, obs.status_at),
+                  flow_staleness_seconds=age(at, obs.flow_at))
+    if obs.location is not None:
+        fields.update(DEVICE_POINTS.read(obs.location))
     return DEVICE_POINTS.line({"device_no": obs.device_no}, labels, fields, at)
 
 
@@ -230,22 +219,12 @@ def sim_line(sim: SimState) -> str | None:
     o = sim.obs
     if o is None:
         return None
-    at = o.polled_at
-    left, ratio = remaining(o.total_bytes, o.used_bytes)
-    fields: dict[str, Any] = {
-        "total_bytes": o.total_bytes, "used_bytes": o.used_bytes, "real_used_bytes": o.real_used_bytes,
-        "carrier_used_bytes": o.carrier_used_bytes, "remaining_bytes": left, "remaining_ratio": ratio,
-        "days_to_expiry": None if o.expires_at is None else (o.expires_at - at) / DAY,
-        "usage_rate_bytes_per_second": sim.usage_rate_bytes_per_second, "cycle_start": o.cycle_start,
-        "expires_at": o.expires_at, "sim_status": o.sim_status, "activate_status": o.activate_status,
-        "auth_status": o.auth_status, "internet_status": o.internet_status, "online_status": o.online_status,
-        "cancel_status": o.cancel_status, "pool_id": o.pool_id, "balance": o.balance,
-        "effective": bool01(sim.effective), "staleness_seconds": age(at, o.status_at), "break_at": o.break_at,
-        "break_remove_at": o.break_remove_at, "last_active_at": o.last_active_at, "sim_no": nonempty(o.sim_no),
-        "speed_code": nonempty(o.speed_code),
-    }
+    fields = SIM_POINTS.read(o)
+    fields.update(usage_fields(o.total_bytes, o.used_bytes, o.expires_at, o.polled_at, sim.usage_rate_bytes_per_second),
+                  effective=bool01(sim.effective),
+                  staleness_seconds=age(o.polled_at, o.status_at))
     tags = {"iccid": o.iccid, "device_no": o.device_no, "slot": None if o.slot is None else str(o.slot)}
-    return SIM_POINTS.line(tags, sim.labels, fields, at)
+    return SIM_POINTS.line(tags, sim.labels, fields, o.polled_at)
 
 
 def event_line(event: DeviceEvent, labels: Mapping[str, str]) -> str | None:

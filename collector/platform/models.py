@@ -45,7 +45,8 @@ class DeviceEvent:
 
 @dataclass(frozen=True, slots=True)
 class SimObservation:
-    """A SIM card as seen inside a device (`data.sims[]`) or through the card info endpoint."""
+    """A SIM card as seen inside a device (`data.sims[]`), through the card info endpoint, or in part
+    through the card status and usage endpoints (the fields they do not report are None)."""
 
     iccid: str
     sim_no: str = ""
@@ -71,6 +72,7 @@ class SimObservation:
     break_remove_at: float | None = None
     status_at: float | None = None  # lastSimStatusAt: when the platform last refreshed the card
     last_active_at: float | None = None
+    flow_at: float | None = None  # lastFlowAt of the card usage endpoint: when the usage was refreshed
     polled_at: float = 0.0
 
     @property

@@ -375,91 +375,83 @@ WireField = tuple[str, str, Coercion]
 """(our field name, wire key, coercion)."""
 
 
-@dataclass(frozen=True)
 class Record:
     """One record of an answer: its fields as (our name, wire key, coercion) and, for records with an
     identity, the field that must be present (`device_no`, `iccid`)."""
 
-    name: str
-    fields: tuple[WireField, ...]
-    identity: str = ""
-
-    def __post_init__(self) -> None:
-        # (name, key, reader) of the scalar fields, identity excluded: what `read` walks.
-        readers = tuple((n, k, c.read) for n, k, c in self.fields if not c.record and n != self.identity)
-        object.__setattr__(self, "_readers", readers)
-        object.__setattr__(self, "_keys", {n: k for n, k, _c in self.fields})
+    def __init__(self, name: str, fields: tuple[WireField, ...], identity: str = "") -> None:
+        self.name, self.fields, self.identity = name, fields, identity
+        self._keys = {n: k for n, k, _c in fields}
+        # What `read` walks: the scalar fields, identity excluded.
+        self._readers = tuple((n, k, c.read) for n, k, c in fields if not c.record and n != identity)
+        self._subsets: dict[frozenset[str], Record] = {}
 
     def key(self, name: str) -> str:
         """The wire key of field `name`."""
-        keys: dict[str, str] = self._keys  # type: ignore[attr-defined]
-        return keys[name]
+        return self._keys[name]
 
     def read(self, rec: dict[str, Any], ctx: ParseContext) -> dict[str, Any]:
         """Every scalar field of `rec` (identity excluded), coerced: our name -> value."""
-        readers: tuple[tuple[str, str, Callable[[dict[str, Any], str, ParseContext], Any]], ...] = \
-            self._readers  # type: ignore[attr-defined]
-        return {name: read(rec, key, ctx) for name, key, read in readers}
+        return {name: read(rec, key, ctx) for name, key, read in self._readers}
 
     def identify(self, rec: dict[str, Any], path: str, endpoint: str) -> str:
         """The identity of `rec` as text, or ParseError naming the missing key."""
-        key = self.key(self.identity)
+        key = self._keys[self.identity]
         value = id_text(rec.get(key))
         if not value:
             raise ParseError(f"{self.name} has no {key}", path=f"{path}.{key}", endpoint=endpoint)
         return value
 
-    @lru_cache(maxsize=64)  # noqa: B019 - records are module-level constants, never collected
     def only(self, names: frozenset[str]) -> Record:
         """The same record reading only `names` (and its identity)."""
-        return Record(self.name, tuple(f for f in self.fields if f[0] in names or f[0] == self.identity),
-                      self.identity)
+        subset = self._subsets.get(names)
+        if subset is None:
+            subset = self._subsets[names] = Record(
+                self.name, tuple(f for f in self.fields if f[0] in names or f[0] == self.identity), self.identity)
+        return subset
 
 
-@dataclass(frozen=True)
 class WireTable:
     """Every record an endpoint reads, the first one being the answer's `data` itself."""
 
-    records: tuple[Record, ...]
+    def __init__(self, records: tuple[Record, ...]) -> None:
+        self.records = records
+        self._resolved: dict[Overrides, WireTable] = {(): self}
 
     def __getitem__(self, name: str) -> Record:
-        for rec in self.records:
-            if rec.name == name:
-                return rec
-        raise KeyError(name)
+        return next(rec for rec in self.records if rec.name == name)
 
     def override_keys(self) -> list[str]:
         """Each field once, as `platform.fields.<endpoint>` names it: `field` where one record has it,
         `record.field` where several do (`record.field` is accepted for any field)."""
-        counts: dict[str, int] = {}
-        for rec in self.records:
-            for name, _key, _c in rec.fields:
-                counts[name] = counts.get(name, 0) + 1
-        return sorted(name if counts[name] == 1 else f"{rec.name}.{name}"
+        names = [name for rec in self.records for name, _k, _c in rec.fields]
+        return sorted(name if names.count(name) == 1 else f"{rec.name}.{name}"
                       for rec in self.records for name, _k, _c in rec.fields)
 
     def problems(self, overrides: Mapping[str, str]) -> dict[str, str]:
-        """Override key -> what is wrong with it (unknown, or naming a field of two records)."""
+        """Override key -> what is wrong with it (unknown, naming a field of several records, empty)."""
         out: dict[str, str] = {}
         for key, wire in overrides.items():
-            owners = self._owners(key)
+            qualifier, _, name = key.rpartition(".")
+            owners = [rec.name for rec in self.records
+                      if qualifier in ("", rec.name) and any(f[0] == name for f in rec.fields)]
             if not owners:
                 out[key] = "unknown field; the fields are " + ", ".join(self.override_keys())
             elif len(owners) > 1:
-                out[key] = "names a field of several records: write " + " or ".join(
-                    f"{rec}.{key}" for rec, _ in owners)
-            elif not isinstance(wire, str) or not wire.strip():
-                out[key] = "the wire key must be a non-empty string"
+                out[key] = "names a field of several records: write " + " or ".join(f"{o}.{key}" for o in owners)
+            elif not wire.strip():
+                out[key] = "the wire key must not be empty"
         return out
-
-    def _owners(self, key: str) -> list[tuple[str, str]]:
-        record_name, _, name = key.rpartition(".")
-        return [(rec.name, name) for rec in self.records if (not record_name or rec.name == record_name)
-                and any(f[0] == name for f in rec.fields)]
 
     def resolve(self, overrides: Overrides) -> WireTable:
         """This table with the wire keys of `overrides` (checked by the configuration) replaced."""
-        return _resolve(self, overrides) if overrides else self
+        table = self._resolved.get(overrides)
+        if table is None:
+            wanted = dict(overrides)
+            table = self._resolved[overrides] = WireTable(tuple(Record(
+                rec.name, tuple((n, wanted.get(f"{rec.name}.{n}", wanted.get(n, k)), c) for n, k, c in rec.fields),
+                rec.identity) for rec in self.records))
+        return table
 
     def paths(self) -> list[tuple[str, str, WireField]]:
         """(wire path, record name, field) of every field, from `data` down: `data.device.rssi`,
@@ -468,27 +460,13 @@ class WireTable:
 
         def walk(rec: Record, at: str) -> None:
             for f in rec.fields:
-                _name, key, coercion = f
-                path = f"{at}.{key}" if key else at
+                path = f"{at}.{f[1]}" if f[1] else at
                 out.append((path, rec.name, f))
-                if coercion.record:
-                    walk(self[coercion.record], path + ("[]" if coercion.json_type == "array" else ""))
+                if f[2].record:
+                    walk(self[f[2].record], path + ("[]" if f[2].json_type == "array" else ""))
 
         walk(self.records[0], "data")
         return out
-
-
-@lru_cache(maxsize=256)
-def _resolve(table: WireTable, overrides: Overrides) -> WireTable:
-    wanted = dict(overrides)
-    records = []
-    for rec in table.records:
-        fields = []
-        for name, key, coercion in rec.fields:
-            key = wanted.get(f"{rec.name}.{name}", wanted.get(name, key))
-            fields.append((name, key, coercion))
-        records.append(Record(rec.name, tuple(fields), rec.identity))
-    return WireTable(tuple(records))
 
 
 def records_of(data: Any, key: str, endpoint: str) -> list[Any]:

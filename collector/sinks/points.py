@@ -26,7 +26,8 @@ library applies them; the library keeps its escaping functions private, so they 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -107,7 +108,10 @@ def _field_text(prefix: str, value: int | float | str) -> str:
 
 class Measurement:
     """One measurement: its built-in tags (inventory labels are added to these), its fields, what it
-    means, and whether extra fields of one type are allowed (the account's extras)."""
+    means, and whether extra fields of one type are allowed (the account's extras).
+
+    A field named like an attribute of the observation it describes is read from that attribute
+    (`read`); a builder adds the derived ones (staleness, ratios, rates) itself."""
 
     def __init__(self, name: str, tags: tuple[str, ...], fields: Mapping[str, FieldSpec], help: str,
                  open_fields: FieldType | None = None) -> None:
@@ -119,6 +123,19 @@ class Measurement:
         self._escaped = name.translate(_ESCAPE_MEASUREMENT)
         # field name -> (type, escaped `name=`), computed once instead of per point
         self._table = {key: (spec.type, key.translate(_ESCAPE_KEY) + "=") for key, spec in fields.items()}
+        self._readers: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
+
+    def read(self, obj: Any) -> dict[str, Any]:
+        """The declared fields `obj` has an attribute of the same name for, read from it; empty text
+        is no value."""
+        reader = self._readers.get(type(obj))
+        if reader is None:
+            names = tuple(name for name in self.fields if hasattr(obj, name))
+            # Two names at least, so that it always returns a tuple.
+            get = operator.attrgetter(*names, names[0]) if names else lambda _obj: ()
+            reader = self._readers[type(obj)] = (names, get)
+        names, get = reader
+        return {name: None if value == "" else value for name, value in zip(names, get(obj), strict=False)}
 
     def line(self, tags: Mapping[str, str | None], labels: Mapping[str, str] | None, fields: Mapping[str, Any],
              at: float) -> str | None:
