@@ -133,7 +133,7 @@ SIM_POINTS = Measurement("sim", ("iccid", "device_no", "slot"), {
     "last_active_at": int_field("unix seconds", "last activity of the card"),
     "sim_no": string_field("card number (simNo)"),
     "speed_code": string_field("speed limit in force (speedCode)"),
-}, "one point per SIM seen inside a device poll (data.sims[])")
+}, "one point per SIM seen inside a device poll (data.sims[]) or a card info poll")
 
 EVENT_POINTS = Measurement("device_event", ("device_no", "event_type"), {
     "value1": string_field("eventValue1"),
