@@ -41,12 +41,8 @@ def _finite(value: Any) -> bool:
 
 
 class AccountAssetsEndpoint(ReadEndpoint[AccountAssets]):
-    name = "account_assets"
-    summary = "the account's balance"
-    call = EndpointSpec("/openapi/iot/queryAccountAssets", "", 0)
-    entity = "account"
-    job = "account_assets"
-    interval = 3600.0
+    name = job = "account_assets"
+    call, interval, entity = EndpointSpec("/openapi/iot/queryAccountAssets", "", 0), 3600.0, "account"
     wire = WireTable((Record("account", (("balance", "balance", FLOAT), ("arrears_balance", "arrearsBalance", FLOAT),
                                          ("frozen_balance", "frozenBalance", FLOAT))),))
     measurements = (POINTS,)

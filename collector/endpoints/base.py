@@ -61,7 +61,6 @@ class ReadEndpoint(Generic[T]):
     """
 
     name: str
-    summary: str
     call: EndpointSpec
     entity: EntityKind
     job: str

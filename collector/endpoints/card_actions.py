@@ -48,7 +48,6 @@ def action_line(action: CardAction, labels: Mapping[str, str]) -> str | None:
 
 class CardActions(CardEndpoint[CardAction]):
     name = job = "card_actions"
-    summary = "the operation log of cards (suspend and resume submissions)"
     call, interval, enabled = EndpointSpec("/openapi/iot/querySimAction", "iccids", 100), 3600.0, False
     wire = card_table(Record("action", (
         ("iccid", "iccid", ID), ("serial_no", "serialNo", ID), ("sim_no", "simNo", ID), ("action", "actionType", TEXT),

@@ -15,7 +15,6 @@ from collector.state import Change, FleetState, sims_changed
 
 class CardInfo(CardEndpoint[SimObservation]):
     name = job = "card_info"
-    summary = "every detail of a card, 100 cards a request"
     call, interval = EndpointSpec("/openapi/iot/querySimInfo", "iccids", 100), 6 * 3600.0
     wire, model = card_table(SIM), SimObservation
 

@@ -47,7 +47,6 @@ def month_line(u: CardMonthUsage, labels: Mapping[str, str]) -> str | None:
 
 class CardMonthUsageEndpoint(CardEndpoint[CardMonthUsage]):
     name = job = "card_month_usage"
-    summary = "each card's usage in the current calendar month, 10 cards a request"
     call, interval, enabled = EndpointSpec("/openapi/iot/querySimMonthFlow", "iccids", 10), 24 * 3600.0, False
     wire = card_table(Record("month_usage", (("iccid", "iccid", ID), ("sim_no", "simNo", ID), ("month", "month", ID),
                                              ("used_bytes", "useFlow", FLOW)), identity="iccid"))

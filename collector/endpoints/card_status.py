@@ -33,7 +33,6 @@ def status_line(card: SimObservation, labels: Mapping[str, str]) -> str | None:
 
 class CardStatus(CardEndpoint[SimObservation]):
     name = job = "card_status"
-    summary = "the latest status of each card, 10 cards a request"
     call, interval = EndpointSpec("/openapi/iot/querySimStatus", "iccids", 10), 600.0
     wire, model, measurements = card_table(SIM.only(frozenset((*STATUS, "sim_no")))), SimObservation, (POINTS,)
 

@@ -34,7 +34,6 @@ def usage_line(u: SimObservation, labels: Mapping[str, str], rate: float | None)
 
 class CardUsage(CardEndpoint[SimObservation]):
     name = job = "card_usage"
-    summary = "the real-time usage of each card, 10 cards a request"
     call, interval = EndpointSpec("/openapi/iot/querySimRealFlow", "iccids", 10), 1800.0
     wire = card_table(Record("sim", (*SIM.only(frozenset((*USAGE, "sim_no"))).fields, ("flow_at", "lastFlowAt", TIME)),
                              identity="iccid"))

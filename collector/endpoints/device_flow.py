@@ -73,6 +73,8 @@ WIRE = WireTable((
 
 # What `privacy.location: region` keeps of a position.
 REGION = frozenset({"province_code", "city_code", "region_name"})
+# What a SIM record inside a device answer is read for (its device is the one asked for).
+IN_DEVICE = frozenset(name for name, _key, _c in SIM.fields if name != "device_no")
 
 USAGE_FIELDS = {
     "total_bytes": int_field("bytes", "package allowance (totalFlow)"),
@@ -150,10 +152,10 @@ def parse_sim(rec: Any, ctx: ParseContext, sim: Record, path: str, endpoint: str
     the record came inside."""
     rec = record(rec, path, endpoint)
     iccid = sim.identify(rec, path, endpoint)
-    values = sim.read(rec, ctx)
-    if device_no is not None:
-        values["device_no"] = device_no
-    return SimObservation(iccid=iccid, **values, polled_at=ctx.polled_at)
+    if device_no is None:
+        return SimObservation(iccid=iccid, **sim.read(rec, ctx), polled_at=ctx.polled_at)
+    return SimObservation(iccid=iccid, device_no=device_no, **sim.only(IN_DEVICE).read(rec, ctx),
+                          polled_at=ctx.polled_at)
 
 
 def parse_location(position: Any, ctx: ParseContext, location: Record) -> Location | None:
@@ -238,14 +240,9 @@ def event_line(event: DeviceEvent, labels: Mapping[str, str]) -> str | None:
 
 
 class DeviceFlow(ReadEndpoint[DeviceObservation]):
-    name = "device_flow"
-    summary = "the device and its SIMs, with the freshest usage"
-    call = EndpointSpec("/openapi/iot/queryDeviceFlow", "deviceNo", 1, documented=True)
-    entity = "device"
-    job = "device_flow"
-    interval = 900.0
-    wire = WIRE
-    measurements = (DEVICE_POINTS, SIM_POINTS, EVENT_POINTS)
+    name = job = "device_flow"
+    call, interval = EndpointSpec("/openapi/iot/queryDeviceFlow", "deviceNo", 1, documented=True), 900.0
+    entity, wire, measurements = "device", WIRE, (DEVICE_POINTS, SIM_POINTS, EVENT_POINTS)
 
     def parse(self, data: Any, ctx: ParseContext, query: Query) -> Parsed[DeviceObservation]:
         t = self.table(ctx)

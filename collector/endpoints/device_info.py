@@ -11,11 +11,8 @@ from collector.endpoints.device_flow import DeviceFlow
 
 
 class DeviceInfo(DeviceFlow):
-    name = "device_info"
-    summary = "the device and its SIMs: signal, battery, online state, Wi-Fi clients"
-    call = EndpointSpec("/openapi/iot/queryDeviceInfo", "deviceNo", 1)
-    job = "device_status"
-    interval = 300.0
+    name, job = "device_info", "device_status"
+    call, interval = EndpointSpec("/openapi/iot/queryDeviceInfo", "deviceNo", 1), 300.0
 
 
 ENDPOINT = DeviceInfo()

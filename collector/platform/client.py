@@ -196,7 +196,7 @@ class PlatformClient:
             sent = {spec.param: ",".join(chunk), **extra} if chunk else dict(extra)
             device_no = chunk[0] if endpoint.entity == "device" and len(chunk) == 1 else ""
             try:
-                parsed = await self.request(endpoint, sent, Query(chunk, sent), device_no=device_no,
+                parsed = await self.request(endpoint, Query(chunk, sent), device_no=device_no,
                                             cards=0 if device_no else len(chunk))
             except PlatformError as error:
                 result.failed.append((chunk, error))
@@ -229,8 +229,8 @@ class PlatformClient:
 
     # --- one request, with retries ----------------------------------------------------------------
 
-    async def request(self, endpoint: ReadEndpoint[T], form: Mapping[str, str], query: Query, *,
-                      device_no: str = "", cards: int = 0) -> Parsed[T]:
+    async def request(self, endpoint: ReadEndpoint[T], query: Query, *, device_no: str = "",
+                      cards: int = 0) -> Parsed[T]:
         """POST one request of `endpoint` and parse its `data`, retrying transient failures. Skipped
         records are counted and logged here."""
         spec = self._specs[endpoint.name]
@@ -244,7 +244,7 @@ class PlatformClient:
             try:
                 async with self.limiter.slot():
                     started = self.limiter.clock()
-                    raw, status, retry_after = await self._post(spec.path, form, trace_id, name,
+                    raw, status, retry_after = await self._post(spec.path, query.form, trace_id, name,
                                                                 device_no, cards, attempt)
                 polled_at = self._now()
                 ctx = replace(self._ctx, polled_at=polled_at, issues=[])
@@ -254,7 +254,7 @@ class PlatformClient:
                 value = endpoint.parse(data, ctx, query)
             except PlatformError as error:
                 self._count_failure(error, name)
-                if isinstance(error, RateLimitedError) or getattr(error, "status", None) == 429:
+                if isinstance(error, RateLimitedError) or (isinstance(error, HttpStatusError) and error.status == 429):
                     RATE_LIMITED.inc()
                     self.limiter.slow_down(since=started)
                 # Retried: everything `transient` says so. That includes a body that is not JSON at
@@ -345,7 +345,7 @@ class PlatformClient:
             fields["status"] = error.status
         if retry_after is not None:
             fields["retry_after"] = retry_after
-        if isinstance(error, AuthError) or getattr(error, "status", None) in (401, 403):
+        if isinstance(error, AuthError) or (isinstance(error, HttpStatusError) and error.status in (401, 403)):
             # Loud: nothing will work until the operator fixes the configuration.
             log.error("platform rejected the credentials: check platform.app_id, platform.app_secret "
                       "and platform.sign", **fields)

@@ -416,10 +416,11 @@ class WireTable:
 
     def __init__(self, records: tuple[Record, ...]) -> None:
         self.records = records
+        self._by_name = {rec.name: rec for rec in records}
         self._resolved: dict[Overrides, WireTable] = {(): self}
 
     def __getitem__(self, name: str) -> Record:
-        return next(rec for rec in self.records if rec.name == name)
+        return self._by_name[name]
 
     def override_keys(self) -> list[str]:
         """Each field once, as `platform.fields.<endpoint>` names it: `field` where one record has it,

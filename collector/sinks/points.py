@@ -123,7 +123,7 @@ class Measurement:
         self._escaped = name.translate(_ESCAPE_MEASUREMENT)
         # field name -> (type, escaped `name=`), computed once instead of per point
         self._table = {key: (spec.type, key.translate(_ESCAPE_KEY) + "=") for key, spec in fields.items()}
-        self._readers: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
+        self._readers: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]], tuple[str, ...]]] = {}
 
     def read(self, obj: Any) -> dict[str, Any]:
         """The declared fields `obj` has an attribute of the same name for, read from it; empty text
@@ -133,9 +133,14 @@ class Measurement:
             names = tuple(name for name in self.fields if hasattr(obj, name))
             # Two names at least, so that it always returns a tuple.
             get = operator.attrgetter(*names, names[0]) if names else lambda _obj: ()
-            reader = self._readers[type(obj)] = (names, get)
-        names, get = reader
-        return {name: None if value == "" else value for name, value in zip(names, get(obj), strict=False)}
+            texts = tuple(name for name in names if self.fields[name].type == "string")
+            reader = self._readers[type(obj)] = (names, get, texts)
+        names, get, texts = reader
+        values = dict(zip(names, get(obj), strict=False))
+        for name in texts:
+            if values[name] == "":
+                values[name] = None
+        return values
 
     def line(self, tags: Mapping[str, str | None], labels: Mapping[str, str] | None, fields: Mapping[str, Any],
              at: float) -> str | None:
