@@ -89,6 +89,7 @@ def budget_summary(config: Config, assumed_sims_per_device: int = 2) -> dict[str
     """Devices, jobs and the request budget a configuration implies (for check-config and the docs)."""
     from collector.endpoints import ENDPOINTS
     from collector.inventory import load_inventory
+    from collector.pipeline import job_plan
     from collector.schedule import plan_budget
 
     inventory = load_inventory(config.inventory, config.sharding)
@@ -96,10 +97,8 @@ def budget_summary(config: Config, assumed_sims_per_device: int = 2) -> dict[str
     if config.simulator.embedded and not inventory.devices and not inventory.cards:
         devices = config.simulator.devices
     sims = devices * assumed_sims_per_device + len(inventory.cards)
-    specs = config.platform.endpoint_specs()
     counts = {"device": devices, "card": sims, "account": 1}
-    enabled = [(e.job, config.jobs.job(e.job).interval, 0 if e.entity == "account" else specs[e.name].batch_limit,
-                counts[e.entity]) for e in ENDPOINTS.values() if config.jobs.job(e.job).enabled]
+    enabled = [(e.job, interval, limit, counts[e.entity]) for e, interval, limit in job_plan(config)]
     lines, need = plan_budget(enabled, config.platform.rate_limit)
     return {
         "devices": devices, "cards": len(inventory.cards), "assumed_sims": sims,

@@ -86,14 +86,17 @@ class Pipeline:
 
     def jobs(self) -> list[PollJob]:
         """The enabled poll jobs of the configuration, one per endpoint, with its batch limit."""
-        specs = self.config.platform.endpoint_specs()
         entities: dict[str, Callable[[], Sequence[str]]] = {
             "device": lambda: list(self.state.devices), "card": self.state.iccids, "account": lambda: []}
-        jobs = []
-        for endpoint in ENDPOINTS.values():
-            job = self.config.jobs.job(endpoint.job)
-            if job.enabled:
-                jobs.append(PollJob(name=endpoint.job, interval=job.interval,
-                                    batch_limit=specs[endpoint.name].batch_limit if endpoint.entity != "account" else 0,
-                                    entities=entities[endpoint.entity], poll=functools.partial(self.poll, endpoint)))
-        return jobs
+        return [PollJob(name=endpoint.job, interval=interval, batch_limit=batch_limit,
+                        entities=entities[endpoint.entity], poll=functools.partial(self.poll, endpoint))
+                for endpoint, interval, batch_limit in job_plan(self.config)]
+
+
+def job_plan(config: Config) -> list[tuple[ReadEndpoint[Any], float, int]]:
+    """(endpoint, interval, ids per request) of every enabled job: what the scheduler runs and what
+    `check-config` budgets. The account takes no id, whatever its batch limit says."""
+    specs = config.platform.endpoint_specs()
+    return [(endpoint, config.jobs.job(endpoint.job).interval,
+             0 if endpoint.entity == "account" else specs[endpoint.name].batch_limit)
+            for endpoint in ENDPOINTS.values() if config.jobs.job(endpoint.job).enabled]
