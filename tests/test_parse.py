@@ -528,7 +528,8 @@ def test_wire_fields_list_every_key_read_with_its_json_type_and_overrides_applie
 
     listed = wire_fields()
     device = {f.path: f for f in listed["device_flow"]}
-    assert device["data.device.rssi"][1:] == ("device", "rssi_dbm", "rssi", "integer")
+    assert device["data.device.rssi"][1:] == ("device", "rssi_dbm", "rssi", "integer", "int")
+    assert device["data.sims[].useFlow"].coercion == "flow"
     assert device["data.sims[].totalFlow"].json_type == "number"
     assert device["data.device.position.lat"].record == "location"
     assert device["data.device.controlResponse[].controlAt"].json_type == "string"
@@ -553,3 +554,13 @@ def test_every_key_the_sample_holds_for_a_field_we_read_is_in_the_table() -> Non
         value = holder[f.key]
         expected = {"integer": int, "number": (int, float), "string": str, "object": dict, "array": list}[f.json_type]
         assert value is None or isinstance(value, expected), f"{f.path}: {value!r}"
+
+
+def test_a_month_usage_poll_asks_for_the_current_month_in_the_platforms_time_zone() -> None:
+    endpoint = ENDPOINTS["card_month_usage"]
+    first_of_september_cst = datetime(2025, 9, 1, 0, 30, tzinfo=CST).timestamp()  # still August in UTC
+    assert endpoint.extra_form(first_of_september_cst, CST) == {"month": "202509"}
+    assert endpoint.extra_form(first_of_september_cst, ZoneInfo("UTC")) == {"month": "202508"}
+    assert endpoint.extra_form(0.0, CST, {"month": "202501"}) == {"month": "202501"}
+    with pytest.raises(ValueError, match="YYYYMM"):
+        endpoint.extra_form(0.0, CST, {"month": "2025-01"})

@@ -49,13 +49,14 @@ DEFAULT_SPECS: dict[str, EndpointSpec] = {name: ep.call for name, ep in ENDPOINT
 
 class WireFieldInfo(NamedTuple):
     """One wire value an endpoint reads: where it is in `data`, which field of which record it fills,
-    and the JSON type the platform should send."""
+    the JSON type the platform should send and how the value is read (`id`, `flow`, `time`, ...)."""
 
     path: str
     record: str
     field: str
     key: str
     json_type: str
+    coercion: str
 
 
 def wire_fields(overrides: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, list[WireFieldInfo]]:
@@ -64,5 +65,6 @@ def wire_fields(overrides: Mapping[str, Mapping[str, str]] | None = None) -> dic
     out = {}
     for name, ep in ENDPOINTS.items():
         table = ep.wire.resolve(tuple(sorted((overrides or {}).get(name, {}).items())))
-        out[name] = [WireFieldInfo(path, record, f[0], f[1], f[2].json_type) for path, record, f in table.paths()]
+        out[name] = [WireFieldInfo(path, record, f[0], f[1], f[2].json_type, f[2].name)
+                     for path, record, f in table.paths()]
     return out
