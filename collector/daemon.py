@@ -161,6 +161,7 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         if self.notifier.enabled:
             self._tasks.append(asyncio.create_task(self.notifier.watchdog()))
+            self._tasks.append(asyncio.create_task(self.notifier.publish_status(self.status)))
         self.notifier.notify(f"READY=1\nSTATUS=polling {len(self.state.devices)} devices\nMAINPID={os.getpid()}")
         log.info("collector started", version=__version__, devices=len(self.state.devices),
                  cards=len(self.inventory.cards), jobs=[j for j in self.scheduler.jobs])
