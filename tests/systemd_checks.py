@@ -359,10 +359,28 @@ def shards_scenario() -> None:
     step("shards_stop", stop)
 
 
+# --- an installation made from an interpreter under a home directory ----------------------------------
+
+def home_scenario() -> None:
+    def direct() -> None:
+        proc = run("/opt/iot-collector/venv/bin/python", "-c", "import sys; print(sys.executable)")
+        save("home_direct", {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr})
+
+    def start() -> None:
+        proc = run("systemctl", "start", UNIT)
+        wait(lambda: show(UNIT, "ExecMainStatus")["ExecMainStatus"] != "0", 30)
+        messages = [e.get("MESSAGE", "") for e in unit_journal(UNIT)]
+        save("home_start", {"returncode": proc.returncode, "messages": messages,
+                            **show(UNIT, "ActiveState", "SubState", "Result", "ExecMainStatus")})
+
+    step("home_direct", direct)
+    step("home_start", start)
+
+
 def main() -> None:
     log(f"scenario {PLAN['scenario']}")
     try:
-        {"main": main_scenario, "shards": shards_scenario}[PLAN["scenario"]]()
+        {"main": main_scenario, "shards": shards_scenario, "home": home_scenario}[PLAN["scenario"]]()
     finally:
         save("finished", True)
         log("powering off")

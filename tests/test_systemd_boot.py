@@ -23,6 +23,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,8 @@ def collector_config(http_port: str, influx_port: int, *, shards: int = 1) -> di
     }
 
 
-def run_boot(tmp: Path, installation: Installation, scenario: str) -> Booted:
+def run_boot(tmp: Path, installation: Installation, scenario: str, *, opt: Path | None = None,
+             extra_ro_binds: dict[str, Path] | None = None) -> Booted:
     out, checks, etc, credstore, units = (tmp / d for d in ("out", "checks", "etc", "credstore", "units"))
     for d in (out, checks, etc, credstore, units):
         d.mkdir()
@@ -196,13 +198,14 @@ def run_boot(tmp: Path, installation: Installation, scenario: str) -> Booted:
     system = installation.root / "etc/systemd/system"
     ro_binds = {f"/etc/systemd/system/{u}": system / u for u in UNITS}
     ro_binds |= {
-        "/opt/iot-collector": installation.root / "opt/iot-collector",
+        "/opt/iot-collector": opt or installation.root / "opt/iot-collector",
         "/etc/systemd/system/boot-checks.service": units / "boot-checks.service",
         "/etc/systemd/system/iot-collector.service.d": units / "main.d",
         "/etc/systemd/system/iot-collector@1.service.d": units / "shard1.d",
         "/etc/systemd/system-preset/00-boot.preset": units / "boot.preset",
         "/etc/credstore": credstore,
         "/checks": checks,
+        **(extra_ro_binds or {}),
     }
     binds = {"/out": out, "/etc/iot-collector": etc}
     booted = boot(wants="boot-checks.service", binds=binds, ro_binds=ro_binds, console_log=tmp / "console.log",
@@ -225,6 +228,31 @@ def main_boot(tmp_path_factory: pytest.TempPathFactory, installation: Installati
 @pytest.fixture(scope="module")
 def shards_boot(tmp_path_factory: pytest.TempPathFactory, installation: Installation) -> Iterator[Booted]:
     yield run_boot(tmp_path_factory.mktemp("boot-shards"), installation, "shards")
+
+
+@pytest.fixture(scope="module")
+def home_boot(tmp_path_factory: pytest.TempPathFactory, installation: Installation) -> Iterator[Booted]:
+    """The installation an install.sh that did not look at its interpreter made from a pyenv or conda
+    Python: a venv whose python links into a home directory (here the system interpreter's binary
+    copied there, which finds its standard library in /usr). The home directory is bound into the
+    container at the same path, so only the unit's sandbox stands between the service and it."""
+    tmp = tmp_path_factory.mktemp("boot-home")
+    home = Path.home()
+    base = home if str(home).startswith(("/root", "/home/")) and os.access(home, os.W_OK) else tmp
+    where = Path(tempfile.mkdtemp(prefix="iotc-python-", dir=base))
+    try:
+        (where / "bin").mkdir()
+        python = where / "bin/python3"
+        shutil.copy(os.path.realpath("/usr/bin/python3"), python)
+        opt = tmp / "opt"
+        subprocess.run([str(python), "-m", "venv", "--without-pip", str(opt / "venv")], check=True, timeout=120)
+        script = opt / "venv/bin/iot-collector"
+        script.write_text("#!/opt/iot-collector/venv/bin/python\nimport sys\nsys.exit(0)\n")
+        script.chmod(0o755)
+        # The venv was made at its staging path; its python link is absolute and points into the home.
+        yield run_boot(tmp, installation, "home", opt=opt, extra_ro_binds={str(where): where})
+    finally:
+        shutil.rmtree(where)
 
 
 # --- install.sh ---------------------------------------------------------------------------------------------
@@ -406,3 +434,16 @@ def test_two_shards_run_side_by_side_on_their_own_devices_and_state(shards_boot:
     assert shards[0]["port"] != shards[1]["port"]
     stop = shards_boot.result("shards_stop")
     assert stop["returncode"] == 0 and all(u["Result"] == "success" for u in stop["units"].values()), stop
+
+
+# --- what install.sh guards against ------------------------------------------------------------------------
+
+def test_a_venv_made_from_a_home_directory_python_cannot_start_under_the_unit(home_boot: Booted) -> None:
+    """Why install.sh refuses such an interpreter: the same venv runs for root in the container, but
+    the unit's ProtectHome=yes hides its interpreter, and the start fails at exec (203/EXEC)."""
+    direct = home_boot.result("home_direct")
+    assert direct["returncode"] == 0, direct
+    start = home_boot.result("home_start")
+    assert start["returncode"] != 0
+    assert start["ExecMainStatus"] == "203", start
+    assert any("Failed at step EXEC" in m and "Permission denied" in m for m in start["messages"]), start["messages"]
