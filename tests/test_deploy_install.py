@@ -68,10 +68,8 @@ def tree(root: Path) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_wheel(work: Path) -> Path:
     """A wheel of this checkout, built from a copy so the work tree gets no build/ or egg-info."""
-    work = tmp_path_factory.mktemp("wheel")
     src = work / "src"
     src.mkdir()
     shutil.copy(REPO / "pyproject.toml", src)
@@ -81,6 +79,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "-w", work / "dist", src)
     (found,) = (work / "dist").glob("iot_collector-*.whl")
     return found
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @dataclass

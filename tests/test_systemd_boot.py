@@ -36,6 +36,7 @@ from collector.inventory import shard_of
 from tests.lineproto import parse_line
 from tests.nspawn import boot, unavailable
 from tests.servers import free_port
+from tests.test_deploy_install import build_wheel
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKER = Path(__file__).resolve().parent / "systemd_checks.py"
@@ -72,13 +73,16 @@ class Installation:
 @pytest.fixture(scope="session")
 def installation(tmp_path_factory: pytest.TempPathFactory) -> Installation:
     """install.sh --root into a staging tree, as an operator runs it: no --python, so it starts from
-    `python3` on PATH (on these machines a pyenv one under /root, which the service cannot see)."""
+    `python3` on PATH (on these machines a pyenv one under /root, which the service cannot see), and
+    the dependencies come from the package index (or pip's cache). The package is a wheel of this
+    checkout (built from a copy: pip would leave build/ in the work tree)."""
     root = tmp_path_factory.mktemp("installed")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV", "PYTHONPATH")}
     # The test environment's own venv is not the python3 an operator has on PATH.
     venv_bin = str(Path(sys.prefix) / "bin")
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
-    proc = subprocess.run(["bash", str(REPO / "deploy/install.sh"), "--root", str(root), "--source", str(REPO)],
+    wheel = build_wheel(tmp_path_factory.mktemp("wheel"))
+    proc = subprocess.run(["bash", str(REPO / "deploy/install.sh"), "--root", str(root), "--source", str(wheel)],
                           capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
         pytest.fail(f"install.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -311,6 +315,7 @@ def test_app_secret_arrives_through_load_credential_and_is_stored_nowhere_else(m
     # The search finds the one place it must, and nothing else: not the state directory, the spool,
     # the alert state, the journal, a core dump or a temporary file.
     assert search["files_with_secret"] == ["/etc/credstore/iot-collector.app_secret"]
+    assert search["journal_bytes"] > 10_000 and not search["secret_in_journal"]
 
 
 def test_state_directory_belongs_to_the_dynamic_user_with_mode_0700(main_boot: Booted) -> None:
