@@ -300,10 +300,15 @@ def secret_search() -> None:
                 scanned += 1
                 if secret in data:
                     found.append(path)
-    # journald compresses long fields in its files: look at every entry's fields as journalctl reads them.
+    # journald compresses long fields in its files: look at every entry's fields as journalctl reads
+    # them. A long line with a marker, logged now, shows the search finds what is in the journal.
+    marker = f"boot-checks-marker-{os.getpid()}-{time.time_ns()}".encode()
+    subprocess.run(["systemd-cat", "-t", "boot-checks"], input=b"x" * 2000 + marker + b"\n", timeout=30)
+    time.sleep(1.0)
     exported = subprocess.run(["journalctl", "-o", "export", "--no-pager"], capture_output=True, timeout=120).stdout
     save("secret_search", {"files_with_secret": found, "files_scanned": scanned,
-                           "secret_in_journal": secret in exported, "journal_bytes": len(exported)})
+                           "secret_in_journal": secret in exported, "marker_in_journal": marker in exported,
+                           "journal_bytes": len(exported)})
 
 
 def journal() -> None:
