@@ -26,7 +26,7 @@ from collector.inventory import Inventory, InventoryError, file_mtime, load_inve
 from collector.logs import register_secret
 from collector.pipeline import Pipeline
 from collector.schedule import Scheduler
-from collector.sdnotify import Notifier
+from collector.sdnotify import Notifier, status_line
 from collector.state import FieldRecord, FleetState
 from collector.telemetry import FleetCollector, HttpServer
 
@@ -161,7 +161,8 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         if self.notifier.enabled:
             self._tasks.append(asyncio.create_task(self.notifier.watchdog()))
-        self.notifier.notify(f"READY=1\nSTATUS=polling {len(self.state.devices)} devices\nMAINPID={os.getpid()}")
+            self._tasks.append(asyncio.create_task(self.notifier.publish_status(self.status)))
+        self.notifier.notify(f"READY=1\nSTATUS={status_line(self.status())}\nMAINPID={os.getpid()}")
         log.info("collector started", version=__version__, devices=len(self.state.devices),
                  cards=len(self.inventory.cards), jobs=[j for j in self.scheduler.jobs])
 
