@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from pathlib import Path
 
@@ -197,10 +198,10 @@ async def test_write_error_is_reported_and_nothing_half_written(tmp_path: Path,
     spool = make(tmp_path)
     await spool.append(lines(0, 5))
 
-    def full(fd: int, data: object) -> int:
-        raise OSError(28, "No space left on device")
+    def broken(fd: int, data: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(spool_module.os, "write", full)
+    monkeypatch.setattr(spool_module.os, "write", broken)
     with pytest.raises(SpoolError):
         await spool.append(lines(5, 5))
     assert spool.last_error is not None
