@@ -33,11 +33,12 @@ quarter, and at most an eighth of the filesystem that holds them, so that a full
 of the backlog, not all of it.
 
 A full disk (ENOSPC, EDQUOT) is a bound too: an append that does not fit first frees what every sink
-has sent (the segment being written included: a new one is started), then drops whole segments
-oldest first (POINTS_DROPPED{reason="disk_full"}), and is stored. Only when nothing is left to free
-does the append fail (SpoolError; `last_error` is set until an append succeeds again). Nothing here
-needs a restart: once the sinks drain or space returns, appends succeed. Drops are logged at most
-once a minute (`Throttle`), with the points counted since the last line.
+has sent (the segment being written included: a new one is started), then drops sealed segments
+oldest first (POINTS_DROPPED{reason="disk_full"}), and is stored. When only the segment being
+written is left, with points a sink has not sent yet, the append fails (SpoolError; `last_error` is
+set until an append succeeds again, and the next commit that leaves that segment fully sent frees
+it). Nothing here needs a restart: once the sinks drain or space returns, appends succeed. Drops are
+logged at most once a minute (`Throttle`), with the points counted since the last line.
 """
 
 from __future__ import annotations
@@ -521,28 +522,21 @@ class Spool:
             return False
 
     def _make_room(self) -> bool:
-        """Free space on a full disk: what every sink has sent first (no loss), else the oldest
-        segment (its unsent points are dropped), the one being written last. False: nothing to free."""
-        assert self._current is not None
+        """Free space on a full disk: what every sink has sent first (no loss), else the oldest sealed
+        segment (its unsent points are dropped). Never the unsent points of the segment being written:
+        a sink is about to send them, and dropping them would only trade them for the new ones.
+        False: nothing to free."""
         if self._retire_current_if_sent():
             return True
         if len(self._segments) > 1:
             self._drop_oldest("disk_full")
             return True
-        if self._current.size > len(MAGIC):
-            self._replace_current("disk_full")
-            return True
         return False
 
     def _unsent_in(self, seg: _Segment) -> int:
-        """The most points any sink has not sent from `seg`."""
-        unsent = 0
-        for cursor in self._cursors.values():
-            if cursor.segment == seg.id:
-                unsent = max(unsent, self._count_lines(seg, cursor.offset))
-            elif cursor.segment < seg.id:
-                unsent = max(unsent, self._count_lines(seg, len(MAGIC)))
-        return unsent
+        """The most points any sink has not sent from `seg` (the oldest segment)."""
+        offsets = [c.offset for c in self._cursors.values() if c.segment == seg.id]
+        return self._count_lines(seg, min(offsets)) if offsets else 0
 
     def _count_dropped(self, reason: str, unsent: int, segment: str) -> None:
         if not unsent:
@@ -550,8 +544,9 @@ class Spool:
         self.dropped_lines += unsent
         POINTS_DROPPED.labels(reason=reason).inc(unsent)
         if (summary := self._drop_logs[reason].due(points=unsent)) is not None:
-            what = "spool full" if reason == "spool_full" else "disk full"
-            log.error(f"{what}: dropped the oldest unsent points", reason=reason, points=summary["points"],
+            event = ("spool full: dropped the oldest unsent points" if reason == "spool_full"
+                     else "disk full: dropped the oldest unsent points")
+            log.error(event, reason=reason, points=summary["points"],
                       segments=summary["occurrences"], last_segment=segment, max_bytes=self.config.max_bytes,
                       directory=str(self.directory))
 
@@ -575,24 +570,14 @@ class Spool:
         end = Cursor(cur.id, cur.size)
         if any(self._normalize(c) != end for c in self._cursors.values()):
             return False
-        self._replace_current(None)
-        return True
-
-    def _replace_current(self, reason: str | None) -> None:
-        """Start a new segment in place of the one being written, whose points (those some sink had not
-        sent: counted as dropped for `reason`) are deleted with it."""
-        old = self._current
-        assert old is not None
-        unsent = self._unsent_in(old) if reason is not None else 0
         self._close_current(sync=False)
-        self._create_segment(old.id + 1)  # before the unlink: a crash in between replays, loses nothing
-        assert self._current is not None
+        self._create_segment(cur.id + 1)  # before the unlink: a crash in between replays, loses nothing
+        new = Cursor(cur.id + 1, len(MAGIC))
         for name in self._cursors:
-            self._cursors[name] = Cursor(self._current.id, len(MAGIC))
+            self._cursors[name] = new
             self._save_cursor(name)
-        self._remove_segment(old)
-        if reason is not None:
-            self._count_dropped(reason, unsent, old.path.name)
+        self._remove_segment(cur)
+        return True
 
     def _count_lines(self, seg: _Segment, offset: int) -> int:
         total = 0
