@@ -104,11 +104,6 @@ class Throttle:
         sums, self._sums = self._sums, {}
         return sums
 
-    def reset(self) -> dict[str, int]:
-        """What was counted but not logged yet; the next `due()` logs at once."""
-        sums, self._sums, self._last = self._sums, {}, None
-        return sums
-
 
 @dataclass(frozen=True, order=True, slots=True)
 class Cursor:
@@ -238,6 +233,7 @@ class Spool:
         self.last_error: str | None = None
         self._drop_logs = {reason: Throttle() for reason in ("spool_full", "disk_full")}
         self._cursor_log = Throttle()
+        self._recovery_log = Throttle()
 
     # --- open / close --------------------------------------------------------------------------------
 
@@ -460,7 +456,8 @@ class Spool:
             stored += count
             index += 1
         if self.last_error is not None:
-            log.info("spool writable again", after=self.last_error)
+            if (summary := self._recovery_log.due()) is not None:  # a disk that flaps: once a minute
+                log.info("spool writable again", after=self.last_error, recoveries=summary["occurrences"])
             self.last_error = None
         self.appended_lines += len(lines)
         self._written_seq += 1
