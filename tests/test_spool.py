@@ -285,6 +285,21 @@ async def test_the_spool_opens_on_a_full_disk_and_stores_once_space_returns(smal
     assert drain(spool_on(small_disk), "a") == []  # the cursor made it to disk once it could
 
 
+async def test_a_spool_that_filled_the_disk_reopens_and_keeps_the_newest(small_disk: Path) -> None:
+    spool = spool_on(small_disk, ("down",))
+    total = 0
+    while spool.dropped_lines == 0:  # the database is down until the disk is full
+        await spool.append(numbered(total, 50))
+        total += 50
+    spool.close()  # a restart on the full disk
+    fill(small_disk)
+    again = spool_on(small_disk, ("down",))
+    await again.append(numbered(total, 50))
+    remaining = drain(again, "down", max_lines=1000)
+    assert remaining[-50:] == numbered(total, 50)
+    assert remaining == numbered(total + 50 - len(remaining), len(remaining))
+
+
 def test_throttle_gives_one_line_a_minute_with_the_sums_in_between() -> None:
     now = [0.0]
     throttle = Throttle(60.0, clock=lambda: now[0])
