@@ -66,6 +66,7 @@ async def test_a_submit_a_full_disk_refuses_is_dropped_counted_and_logged_once(t
             assert "No space left" in refused[0]["error"]
             assert not pipeline.writable()
             assert "No space left" in pipeline.status()["spool"]["last_error"]
+            assert pipeline.status()["spool"]["refused_points"] == 20_000
 
             filler.unlink()
             await pipeline.submit(numbered(30_000, 10))

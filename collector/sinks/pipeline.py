@@ -99,6 +99,7 @@ class SinkPipeline:
         self._submits_done = asyncio.Event()
         self._backoff = Backoff(min(INITIAL_BACKOFF, config.retry_max_backoff), config.retry_max_backoff)
         self._drop_log = Throttle()
+        self._refused = 0  # points submitted that the spool could not store
 
     # --- life cycle ----------------------------------------------------------------------------------
 
@@ -169,6 +170,7 @@ class SinkPipeline:
         except SpoolError as exc:
             count = sum(1 for line in lines if line) - exc.unstored
             POINTS_DROPPED.labels(reason="spool_error").inc(exc.unstored)
+            self._refused += exc.unstored
             if (summary := self._drop_log.due(points=exc.unstored)) is not None:
                 log.error("spool cannot store points: dropped", error=str(exc), points=summary["points"],
                           submits=summary["occurrences"], directory=str(self._spool.directory))
@@ -333,6 +335,7 @@ class SinkPipeline:
             "segment_bytes": self._spool.segment_bytes if self._spool is not None else 0,
             "oldest_age_seconds": self.oldest_age_seconds(),
             "dropped_points": self._spool.dropped_lines if self._spool is not None else 0,
+            "refused_points": self._refused,
             "writable": self.writable(),
             "last_error": self._spool.last_error if self._spool is not None else None,
         }
