@@ -649,8 +649,10 @@ class Spool:
         log.error("spool segment damaged, skipping the rest of it", sink=sink, segment=seg.path.name,
                   offset=offset, bytes=lost)
         if seg.id == self._current_id():
-            # Never append after garbage: start a fresh segment.
-            self._rotate()
+            # Never append after garbage: start a fresh segment (or, if the disk refuses one now,
+            # at the next append: the damaged one is no longer open for appending).
+            with contextlib.suppress(OSError):
+                self._rotate()
 
     def _current_id(self) -> int:
         assert self._current is not None
