@@ -28,7 +28,7 @@ from collector.logs import register_secret
 from collector.pipeline import Pipeline
 from collector.platform.client import PlatformClient
 from collector.schedule import Scheduler
-from collector.sdnotify import Notifier
+from collector.sdnotify import Notifier, status_line
 from collector.sinks.pipeline import SinkPipeline
 from collector.state import FieldRecord, FleetState
 from collector.telemetry import FleetCollector, HttpServer
@@ -141,11 +141,14 @@ class Daemon:
     async def start(self) -> None:
         register_config_secrets(self.config)
         state_dir = Path(self.config.state_dir)
-        state_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
+        self.sinks = SinkPipeline(self.config.sinks, str(state_dir))
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
+            await self.sinks.start()
+        except OSError as exc:  # read-only, not a directory...: the operator's to fix, not a crash
+            raise ConfigError([f"state_dir: cannot keep the spool in {state_dir}: {exc.strerror or exc}"]) from None
         base_url = await self._start_simulator()
         self.client = PlatformClient(self.config.platform, self.config.privacy, base_url=base_url)
-        self.sinks = SinkPipeline(self.config.sinks, str(state_dir))
-        await self.sinks.start()
         if self.config.alerts.enabled:
             from collector.alerts.engine import AlertEngine
 
@@ -168,7 +171,8 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         if self.notifier.enabled:
             self._tasks.append(asyncio.create_task(self.notifier.watchdog()))
-        self.notifier.notify(f"READY=1\nSTATUS=polling {len(self.state.devices)} devices\nMAINPID={os.getpid()}")
+            self._tasks.append(asyncio.create_task(self.notifier.publish_status(self.status)))
+        self.notifier.notify(f"READY=1\nSTATUS={status_line(self.status())}\nMAINPID={os.getpid()}")
         log.info("collector started", version=__version__, devices=len(self.state.devices),
                  cards=len(self.inventory.cards), jobs=[j for j in self.scheduler.jobs])
 
@@ -183,9 +187,15 @@ class Daemon:
         assert self.http is not None
         path = Path(self.config.state_dir) / RUNTIME_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "url": f"http://{self.config.http.listen}:{self.http.port}",
-                                   "started_at": self.started_at}))
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps({"pid": os.getpid(),
+                                       "url": f"http://{self.config.http.listen}:{self.http.port}",
+                                       "started_at": self.started_at}))
+            tmp.replace(path)
+        except OSError as exc:  # a full disk must not stop the collector: only the CLI needs this file
+            tmp.unlink(missing_ok=True)
+            log.warning("runtime file not written: the CLI needs --url when http.port is 0", path=str(path),
+                        error=exc.strerror or str(exc))
 
     def _log_budget(self) -> None:
         assert self.scheduler is not None
@@ -313,7 +323,7 @@ class Daemon:
         if device_jobs and not device_jobs & self.first_cycle:
             return False, "first polling cycle not finished"
         if self.sinks is not None and not self.sinks.writable():
-            return False, "spool not writable"
+            return False, f"spool not writable: {self.sinks.last_error()}"
         return True, "ok"
 
     def status(self) -> dict[str, Any]:

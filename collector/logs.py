@@ -1,9 +1,12 @@
 """structlog set-up: JSON lines when stdout is not a terminal (journald), colours on a terminal, and
-a processor that redacts secrets from every event before it is rendered."""
+a processor that redacts secrets from every event before it is rendered. On journald's stream each
+line starts with its syslog priority (`<4>` for a warning), which journald strips and records as
+PRIORITY, so `journalctl -p warning` finds the warnings."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
@@ -71,6 +74,30 @@ def _redact_rendered(_logger: Any, _method: str, event: MutableMapping[str, Any]
     return event
 
 
+# sd-daemon(3) priorities by structlog method name.
+_PRIORITY = {"debug": 7, "info": 6, "msg": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3,
+             "critical": 2, "fatal": 2}
+
+
+def is_journal_stream(stream: TextIO) -> bool:
+    """True when `stream` is the journald stream systemd connected us to ($JOURNAL_STREAM names its
+    device and inode), not a pipe or file that stdout was redirected to."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    if not expected:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+def _syslog_prefix(_logger: Any, method: str, rendered: Any) -> Any:
+    # After the renderer: `rendered` is the JSON line. journald reads the `<N>` prefix
+    # (SyslogLevelPrefix=, on by default) and keeps MESSAGE the JSON alone.
+    return f"<{_PRIORITY.get(method, 6)}>{rendered}"
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None, *,
                       cache: bool = False) -> None:
     """Set up structlog (and route stdlib logging of libraries through the same rendering).
@@ -89,6 +116,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     if use_json:
         tail: list[Any] = [structlog.processors.format_exc_info, _redact_rendered,
                            structlog.processors.JSONRenderer()]
+        if is_journal_stream(stream):
+            tail.append(_syslog_prefix)
     else:
         tail = [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
     renderer = tail

@@ -108,6 +108,7 @@ class Scheduler:
         self._scheduler.add_listener(self._on_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
         self._in_flight: dict[tuple[str, tuple[str, ...]], asyncio.Task[bool]] = {}
         self._finishers: set[asyncio.Task[None]] = set()
+        self._cycles: set[asyncio.Task[Any]] = set()
         self._origin: dict[str, float] = {}
         self._stopping = asyncio.Event()
         self._first_cycle_done = first_cycle_done
@@ -151,9 +152,16 @@ class Scheduler:
                 self._add(job, now)
 
     async def stop(self, grace: float) -> None:
-        """Stop starting polls, then wait (bounded) for the in-flight ones to finish."""
+        """Stop starting polls, then wait (bounded) for the in-flight ones to finish. Every poll's
+        outcome is taken (logged if it crashed), so nothing is left to asyncio's "exception was never
+        retrieved" at exit."""
         self._stopping.set()
         if self._scheduler.running:
+            # Paused first: the cycles still dispatching see _stopping and return by themselves;
+            # shutdown() would cancel them, which APScheduler logs with a traceback.
+            self._scheduler.pause()
+            if self._cycles:
+                await asyncio.wait(self._cycles, timeout=1.0)
             self._scheduler.shutdown(wait=False)
         pending = [t for t in self._in_flight.values() if not t.done()]
         if pending:
@@ -169,6 +177,10 @@ class Scheduler:
         job = self.jobs.get(name)
         if job is None or self._stopping.is_set():
             return
+        current = asyncio.current_task()
+        if current is not None:
+            self._cycles.add(current)
+            current.add_done_callback(self._cycles.discard)
         status = self.status[name]
         interval = job.interval * self.stretch
         now = time.time()
@@ -189,6 +201,19 @@ class Scheduler:
         # Spread over the interval less a small guard, so dispatching never runs into the next cycle.
         spread = interval - min(1.0, interval * 0.02)
         tasks: list[asyncio.Task[bool]] = []
+        complete = False
+        try:
+            complete = await self._dispatch(name, job, status, start, spread, items, tasks)
+        finally:
+            # Also when stopping or cancelled: the polls already started are awaited and their
+            # outcomes taken, and only a whole cycle counts as one.
+            finisher = asyncio.create_task(self._finish(name, start, tasks, complete=complete))
+            self._finishers.add(finisher)
+            finisher.add_done_callback(self._finishers.discard)
+
+    async def _dispatch(self, name: str, job: PollJob, status: JobStatus, start: float, spread: float,
+                        items: list[tuple[float, tuple[str, ...]]], tasks: list[asyncio.Task[bool]]) -> bool:
+        """Start the polls of one cycle at their slots (into `tasks`); False when stopped midway."""
         max_lag = 0.0
         skipped = 0
         for fraction, ids in items:
@@ -197,11 +222,11 @@ class Scheduler:
             if delay > 0:
                 try:
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                    return  # stopping
+                    return False  # stopping
                 except TimeoutError:
                     pass
             elif self._stopping.is_set():
-                return
+                return False
             max_lag = max(max_lag, time.time() - slot)
             key = (name, ids)
             previous = self._in_flight.get(key)
@@ -221,17 +246,17 @@ class Scheduler:
         if skipped:
             log.warning("job overrun: polls of the previous cycle still in flight were not started again",
                         job=name, skipped=skipped, items=len(items))
-        finisher = asyncio.create_task(self._finish(name, start, tasks))
-        self._finishers.add(finisher)
-        finisher.add_done_callback(self._finishers.discard)
+        return True
 
-    async def _finish(self, name: str, start: float, tasks: list[asyncio.Task[bool]]) -> None:
+    async def _finish(self, name: str, start: float, tasks: list[asyncio.Task[bool]], *, complete: bool) -> None:
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for key in [k for k, t in self._in_flight.items() if k[0] == name and t.done()]:
             self._in_flight.pop(key, None)
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
                 log.error("poll crashed", job=name, error=f"{type(r).__name__}: {r}")
+        if not complete:
+            return
         failures = sum(1 for r in results if r is not True)
         outcome = "ok" if failures == 0 else "error" if failures == len(results) else "partial"
         end = time.time()

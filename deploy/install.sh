@@ -25,6 +25,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=/
 PREFIX=/opt/iot-collector
 SOURCE=$(dirname "$HERE")
+PYTHON_GIVEN=0
+[ -n "${PYTHON:-}" ] && PYTHON_GIVEN=1
 PYTHON=${PYTHON:-python3}
 PIP_ARGS=()
 ACTION=install
@@ -41,7 +43,9 @@ Options:
   --root DIR         install into DIR instead of / (an image, a test); no systemctl calls
   --prefix DIR       where the program goes (default $PREFIX)
   --source PATH      what to install: a checkout or a built wheel (default $SOURCE)
-  --python PYTHON    interpreter for the virtual environment, 3.11 or newer (default $PYTHON)
+  --python PYTHON    interpreter for the virtual environment, 3.11 or newer, outside /home, /root
+                     and /tmp, which the service cannot see (default: python3 on PATH, or a system
+                     one when that is a per-user installation such as pyenv or conda)
   --pip-arg ARG      pass ARG to pip install (repeatable), e.g. --pip-arg=--no-index
                      --pip-arg=--find-links=/srv/wheels on a host without a package index
   --no-systemctl     do not run systemctl even when installing into /
@@ -64,8 +68,8 @@ while [ $# -gt 0 ]; do
     --prefix=*) PREFIX=${1#*=}; shift ;;
     --source) [ $# -ge 2 ] || die "--source needs a path"; SOURCE=$2; shift 2 ;;
     --source=*) SOURCE=${1#*=}; shift ;;
-    --python) [ $# -ge 2 ] || die "--python needs an interpreter"; PYTHON=$2; shift 2 ;;
-    --python=*) PYTHON=${1#*=}; shift ;;
+    --python) [ $# -ge 2 ] || die "--python needs an interpreter"; PYTHON=$2; PYTHON_GIVEN=1; shift 2 ;;
+    --python=*) PYTHON=${1#*=}; PYTHON_GIVEN=1; shift ;;
     --pip-arg) [ $# -ge 2 ] || die "--pip-arg needs an argument"; PIP_ARGS+=("$2"); shift 2 ;;
     --pip-arg=*) PIP_ARGS+=("${1#*=}"); shift ;;
     --no-systemctl) SYSTEMCTL=no; shift ;;
@@ -152,20 +156,66 @@ uninstall() {
 
 # --- install ------------------------------------------------------------------------------------------
 
+# The unit runs with ProtectHome=yes and PrivateTmp=yes: the service sees no /home, /root or
+# /run/user, and an empty /tmp and /var/tmp. A virtual environment's python is a link to the
+# interpreter it was made from, so one made from a per-user Python (pyenv, conda, a build in a home
+# directory) fails at start with 203/EXEC "Permission denied", in a restart loop.
+HIDDEN_DIRS=(/home /root /run/user /tmp /var/tmp)
+
+hidden_dir() {  # path -> the directory hiding it from the service, or nothing
+  local path=$1 dir
+  for dir in "${HIDDEN_DIRS[@]}"; do
+    case "$path/" in "$dir"/*) echo "$dir"; return 0 ;; esac
+  done
+  return 1
+}
+
+interpreter_path() {  # python -> the real path of the binary a virtual environment made from it links to
+  "$1" -c 'import os, sys; print(os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable))' 2>/dev/null
+}
+
+python_problem() {  # python -> why it cannot make the service's environment (nothing when it can)
+  command -v "$1" >/dev/null 2>&1 || { echo "not found"; return 0; }
+  "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null \
+    || { echo "$("$1" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null || echo "an unknown version"), 3.11 or newer is needed"; return 0; }
+  "$1" -c 'import venv, ensurepip' 2>/dev/null \
+    || { echo "cannot create virtual environments (Debian: apt-get install python3-venv)"; return 0; }
+  local real dir
+  real=$(interpreter_path "$1")
+  if dir=$(hidden_dir "$real"); then
+    echo "it is $real, under $dir, which the service cannot see (ProtectHome=yes, PrivateTmp=yes in the unit)"
+  fi
+}
+
 check_python() {
-  command -v "$PYTHON" >/dev/null 2>&1 || die "no $PYTHON (Python 3.11 or newer is needed; choose one with --python)"
-  "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
-    || die "$PYTHON is $("$PYTHON" -c 'import sys; print(sys.version.split()[0])'), 3.11 or newer is needed"
-  "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null \
-    || die "$PYTHON cannot create virtual environments (Debian: apt-get install python3-venv)"
+  local problem candidate
+  problem=$(python_problem "$PYTHON")
+  [ -z "$problem" ] && return 0
+  if [ "$PYTHON_GIVEN" = 1 ]; then
+    die "$PYTHON: $problem; choose a system interpreter, e.g. --python /usr/bin/python3"
+  fi
+  # The default python3 on PATH is unusable (most often a pyenv or conda one): a system one will do.
+  for candidate in /usr/bin/python3 /usr/local/bin/python3 /usr/bin/python3.1[1-9] /usr/local/bin/python3.1[1-9]; do
+    [ -x "$candidate" ] || continue
+    if [ -z "$(python_problem "$candidate")" ]; then
+      say "$PYTHON on PATH: $problem; using $candidate instead"
+      PYTHON=$candidate
+      return 0
+    fi
+  done
+  die "$PYTHON on PATH: $problem, and no system Python 3.11 or newer with venv was found in /usr/bin or" \
+      "/usr/local/bin (Debian: apt-get install python3 python3-venv); choose one with --python"
 }
 
 make_venv() {
   local venv=$R$VENV
-  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import sys' 2>/dev/null; then
+  local linked=""
+  [ -e "$venv/bin/python" ] && linked=$(readlink -f "$venv/bin/python")
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import sys' 2>/dev/null && ! hidden_dir "$linked" >/dev/null; then
     say "upgrading the virtual environment $VENV"
   else
-    # Missing, or broken because the interpreter it was made from went away: make it afresh.
+    # Missing, broken because the interpreter it was made from went away, or made from one the service
+    # cannot see (an earlier install from a per-user Python): make it afresh.
     say "creating the virtual environment $VENV"
     rm -rf "$venv"
     "$PYTHON" -m venv "$venv"

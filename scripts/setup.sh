@@ -2,7 +2,8 @@
 # Sets up a virtual environment in .venv with the collector installed (editable).
 #   scripts/setup.sh          runtime only
 #   scripts/setup.sh --test   plus the dev tools and the real servers the tests start on loopback
-#                             (Debian: influxdb, victoria-metrics, prometheus, prometheus-alertmanager, systemd)
+#                             (Debian: influxdb, victoria-metrics, prometheus, prometheus-alertmanager, systemd,
+#                             systemd-container for the boot tests, python3-venv for install.sh's tests)
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +16,12 @@ if [ "$want_test" = 1 ]; then
   need=()
   for pair in influxd:influxdb victoria-metrics:victoria-metrics promtool:prometheus \
               prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager \
-              systemd-analyze:systemd; do
+              systemd-analyze:systemd systemd-nspawn:systemd-container; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
   done
+  # install.sh makes the service's venv from a system Python (one under /root or /home is hidden
+  # from the service); its tests and the boot tests need Debian's, with venv.
+  /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
   if [ "${#need[@]}" -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"

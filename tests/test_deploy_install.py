@@ -6,6 +6,8 @@ keeps configuration, secrets and state unless --purge, and that the units it ins
 The package is installed from a wheel built once from this checkout, with `--no-deps` (no index, so
 the test stays fast and offline); the installed command then runs with the test environment's
 dependencies on PYTHONPATH, which proves the package and its entry point landed in the new venv.
+The venv is made from a system interpreter (/usr/bin/python3): the service cannot see one under a
+home directory or /tmp (ProtectHome=yes, PrivateTmp=yes), and install.sh refuses or replaces those.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +31,19 @@ REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "deploy" / "install.sh"
 PREFIX = "/opt/iot-collector"
 UNITS = ("iot-collector.service", "iot-collector@.service")
+HIDDEN = ("/home/", "/root/", "/run/user/", "/tmp/", "/var/tmp/")
+
+
+def system_python() -> str:
+    """A Python 3.11+ outside the directories the service cannot see, able to make a venv."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if not os.access(candidate, os.X_OK) or os.path.realpath(candidate).startswith(HIDDEN):
+            continue
+        ok = subprocess.run([candidate, "-c", "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))"],
+                            capture_output=True)
+        if ok.returncode == 0:
+            return candidate
+    pytest.skip("no system Python 3.11+ with venv in /usr/bin or /usr/local/bin (apt-get install python3-venv)")
 
 
 def run(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None,
@@ -51,10 +68,8 @@ def tree(root: Path) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_wheel(work: Path) -> Path:
     """A wheel of this checkout, built from a copy so the work tree gets no build/ or egg-info."""
-    work = tmp_path_factory.mktemp("wheel")
     src = work / "src"
     src.mkdir()
     shutil.copy(REPO / "pyproject.toml", src)
@@ -64,6 +79,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "-w", work / "dist", src)
     (found,) = (work / "dist").glob("iot_collector-*.whl")
     return found
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @dataclass
@@ -76,9 +96,11 @@ class Installed:
     after: dict[str, str]
 
 
-def install(root: Path, wheel: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run("bash", INSTALL, "--root", root, "--source", wheel, "--python", sys.executable,
-               "--pip-arg=--no-deps", "--pip-arg=--no-index", *extra)
+def install(root: Path, wheel: Path, *extra: str, python: str | None = None,
+            env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    chosen = ["--python", python or system_python()] if python != "" else []
+    return run("bash", INSTALL, "--root", root, "--source", wheel, *chosen,
+               "--pip-arg=--no-deps", "--pip-arg=--no-index", *extra, env=env, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +249,55 @@ def test_verify_would_catch_a_missing_program(installed: Installed, tmp_path: Pa
     proc = run(analyze, "verify", f"--root={root}", "iot-collector.service", check=False)
     assert proc.returncode != 0
     assert f"{PREFIX}/venv/bin/iot-collector" in proc.stdout + proc.stderr
+
+
+# --- the interpreter ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def home_python(tmp_path: Path) -> Iterator[Path]:
+    """A Python living in a home directory, as pyenv or conda install one: the system interpreter's
+    binary copied there (it still finds its standard library in /usr)."""
+    home = Path.home()
+    base = home if str(home).startswith(("/root", "/home/")) and os.access(home, os.W_OK) else tmp_path
+    where = Path(tempfile.mkdtemp(prefix="iotc-python-", dir=base))
+    (where / "bin").mkdir()
+    python = where / "bin/python3"
+    shutil.copy(os.path.realpath(system_python()), python)
+    yield python
+    shutil.rmtree(where)
+
+
+def test_install_refuses_an_interpreter_the_service_cannot_see(home_python: Path, wheel: Path,
+                                                                tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    proc = install(root, wheel, python=str(home_python), check=False)
+    assert proc.returncode != 0
+    hidden = next(d.rstrip("/") for d in HIDDEN if str(home_python).startswith(d))
+    assert f"{home_python}: it is {home_python}, under {hidden}, which the service cannot see" in proc.stderr, \
+        proc.stderr
+    assert "--python /usr/bin/python3" in proc.stderr
+    assert not (root / PREFIX.lstrip("/")).exists(), "a refused install left a tree behind"
+
+
+def test_install_replaces_a_python3_on_path_under_home_by_a_system_one(home_python: Path, wheel: Path,
+                                                                      tmp_path: Path) -> None:
+    """No --python: `python3` on PATH is a per-user one (pyenv's shims come first on PATH); an
+    earlier install made the venv from it. install.sh says so, makes the venv afresh from a system
+    Python, and the service's interpreter is one it can see."""
+    system = system_python()
+    root = tmp_path / "root"
+    venv = root / PREFIX.lstrip("/") / "venv"
+    venv.parent.mkdir(parents=True)
+    run(home_python, "-m", "venv", "--without-pip", venv)
+    assert os.path.realpath(venv / "bin/python") == str(home_python)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV")}
+    env["PATH"] = f"{home_python.parent}:/usr/local/bin:/usr/bin:/bin"
+    proc = install(root, wheel, python="", env=env)
+    assert f"python3 on PATH: it is {home_python}" in proc.stdout, proc.stdout
+    assert "using /usr" in proc.stdout and "creating the virtual environment" in proc.stdout, proc.stdout
+    linked = os.path.realpath(venv / "bin/python")
+    assert linked == os.path.realpath(system), linked
+    home = dict(line.split(" = ", 1) for line in (venv / "pyvenv.cfg").read_text().splitlines() if " = " in line)
+    assert not (home["home"] + "/").startswith(HIDDEN), home
+    assert os.access(venv / "bin/iot-collector", os.X_OK)

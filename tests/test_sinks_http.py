@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -271,3 +272,36 @@ async def test_a_sink_that_is_down_does_not_hold_up_another(state_dir: Path, tmp
     assert status["influxdb_v1"]["pending_bytes"] > 0 and status["influxdb_v1"]["up"] is False
     assert path.read_text().splitlines() == numbered(0, 30)
     await pipeline.stop(0.1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_retries_back_off_exponentially_up_to_retry_max_backoff(kind: str, stub: Stub, state_dir: Path) -> None:
+    stub.behaviour = lambda lines, server: (503, {"error": "busy"}, {}) if len(server.requests) <= 4 else None
+    pipeline = await run(kind, stub.url, state_dir, numbered(0, 10), retry_max_backoff=1.0)
+    at = [r["at"] for r in stub.requests]
+    gaps = [b - a for a, b in itertools.pairwise(at)]
+    steps = [0.5, 1.0, 1.0, 1.0]  # 0.5 s doubling, capped at retry_max_backoff; each wait is jittered in [step/2, step]
+    assert len(gaps) == len(steps)
+    for gap, step in zip(gaps, steps, strict=True):
+        assert step / 2 - 0.02 <= gap <= step + 0.5  # the upper slack is for a busy machine
+    assert sorted(stub.accepted) == sorted(numbered(0, 10))
+    await pipeline.stop(1)
+
+
+async def test_refused_lines_stay_spooled_while_the_dead_letter_file_cannot_be_written(stub: Stub,
+                                                                                      state_dir: Path) -> None:
+    stub.behaviour = lambda lines, _: (400, {"error": "bad"}, {}) if any("vbad" in line for line in lines) else None
+    blocker = state_dir / "dead-letter"
+    blocker.write_text("a file where the dead-letter folder goes")
+    pipeline = SinkPipeline(config("influxdb_v1", stub.url), str(state_dir))
+    await pipeline.start()
+    await pipeline.submit(numbered(0, 4, bad={2}))
+    assert not await pipeline.flush(timeout=1)
+    status = pipeline.status()["sinks"]["influxdb_v1"]
+    assert status["last_error"].startswith("io_error") and status["pending_bytes"] > 0
+    blocker.unlink()
+    assert await pipeline.flush(timeout=10)
+    await pipeline.stop(1)
+    assert (state_dir / "dead-letter" / "influxdb_v1.lp").read_text().splitlines()[1:] == \
+        [line for line in numbered(0, 4, bad={2}) if "vbad" in line]
+    assert set(stub.accepted) == {line for line in numbered(0, 4, bad={2}) if "vbad" not in line}

@@ -1,18 +1,23 @@
 # ruff: noqa: ASYNC230, ASYNC240 - tests damage spool files on purpose, synchronously
-"""The durable spool: framing, torn-tail recovery, cursors, the size bound, per-sink independence."""
+"""The durable spool: framing, torn-tail recovery, cursors, the size bound, per-sink independence, and a
+full or read-only disk (a real tmpfs)."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from collector.metrics import POINTS_DROPPED
 from collector.sinks import spool as spool_module
 from collector.sinks.config import SpoolConfig
-from collector.sinks.spool import MAGIC, Spool, SpoolError
+from collector.sinks.spool import MAGIC, Spool, SpoolError, Throttle
+from tests.tmpfs import fill, mounted
 
 
 def lines(start: int, count: int) -> list[str]:
@@ -197,10 +202,10 @@ async def test_write_error_is_reported_and_nothing_half_written(tmp_path: Path,
     spool = make(tmp_path)
     await spool.append(lines(0, 5))
 
-    def full(fd: int, data: object) -> int:
-        raise OSError(28, "No space left on device")
+    def broken(fd: int, data: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(spool_module.os, "write", full)
+    monkeypatch.setattr(spool_module.os, "write", broken)
     with pytest.raises(SpoolError):
         await spool.append(lines(5, 5))
     assert spool.last_error is not None
@@ -208,3 +213,102 @@ async def test_write_error_is_reported_and_nothing_half_written(tmp_path: Path,
     await spool.append(lines(10, 5))
     assert spool.last_error is None
     assert drain(spool, "a") == lines(0, 5) + lines(10, 5)
+
+
+# --- a full disk: a real 1 MiB tmpfs --------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB filesystem (tmpfs), the spool's directory inside it."""
+    with mounted(tmp_path / "disk", "1m") as disk:
+        yield disk
+
+
+def spool_on(disk: Path, sinks: tuple[str, ...] = ("a",), **config: object) -> Spool:
+    spool = Spool(disk / "spool", SpoolConfig(**config), sinks, frame_lines=50)  # type: ignore[arg-type]
+    spool.open()
+    return spool
+
+
+def numbered(start: int, count: int) -> list[str]:
+    """Lines of about 100 bytes, numbered."""
+    text = "x" * 40
+    return [f"m,host=h{i % 7},site=north-east-{i % 3} n={i}i,text=\"{text}\" {i}" for i in range(start, start + count)]
+
+
+async def test_a_full_disk_frees_what_every_sink_sent_including_the_segment_being_written(small_disk: Path) -> None:
+    spool = spool_on(small_disk)  # the defaults: 1 GiB, 8 MiB segments
+    fill(small_disk, leave=64 * 1024)  # less than one segment left: the segment being written fills it
+    sent: list[str] = []
+    for start in range(0, 5000, 50):  # ~500 KB through 64 KB of free space
+        await spool.append(numbered(start, 50))
+        sent.extend(drain(spool, "a", max_lines=500))
+    assert sent == numbered(0, 5000)
+    assert spool.dropped_lines == 0 and spool.last_error is None
+
+
+async def test_a_full_disk_drops_the_oldest_segments_counted_and_keeps_storing(small_disk: Path) -> None:
+    before = dropped("disk_full")
+    spool = spool_on(small_disk, ("down", "up"))
+    assert spool.segment_bytes == 128 * 1024  # 8 MiB configured, an eighth of this disk used
+    total = 0
+    with capture_logs() as logs:
+        while total < 30_000:  # ~3 MB into 1 MiB, "down" never sends
+            assert await spool.append(numbered(total, 50)) == 50
+            total += 50
+            drain(spool, "up", max_lines=500)
+    assert spool.last_error is None
+    assert spool.dropped_lines > 0 and dropped("disk_full") - before == spool.dropped_lines
+    remaining = drain(spool, "down", max_lines=1000)
+    assert remaining == numbered(total - len(remaining), len(remaining))  # the newest, contiguous
+    assert len(remaining) + spool.dropped_lines == total
+    assert len(remaining) > 30_000 * 0.15  # only whole segments of an eighth of the disk went at a time
+    drops = [e for e in logs if e["event"].startswith("disk full")]
+    assert len(drops) == 1  # once a minute, not once per segment
+    assert drops[0]["points"] <= spool.dropped_lines
+
+
+async def test_the_spool_opens_on_a_full_disk_and_stores_once_space_returns(small_disk: Path) -> None:
+    (small_disk / "spool").mkdir()
+    filler = fill(small_disk)
+    spool = spool_on(small_disk)
+    with pytest.raises(SpoolError) as refused:
+        await spool.append(numbered(0, 50))
+    assert refused.value.unstored == 50
+    assert spool.last_error is not None and "No space left" in spool.last_error
+    filler.unlink()
+    assert await spool.append(numbered(50, 50)) == 50
+    assert spool.last_error is None
+    assert drain(spool, "a") == numbered(50, 50)
+    spool.close()
+    assert drain(spool_on(small_disk), "a") == []  # the cursor made it to disk once it could
+
+
+async def test_a_spool_that_filled_the_disk_reopens_and_keeps_the_newest(small_disk: Path) -> None:
+    spool = spool_on(small_disk, ("down",))
+    total = 0
+    while spool.dropped_lines == 0:  # the database is down until the disk is full
+        await spool.append(numbered(total, 50))
+        total += 50
+    spool.close()  # a restart on the full disk
+    fill(small_disk)
+    again = spool_on(small_disk, ("down",))
+    await again.append(numbered(total, 50))
+    remaining = drain(again, "down", max_lines=1000)
+    assert remaining[-50:] == numbered(total, 50)
+    assert remaining == numbered(total + 50 - len(remaining), len(remaining))
+
+
+def test_throttle_gives_one_line_a_minute_with_the_sums_in_between() -> None:
+    now = [0.0]
+    throttle = Throttle(60.0, clock=lambda: now[0])
+    assert throttle.due(points=5) == {"points": 5, "occurrences": 1}
+    for _ in range(10):
+        now[0] += 5
+        assert throttle.due(points=2) is None
+    now[0] += 15
+    assert throttle.due(points=1) == {"points": 21, "occurrences": 11}
+    assert throttle.due(points=1) is None
+    now[0] += 60
+    assert throttle.due(points=3) == {"points": 4, "occurrences": 2}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, HttpUrl
+from pydantic import Field, HttpUrl, ValidationInfo, field_validator
 
 from collector.configtypes import ByteSize, Duration, Secret, SecretSection, Section
+from collector.formats import human_bytes
 
 
 class FileSinkConfig(Section):
@@ -49,15 +50,26 @@ class InfluxV1Config(SecretSection):
 class SpoolConfig(Section):
     """The on-disk queue in front of every sink: nothing counts as collected until it is here.
 
-    `max_bytes`: past this, whole segments are dropped oldest first (counted and logged).
-    `segment_bytes`: size of one segment file (at most a quarter of `max_bytes` is used).
-    `fsync`: `always` fsyncs every submit on its own; `batch` lets concurrent submits share one
-    fsync (each still returns only once on disk); `never` leaves it to the OS (a daemon crash loses
-    nothing, a power cut may lose the last seconds). See collector/sinks/spool.py."""
+    `max_bytes`: past this, whole segments are dropped oldest first (counted and logged); at least
+    two segments. `segment_bytes`: size of one segment file (at most a quarter of `max_bytes` and an
+    eighth of the filesystem are used). `fsync`: `always` fsyncs every submit on its own; `batch`
+    lets concurrent submits share one fsync (each still returns only once on disk); `never` leaves
+    it to the OS (a daemon crash loses nothing, a power cut may lose the last seconds). See
+    collector/sinks/spool.py."""
 
-    max_bytes: ByteSize = Field(default=1024**3, gt=0)
     segment_bytes: ByteSize = Field(default=8 * 1024**2, gt=0)
+    max_bytes: ByteSize = Field(default=1024**3, gt=0)
     fsync: Literal["always", "batch", "never"] = "batch"
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _holds_two_segments(cls, value: int, info: ValidationInfo) -> int:
+        # A spool of one segment could only make room by deleting the segment being written.
+        segment = info.data.get("segment_bytes")
+        if isinstance(segment, int) and value < 2 * segment:
+            raise ValueError(f"must hold at least two segments (2 x segment_bytes = {human_bytes(2 * segment)}), "
+                             f"got {human_bytes(value)}; lower segment_bytes or raise max_bytes")
+        return value
 
 
 class SinksConfig(Section):

@@ -29,13 +29,13 @@ from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.rest import ApiException
 
 from collector.logs import redact_text, register_secret
+from collector.retry import parse_retry_after
 from collector.sinks.base import (
     DeadLetter,
     HttpResult,
     HttpSink,
     RetryableError,
     error_reason,
-    parse_retry_after,
 )
 from collector.sinks.config import InfluxV1Config, InfluxV2Config
 

@@ -1,11 +1,15 @@
 """The sink pipeline: the spool in front, one drain task per enabled sink behind it.
 
 `submit(lines)` returns once the lines are durable in the spool (that is when they count as
-collected). Each drain task reads batches from its own spool cursor, waits up to `flush_interval`
+collected). Concurrent submits share the spool's fsyncs (`spool.fsync: batch`). A submit the spool
+cannot store (a full disk with nothing left to free, an I/O error) is dropped: counted in
+POINTS_DROPPED{reason="spool_error"} and logged at most once a minute; the caller (a poll) is not
+failed for it. Each drain task reads batches from its own spool cursor, waits up to `flush_interval`
 for a batch to fill to `batch_size`, hands it to its sink, and moves its cursor only when the sink is
-done with it (written or dead-lettered). A sink that fails is retried with exponential backoff up to
-`retry_max_backoff`, or after the server's Retry-After; meanwhile the spool keeps the points, so a
-long outage ends with the backlog drained, not lost.
+done with it (written or dead-lettered). A sink that fails is retried for as long as the spool holds
+its points, waiting as `collector.retry.Backoff` says (exponential with jitter up to
+`retry_max_backoff`, at least the server's Retry-After), so a long outage ends with the backlog
+drained, not lost.
 
 Sinks: "file", "influxdb_v1", "influxdb_v2" (names are metric labels and spool cursor names).
 """
@@ -14,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,15 +34,16 @@ from collector.metrics import (
     SINK_UP,
     SINK_WRITE_ERRORS,
 )
+from collector.retry import Backoff
 from collector.sinks.base import RetryableError, Sink
 from collector.sinks.config import SinksConfig
 from collector.sinks.file import FileSink
 from collector.sinks.influx import InfluxV1Sink, InfluxV2Sink, dead_letter_for
-from collector.sinks.spool import Spool, SpoolError
+from collector.sinks.spool import Spool, SpoolError, Throttle
 
 log = structlog.get_logger(__name__)
 
-INITIAL_BACKOFF = 0.5
+INITIAL_BACKOFF = 0.5  # seconds before the first retry of a failed write
 
 
 def build_sinks(config: SinksConfig, state_dir: str | Path) -> list[Sink]:
@@ -93,6 +97,9 @@ class SinkPipeline:
         self._inflight = 0
         self._progress = asyncio.Event()
         self._submits_done = asyncio.Event()
+        self._backoff = Backoff(min(INITIAL_BACKOFF, config.retry_max_backoff), config.retry_max_backoff)
+        self._drop_log = Throttle()
+        self._refused = 0  # points submitted that the spool could not store
 
     # --- life cycle ----------------------------------------------------------------------------------
 
@@ -147,10 +154,11 @@ class SinkPipeline:
     # --- input ---------------------------------------------------------------------------------------
 
     async def submit(self, lines: Sequence[str]) -> None:
-        """Append `lines` to the spool; returns once they are durable (they count as collected).
+        """Append `lines` to the spool; returns once they are durable (they count as collected), or
+        once they are counted as dropped because the spool could not store them (see `writable()`).
 
-        Raises RuntimeError when the pipeline is not running, SpoolError when the disk refused them
-        (then they are counted as dropped), ValueError for a line containing a newline."""
+        Raises RuntimeError when the pipeline is not running, ValueError for a line containing a
+        newline."""
         if not self._accepting:
             raise RuntimeError("the sink pipeline is not accepting points (not started or stopping)")
         if self._spool is None:
@@ -159,16 +167,20 @@ class SinkPipeline:
         self._inflight += 1
         try:
             count = await self._spool.append(lines)
-        except SpoolError:
-            POINTS_DROPPED.labels(reason="spool_error").inc(sum(1 for line in lines if line))
-            log.error("spool write failed: points dropped", error=self._spool.last_error)
-            raise
+        except SpoolError as exc:
+            count = sum(1 for line in lines if line) - exc.unstored
+            POINTS_DROPPED.labels(reason="spool_error").inc(exc.unstored)
+            self._refused += exc.unstored
+            if (summary := self._drop_log.due(points=exc.unstored)) is not None:
+                log.error("spool cannot store points: dropped", error=str(exc), points=summary["points"],
+                          submits=summary["occurrences"], directory=str(self._spool.directory))
         finally:
             self._inflight -= 1
             if not self._inflight:
                 self._submits_done.set()
-        POINTS_COLLECTED.inc(count)
-        self._wake_all()
+        if count:
+            POINTS_COLLECTED.inc(count)
+            self._wake_all()
 
     async def flush(self, timeout: float) -> bool:  # noqa: ASYNC109 - bounded, like stop()
         """Send everything spooled now, without waiting for `flush_interval`; True if every sink
@@ -210,7 +222,6 @@ class SinkPipeline:
     async def _drain(self, state: _SinkState) -> None:
         assert self._spool is not None
         spool, sink, name = self._spool, state.sink, state.sink.name
-        backoff = min(INITIAL_BACKOFF, self.config.retry_max_backoff)
         while not self._aborted:
             state.wake.clear()
             limit = min(self.config.batch_size, sink.max_lines() or self.config.batch_size)
@@ -241,13 +252,13 @@ class SinkPipeline:
                 else:
                     log.exception("sink raised an unexpected error", sink=name)
                     reason, detail, retry_after = "error", f"{type(exc).__name__}: {exc}", None
-                delay = retry_after if retry_after is not None else random.uniform(backoff / 2, backoff)
+                # Unbounded: the spool holds these points for as long as it takes.
+                delay = self._backoff.delay(state.retries + 1, retry_after)
+                assert delay is not None
                 self._record_failure(state, reason, detail, delay)
-                backoff = min(backoff * 2, self.config.retry_max_backoff)
                 await asyncio.sleep(delay)
                 continue
             spool.commit(name, batch.end)
-            backoff = min(INITIAL_BACKOFF, self.config.retry_max_backoff)
             self._record_success(state, outcome.written, outcome.failed)
             self._progress.set()
 
@@ -281,8 +292,13 @@ class SinkPipeline:
     # --- status --------------------------------------------------------------------------------------
 
     def writable(self) -> bool:
-        """True while submit() can store points (for /readyz): running and the spool disk healthy."""
+        """True while submit() can store points (for /readyz): running, and the last append to the
+        spool succeeded (after a failure, the next one that succeeds makes it true again)."""
         return self._accepting and (self._spool is None or self._spool.last_error is None)
+
+    def last_error(self) -> str | None:
+        """Why the spool refused the last append, or None."""
+        return self._spool.last_error if self._spool is not None else None
 
     def spool_bytes(self) -> int:
         """Bytes the spool takes on disk."""
@@ -316,8 +332,10 @@ class SinkPipeline:
             "bytes": self.spool_bytes(),
             "max_bytes": self.config.spool.max_bytes,
             "segments": self._spool.segment_count() if self._spool is not None else 0,
+            "segment_bytes": self._spool.segment_bytes if self._spool is not None else 0,
             "oldest_age_seconds": self.oldest_age_seconds(),
             "dropped_points": self._spool.dropped_lines if self._spool is not None else 0,
+            "refused_points": self._refused,
             "writable": self.writable(),
             "last_error": self._spool.last_error if self._spool is not None else None,
         }

@@ -5,7 +5,8 @@ read cursor, so a sink that is down only makes its own backlog grow.
 
 On-disk layout, under `<state_dir>/spool/`:
 
-- `<id:016d>.seg`: segment files. Each starts with the 8-byte magic `IOTSPL01`, followed by frames.
+- `<id:016d>.seg`: segment files. Each starts with the 8-byte magic `IOTSPL01`, followed by frames
+  (a segment started on a full disk stays empty until its first frame, written with the magic).
   A frame is a 20-byte header `<payload length u32, line count u32, appended-at f64, crc32 u32>`
   (little endian; the CRC covers the first 16 header bytes and the payload) and a payload of UTF-8
   line-protocol lines joined by `\\n`. One `append()` writes one or more frames of at most
@@ -27,14 +28,24 @@ duplicate of the file descriptor; everything else is plain blocking I/O on the e
 
 Bound: when the segments exceed `max_bytes`, whole segments are dropped oldest first (never the one
 being written); the points some sink had not sent yet are counted in POINTS_DROPPED{reason=
-"spool_full"} and logged. Segments are at most a quarter of `max_bytes` so that the bound holds
-within a quarter.
+"spool_full"}. Segments are at most a quarter of `max_bytes` so that the bound holds within a
+quarter, and at most an eighth of the filesystem that holds them, so that a full disk costs an eighth
+of the backlog, not all of it.
+
+A full disk (ENOSPC, EDQUOT) is a bound too: an append that does not fit first frees what every sink
+has sent (the segment being written included: a new one is started), then drops sealed segments
+oldest first (POINTS_DROPPED{reason="disk_full"}), and is stored. When only the segment being
+written is left, with points a sink has not sent yet, the append fails (SpoolError; `last_error` is
+set until an append succeeds again, and the next commit that leaves that segment fully sent frees
+it). Nothing here needs a restart: once the sinks drain or space returns, appends succeed. Drops are
+logged at most once a minute (`Throttle`), with the points counted since the last line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import struct
 import time
@@ -55,10 +66,43 @@ HEADER = struct.Struct("<IIdI")
 CURSOR = struct.Struct("<QQI")
 SEGMENT_SUFFIX = ".seg"
 _MAX_FRAME_BYTES = 1 << 30
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+MIN_SEGMENT_BYTES = 64 * 1024
+LOG_INTERVAL = 60.0  # seconds between two log lines about the same repeating failure
 
 
 class SpoolError(Exception):
-    """The spool could not store points (disk full, I/O error): they were not collected."""
+    """The spool could not store points (disk full, I/O error): they were not collected.
+
+    `unstored` is how many of the append's lines are not in the spool (an append of several frames
+    may have stored the first ones)."""
+
+    def __init__(self, message: str, unstored: int = 0) -> None:
+        super().__init__(message)
+        self.unstored = unstored
+
+
+class Throttle:
+    """At most one log line per `interval` seconds for a failure that repeats (every poll on a full
+    disk): `due()` adds up the counts it is given and returns their sums since the last line when a
+    line is due, else None."""
+
+    def __init__(self, interval: float = LOG_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: float | None = None
+        self._sums: dict[str, int] = {}
+
+    def due(self, **counts: int) -> dict[str, int] | None:
+        for key, value in counts.items():
+            self._sums[key] = self._sums.get(key, 0) + value
+        self._sums["occurrences"] = self._sums.get("occurrences", 0) + 1
+        now = self._clock()
+        if self._last is not None and now - self._last < self.interval:
+            return None
+        self._last = now
+        sums, self._sums = self._sums, {}
+        return sums
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -116,6 +160,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    # Every waiter may have been cancelled (shutdown): the outcome is still taken, never left to
+    # "exception was never retrieved".
+    if not task.cancelled():
+        task.exception()
+
+
 def _frame_bytes(payload: bytes, count: int, appended_at: float) -> bytes:
     head = struct.pack("<IId", len(payload), count, appended_at)
     crc = zlib.crc32(payload, zlib.crc32(head))
@@ -141,6 +199,15 @@ def _read_frame(fd: int, offset: int, limit: int, *, payload: bool) -> _Frame | 
     return _Frame(offset, end, count, appended_at, data)
 
 
+def filesystem_bytes(path: Path) -> int | None:
+    """Size of the filesystem holding `path` (None when it cannot be told)."""
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return None
+    return stat.f_blocks * stat.f_frsize or None
+
+
 class Spool:
     """An append-only, crash-safe queue of line-protocol lines with one read cursor per sink."""
 
@@ -164,6 +231,9 @@ class Spool:
         self.appended_lines = 0  # since open: lets a drainer wait for "enough new lines"
         self.dropped_lines = 0
         self.last_error: str | None = None
+        self._drop_logs = {reason: Throttle() for reason in ("spool_full", "disk_full")}
+        self._cursor_log = Throttle()
+        self._recovery_log = Throttle()
 
     # --- open / close --------------------------------------------------------------------------------
 
@@ -172,8 +242,14 @@ class Spool:
         return self.directory / "cursors"
 
     def open(self) -> None:
-        """Load segments and cursors, cut a torn tail, and open the last segment for appending."""
+        """Load segments and cursors, cut a torn tail, and open the last segment for appending.
+
+        Works on a full disk: a segment or cursor that cannot be written yet is written by the first
+        append or commit that can."""
         self._cursor_dir.mkdir(parents=True, exist_ok=True)
+        disk = filesystem_bytes(self.directory)
+        if disk is not None:
+            self.segment_bytes = max(min(self.segment_bytes, disk // 8), min(self.segment_bytes, MIN_SEGMENT_BYTES))
         for path in self.directory.glob(f"*{SEGMENT_SUFFIX}"):
             try:
                 seg_id = int(path.stem)
@@ -191,7 +267,7 @@ class Spool:
         assert self._current is not None
         for name, cursor in stored.items():
             if cursor is None:
-                self._cursors[name] = Cursor(self._current.id, self._current.size)
+                self._cursors[name] = Cursor(self._current.id, max(self._current.size, len(MAGIC)))
                 self._save_cursor(name)
             else:
                 self._cursors[name] = self._normalize(cursor)
@@ -235,15 +311,22 @@ class Spool:
 
     def _save_cursor(self, name: str) -> None:
         # Overwritten in place (one 20-byte pwrite, no rename: a rename costs ~1 ms on ext4); a torn
-        # record fails its CRC at the next open and the sink replays from the oldest segment.
+        # record fails its CRC at the next open and the sink replays from the oldest segment. A cursor
+        # that cannot be written (a full disk refuses the first block of a new cursor file) stays
+        # right in memory and is written by the next commit: a crash meanwhile means a replay.
         cursor = self._cursors[name]
-        fd = self._cursor_fds.get(name)
-        if fd is None:
-            fd = self._cursor_fds[name] = os.open(self._cursor_path(name), os.O_RDWR | os.O_CREAT, 0o640)
         head = struct.pack("<QQ", cursor.segment, cursor.offset)
-        os.pwrite(fd, head + struct.pack("<I", zlib.crc32(head)), 0)
-        if self.config.fsync == "always":
-            os.fsync(fd)
+        try:
+            fd = self._cursor_fds.get(name)
+            if fd is None:
+                fd = self._cursor_fds[name] = os.open(self._cursor_path(name), os.O_RDWR | os.O_CREAT, 0o640)
+            os.pwrite(fd, head + struct.pack("<I", zlib.crc32(head)), 0)
+            if self.config.fsync == "always":
+                os.fsync(fd)
+        except OSError as exc:
+            if (summary := self._cursor_log.due()) is not None:
+                log.warning("spool cursor not saved, kept in memory", sink=name, error=str(exc),
+                            failures=summary["occurrences"])
 
     def _normalize(self, cursor: Cursor) -> Cursor:
         """Clamp a cursor to data that exists: before the oldest segment -> its start; past the end ->
@@ -253,9 +336,11 @@ class Spool:
         if cursor.segment < first:
             return Cursor(first, len(MAGIC))
         if cursor.segment > self._current.id:
-            return Cursor(self._current.id, self._current.size)
-        seg = self._segments[cursor.segment]
-        offset = min(max(cursor.offset, len(MAGIC)), seg.size)
+            return Cursor(self._current.id, max(self._current.size, len(MAGIC)))
+        seg = self._segments.get(cursor.segment)
+        if seg is None:  # a gap left by a segment that could not be created
+            return self._normalize(Cursor(cursor.segment + 1, len(MAGIC)))
+        offset = max(min(cursor.offset, seg.size), len(MAGIC))
         if offset >= seg.size and seg.id != self._current.id:
             return self._normalize(Cursor(seg.id + 1, len(MAGIC)))
         return Cursor(seg.id, offset)
@@ -274,8 +359,9 @@ class Spool:
                     good = frame.end
             if good == 0:
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, MAGIC, 0)
-                good = len(MAGIC)
+                with contextlib.suppress(OSError):  # a full disk: the first frame brings the magic
+                    os.pwrite(fd, MAGIC, 0)
+                    good = len(MAGIC)
             if good < seg.size:
                 log.warning("spool tail was torn, cut at the last whole frame", segment=seg.path.name,
                             kept_bytes=good, cut_bytes=seg.size - good)
@@ -290,22 +376,39 @@ class Spool:
         self._current = seg
 
     def _create_segment(self, seg_id: int) -> None:
+        """Start segment `seg_id` as the one being written. Only creating the file can fail: on a full
+        disk the magic waits for the first frame."""
         path = self.directory / f"{seg_id:016d}{SEGMENT_SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o640)
-        os.write(fd, MAGIC)
+        size = 0
+        try:
+            _write_all(fd, MAGIC)
+            size = len(MAGIC)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
         if self.config.fsync != "never":
-            os.fsync(fd)
-            _fsync_dir(self.directory)
-        seg = _Segment(seg_id, path, len(MAGIC))
+            with contextlib.suppress(OSError):
+                os.fsync(fd)
+                _fsync_dir(self.directory)
+        seg = _Segment(seg_id, path, size)
         self._segments[seg_id] = seg
         self._fd = fd
         self._current = seg
 
+    def _close_current(self, *, sync: bool) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if sync and self.config.fsync != "never":
+                os.fsync(fd)  # appends still waiting for a group fsync were written here
+        finally:
+            os.close(fd)
+
     def _rotate(self) -> None:
-        assert self._fd is not None and self._current is not None
-        if self.config.fsync != "never":
-            os.fsync(self._fd)  # appends still waiting for a group fsync were written here
-        os.close(self._fd)
+        assert self._current is not None
+        self._close_current(sync=True)
         self._create_segment(self._current.id + 1)
 
     # --- appending -----------------------------------------------------------------------------------
@@ -319,91 +422,159 @@ class Spool:
             await self._sync(seq)
         except OSError as exc:
             self.last_error = f"fsync: {exc}"
-            raise SpoolError(self.last_error) from exc
+            raise SpoolError(self.last_error, len(lines)) from exc
         return len(lines)
 
     def write(self, lines: Sequence[str]) -> int:
-        """Write the frames to the OS (no fsync); returns a sequence number for `_sync` (0: nothing)."""
+        """Write the frames to the OS (no fsync); returns a sequence number for `_sync` (0: nothing).
+
+        On a full disk, makes room (`_make_room`) and tries again; raises SpoolError when nothing is
+        left to free."""
         lines = [line for line in lines if line]
         if not lines:
             return 0
         now = self._clock()
-        frames = []
+        frames: list[tuple[bytes, int]] = []
         for start in range(0, len(lines), self.frame_lines):
             chunk = lines[start:start + self.frame_lines]
             payload = "\n".join(chunk).encode("utf-8")
             if payload.count(b"\n") != len(chunk) - 1:
                 raise ValueError("a line-protocol line must not contain a newline")
-            frames.append(_frame_bytes(payload, len(chunk), now))
-        try:
-            for frame in frames:
+            frames.append((_frame_bytes(payload, len(chunk), now), len(chunk)))
+        stored = 0
+        index = 0
+        while index < len(frames):
+            frame, count = frames[index]
+            try:
                 self._write_frame(frame)
-        except OSError as exc:
-            self.last_error = f"write: {exc}"
-            raise SpoolError(self.last_error) from exc
-        self.last_error = None
+            except OSError as exc:
+                if exc.errno in _NO_SPACE and self._try_make_room():
+                    continue
+                self.appended_lines += stored
+                self.last_error = f"write: {exc}"
+                raise SpoolError(self.last_error, len(lines) - stored) from exc
+            stored += count
+            index += 1
+        if self.last_error is not None:
+            if (summary := self._recovery_log.due()) is not None:  # a disk that flaps: once a minute
+                log.info("spool writable again", after=self.last_error, recoveries=summary["occurrences"])
+            self.last_error = None
         self.appended_lines += len(lines)
         self._written_seq += 1
         self._enforce_bound()
         return self._written_seq
 
     def _write_frame(self, frame: bytes) -> None:
-        assert self._current is not None and self._fd is not None
-        if self._current.size >= self.segment_bytes:
+        assert self._current is not None
+        if self._fd is None or self._current.size >= self.segment_bytes:
             self._rotate()
         assert self._fd is not None and self._current is not None
-        view = memoryview(frame)
         start = self._current.size
+        data = frame if start else MAGIC + frame
         try:
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            _write_all(self._fd, data)
         except OSError:
             # A short write would leave half a frame in the middle of the segment: cut it off.
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, start)
             raise
-        self._current.size += len(frame)
+        self._current.size += len(data)
 
     async def _sync(self, seq: int) -> None:
         if self.config.fsync == "never":
             self._synced_seq = max(self._synced_seq, seq)
             return
         if self.config.fsync == "always":
-            assert self._fd is not None
-            await asyncio.to_thread(_fsync_and_close, os.dup(self._fd))
+            # No descriptor: the segment was sealed (fsynced) or dropped since the write.
+            if self._fd is not None:
+                await asyncio.to_thread(_fsync_and_close, os.dup(self._fd))
             self._synced_seq = max(self._synced_seq, seq)
             return
         while self._synced_seq < seq:
             if self._sync_task is None:
                 self._sync_task = asyncio.ensure_future(self._group_sync())
+                self._sync_task.add_done_callback(_retrieve)
             await asyncio.shield(self._sync_task)
 
     async def _group_sync(self) -> None:
         try:
-            assert self._fd is not None
             seq = self._written_seq
-            await asyncio.to_thread(_fsync_and_close, os.dup(self._fd))
+            if self._fd is not None:
+                await asyncio.to_thread(_fsync_and_close, os.dup(self._fd))
             self._synced_seq = max(self._synced_seq, seq)
         finally:
             self._sync_task = None
 
+    # --- the bounds ----------------------------------------------------------------------------------
+
     def _enforce_bound(self) -> None:
-        assert self._current is not None
         while self.bytes_used() > self.config.max_bytes and len(self._segments) > 1:
-            oldest = self._segments[min(self._segments)]
-            unsent = 0
-            for name, cursor in self._cursors.items():
-                if cursor.segment == oldest.id:
-                    unsent = max(unsent, self._count_lines(oldest, cursor.offset))
-                    self._cursors[name] = self._normalize(Cursor(oldest.id + 1, len(MAGIC)))
-                    self._save_cursor(name)
-            self._remove_segment(oldest)
-            if unsent:
-                self.dropped_lines += unsent
-                POINTS_DROPPED.labels(reason="spool_full").inc(unsent)
-                log.error("spool full: dropped the oldest unsent points", points=unsent,
-                          segment=oldest.path.name, max_bytes=self.config.max_bytes)
+            self._drop_oldest("spool_full")
+
+    def _try_make_room(self) -> bool:
+        try:
+            return self._make_room()
+        except OSError as exc:  # e.g. no inode left for a new segment
+            log.debug("spool could not make room", error=str(exc))
+            return False
+
+    def _make_room(self) -> bool:
+        """Free space on a full disk: what every sink has sent first (no loss), else the oldest sealed
+        segment (its unsent points are dropped). Never the unsent points of the segment being written:
+        a sink is about to send them, and dropping them would only trade them for the new ones.
+        False: nothing to free."""
+        if self._retire_current_if_sent():
+            return True
+        if len(self._segments) > 1:
+            self._drop_oldest("disk_full")
+            return True
+        return False
+
+    def _unsent_in(self, seg: _Segment) -> int:
+        """The most points any sink has not sent from `seg` (the oldest segment)."""
+        offsets = [c.offset for c in self._cursors.values() if c.segment == seg.id]
+        return self._count_lines(seg, min(offsets)) if offsets else 0
+
+    def _count_dropped(self, reason: str, unsent: int, segment: str) -> None:
+        if not unsent:
+            return
+        self.dropped_lines += unsent
+        POINTS_DROPPED.labels(reason=reason).inc(unsent)
+        if (summary := self._drop_logs[reason].due(points=unsent)) is not None:
+            event = ("spool full: dropped the oldest unsent points" if reason == "spool_full"
+                     else "disk full: dropped the oldest unsent points")
+            log.error(event, reason=reason, points=summary["points"],
+                      segments=summary["occurrences"], last_segment=segment, max_bytes=self.config.max_bytes,
+                      directory=str(self.directory))
+
+    def _drop_oldest(self, reason: str) -> None:
+        oldest = self._segments[min(self._segments)]
+        assert oldest is not self._current
+        unsent = self._unsent_in(oldest)
+        for name, cursor in self._cursors.items():
+            if cursor.segment <= oldest.id:
+                self._cursors[name] = self._normalize(Cursor(oldest.id + 1, len(MAGIC)))
+                self._save_cursor(name)
+        self._remove_segment(oldest)
+        self._count_dropped(reason, unsent, oldest.path.name)
+
+    def _retire_current_if_sent(self) -> bool:
+        """Every sink has sent the whole segment being written: delete it and start a new one."""
+        cur = self._current
+        assert cur is not None
+        if cur.size <= len(MAGIC):
+            return False
+        end = Cursor(cur.id, cur.size)
+        if any(self._normalize(c) != end for c in self._cursors.values()):
+            return False
+        self._close_current(sync=False)
+        self._create_segment(cur.id + 1)  # before the unlink: a crash in between replays, loses nothing
+        new = Cursor(cur.id + 1, len(MAGIC))
+        for name in self._cursors:
+            self._cursors[name] = new
+            self._save_cursor(name)
+        self._remove_segment(cur)
+        return True
 
     def _count_lines(self, seg: _Segment, offset: int) -> int:
         total = 0
@@ -478,21 +649,27 @@ class Spool:
         log.error("spool segment damaged, skipping the rest of it", sink=sink, segment=seg.path.name,
                   offset=offset, bytes=lost)
         if seg.id == self._current_id():
-            # Never append after garbage: start a fresh segment.
-            self._rotate()
+            # Never append after garbage: start a fresh segment (or, if the disk refuses one now,
+            # at the next append: the damaged one is no longer open for appending).
+            with contextlib.suppress(OSError):
+                self._rotate()
 
     def _current_id(self) -> int:
         assert self._current is not None
         return self._current.id
 
     def commit(self, sink: str, cursor: Cursor) -> None:
-        """`sink` has what precedes `cursor`: persist it and delete segments every sink is done with."""
+        """`sink` has what precedes `cursor`: persist it and delete segments every sink is done with
+        (after a failed append, the segment being written too, to make room at once)."""
         current = self._cursors[sink]
         if cursor <= current:
             return
         self._cursors[sink] = max(self._normalize(cursor), current)
         self._save_cursor(sink)
         self._delete_consumed()
+        if self.last_error is not None:
+            with contextlib.suppress(OSError):
+                self._retire_current_if_sent()
 
     # --- status --------------------------------------------------------------------------------------
 
@@ -506,9 +683,9 @@ class Spool:
         total = 0
         for seg in self._segments.values():
             if seg.id > cursor.segment:
-                total += seg.size - len(MAGIC)
+                total += max(seg.size - len(MAGIC), 0)
             elif seg.id == cursor.segment:
-                total += seg.size - cursor.offset
+                total += max(seg.size - cursor.offset, 0)
         return total
 
     def oldest_unsent_at(self, sink: str | None = None) -> float | None:
