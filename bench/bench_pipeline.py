@@ -1,4 +1,4 @@
-"""Benchmark of the collection pipeline (issue 4). Prints numbers, not pass/fail.
+"""Benchmark of the collection pipeline. Prints numbers, not pass/fail.
 
 1. Device polls per second through the whole pipeline (client -> parse -> fleet state -> points -> spool
    -> file sink) against the simulator in its own process, versus a bare loop making the same signed
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from collector.config import Config, parse_config  # noqa: E402
-from collector.platform.endpoints import Endpoint  # noqa: E402
+from collector.endpoints import ENDPOINTS  # noqa: E402
 
 
 def free_port() -> int:
@@ -132,7 +132,7 @@ async def whole_pipeline(config: Config, devices: list[str], polls: int, concurr
         pipeline = Pipeline(config, client, state, sinks.submit)
 
         async def one(i: int) -> None:
-            assert await pipeline.poll_device(Endpoint.DEVICE_FLOW, [devices[i % len(devices)]])
+            assert await pipeline.poll(ENDPOINTS["device_flow"], [devices[i % len(devices)]])
 
         # As in the daemon, a poll is a task of its own: the client holds it to `concurrency` requests in
         # flight (platform.max_concurrency), and waiting for the spool's fsync happens outside that slot.
@@ -151,7 +151,8 @@ def memory_per_entity(devices: int) -> dict[str, float]:
     code = f"""
 import gc, json, time, tracemalloc
 from collector.config import PlatformConfig
-from collector.platform.parse import ParseContext, decode_json, parse_device
+from collector.platform.parse import ParseContext, parse_device
+from collector.platform.wire import decode_json
 from collector.simulator import Simulator
 from collector.state import FleetState
 
@@ -204,7 +205,7 @@ async def evenness(config: Config, devices: list[str], interval: float) -> dict[
 
         async def poll(ids: object) -> bool:
             starts.append(time.time())
-            return await pipeline.poll_device(Endpoint.DEVICE_FLOW, ids)  # type: ignore[arg-type]
+            return await pipeline.poll(ENDPOINTS["device_flow"], ids)  # type: ignore[arg-type]
 
         job = PollJob("device_flow", interval, 1, lambda: devices, poll)
         scheduler = Scheduler([job], config.platform.rate_limit)

@@ -41,7 +41,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector.platform.endpoints import DEFAULT_ENDPOINTS, Endpoint
+from collector.endpoints import DEFAULT_SPECS
+from collector.platform.endpoints import Endpoint
 from collector.platform.signing import Signer
 from collector.simulator import EMBEDDED_APP_ID, EMBEDDED_APP_SECRET, Simulator
 from collector.simulator.answers import ANSWER_CACHE
@@ -111,8 +112,8 @@ def _drive(url: str, device_nos: list[str], offset: int, concurrency: int, warmu
 
     configure_logging("warning", "json", stream=sys.stderr)  # as the daemon runs: no per-request lines
 
-    path = DEFAULT_ENDPOINTS[Endpoint.DEVICE_FLOW].path
-    param = DEFAULT_ENDPOINTS[Endpoint.DEVICE_FLOW].param
+    path = DEFAULT_SPECS[Endpoint.DEVICE_FLOW].path
+    param = DEFAULT_SPECS[Endpoint.DEVICE_FLOW].param
     signer = Signer(secret=EMBEDDED_APP_SECRET)
     platform = PlatformConfig.model_validate({
         "app_id": EMBEDDED_APP_ID, "app_secret": EMBEDDED_APP_SECRET, "rate_limit": 1e6, "burst": 10_000,

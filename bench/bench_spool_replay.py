@@ -27,10 +27,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector.platform.models import CardStatus, CardUsage, DeviceObservation, Location, SimObservation
-from collector.sinks import points
+from collector.endpoints.card_status import status_line
+from collector.endpoints.card_usage import usage_line
+from collector.endpoints.device_flow import device_line, sim_line
+from collector.platform.models import DeviceObservation, Location, SimObservation
 from collector.sinks.config import SinksConfig
 from collector.sinks.pipeline import SinkPipeline
+from collector.state import SimState
 from tests.servers import free_port, start_influxd
 
 GIB = 1024**3
@@ -65,7 +68,7 @@ def generate(devices: int, minutes: int, start: float, seed: int = 1) -> list[li
             status_at=at - rng.uniform(0, 300), flow_at=at - 600,
             location=Location(province_code="44", city_code="4403", region_name="广东省 深圳市"),
             sims=tuple(SimObservation(iccid=i) for i in iccids), polled_at=at)
-        line = points.device_point(obs, labels)
+        line = device_line(obs, labels)
         return [line] if line else []
 
     def device_flow(index: int, at: float) -> list[str]:
@@ -78,20 +81,24 @@ def generate(devices: int, minutes: int, start: float, seed: int = 1) -> list[li
                 used_bytes=used, real_used_bytes=used, carrier_used_bytes=used // 2, cycle_start=start - 86400 * 20,
                 expires_at=start + 86400 * 40, sim_status=4, activate_status=2, auth_status=2, internet_status=1,
                 online_status=2, cancel_status=1, pool_id=0, balance=0.0, status_at=at - 60, polled_at=at)
-            line = points.sim_point(sim, labels, usage_rate_bps=rng.uniform(0, 5e5), effective=slot == 1)
+            state = SimState(iccid, labels, device_no, obs=sim, effective=slot == 1)
+            state.usage_rate_bytes_per_second = rng.uniform(0, 5e5)
+            line = sim_line(state)
             if line:
                 out.append(line)
         return out
 
     def card_status(index: int, at: float) -> list[str]:
         _device_no, iccids, labels = fleet[index]
-        out = [points.card_status_point(CardStatus(i, "", 4, 2, 1, at - 30, at), labels) for i in iccids]
+        out = [status_line(SimObservation(i, sim_status=4, online_status=2, internet_status=1, status_at=at - 30,
+                                          polled_at=at), labels) for i in iccids]
         return [line for line in out if line]
 
     def card_usage(index: int, at: float) -> list[str]:
         _device_no, iccids, labels = fleet[index]
-        out = [points.card_usage_point(CardUsage(i, "", 100 * GIB, rng.randint(0, 100 * GIB), None, None,
-                                                 start - 86400 * 20, start + 86400 * 40, at - 300, at), labels)
+        out = [usage_line(SimObservation(i, total_bytes=100 * GIB, used_bytes=rng.randint(0, 100 * GIB),
+                                         cycle_start=start - 86400 * 20, expires_at=start + 86400 * 40,
+                                         flow_at=at - 300, polled_at=at), labels, None)
                for i in iccids]
         return [line for line in out if line]
 

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from collector import __version__
 from collector.config import Config, ConfigError, load_config
+from collector.formats import short_duration
 
 DEFAULT_CONFIG_PATHS = ("/etc/iot-collector/collector.yaml", "collector.yaml")
 
@@ -86,8 +87,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def budget_summary(config: Config, assumed_sims_per_device: int = 2) -> dict[str, Any]:
     """Devices, jobs and the request budget a configuration implies (for check-config and the docs)."""
+    from collector.endpoints import ENDPOINTS
     from collector.inventory import load_inventory
-    from collector.pipeline import JOB_ENDPOINTS
+    from collector.pipeline import job_plan
     from collector.schedule import plan_budget
 
     inventory = load_inventory(config.inventory, config.sharding)
@@ -95,31 +97,21 @@ def budget_summary(config: Config, assumed_sims_per_device: int = 2) -> dict[str
     if config.simulator.embedded and not inventory.devices and not inventory.cards:
         devices = config.simulator.devices
     sims = devices * assumed_sims_per_device + len(inventory.cards)
-    specs = config.platform.endpoint_specs()
     counts = {"device": devices, "card": sims, "account": 1}
-    rows = [(name, getattr(config.jobs, name), endpoint, counts[kind])
-            for name, (endpoint, kind) in JOB_ENDPOINTS.items()]
-    enabled = [(n, j.interval, specs[e].batch_limit, c) for n, j, e, c in rows if j.enabled]
+    enabled = [(e.job, interval, limit, counts[e.entity]) for e, interval, limit in job_plan(config)]
     lines, need = plan_budget(enabled, config.platform.rate_limit)
     return {
         "devices": devices, "cards": len(inventory.cards), "assumed_sims": sims,
         "assumed_sims_per_device": assumed_sims_per_device,
         "rate_limit_rps": config.platform.rate_limit, "needed_rps": need,
         "jobs": [line.__dict__ for line in lines],
-        "disabled_jobs": [n for n, j, _e, _c in rows if not j.enabled],
+        "disabled_jobs": [e.job for e in ENDPOINTS.values() if not config.jobs.job(e.job).enabled],
         "sinks": [name for name in ("file", "influxdb_v1", "influxdb_v2")
                   if getattr(config.sinks, name).enabled],
         "alerts": config.alerts.enabled,
         "sharding": f"{config.sharding.index + 1} of {config.sharding.total}",
         "simulator": config.simulator.embedded,
     }
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s" if seconds < 60 else f"{seconds / 60:.1f}m"
 
 
 def print_summary(summary: dict[str, Any], out: TextIO) -> None:
@@ -131,8 +123,8 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     out.write("jobs:\n")
     for job in summary["jobs"]:
         stretched = "" if job["effective_interval"] == job["interval"] else \
-            f"  -> stretched to {_duration(job['effective_interval'])}"
-        out.write(f"  {job['job']:<17} every {_duration(job['interval']):>5}  {job['requests_per_cycle']:>7} "
+            f"  -> stretched to {short_duration(job['effective_interval'])}"
+        out.write(f"  {job['job']:<17} every {short_duration(job['interval']):>5}  {job['requests_per_cycle']:>7} "
                   f"requests/cycle  {job['requests_per_second']:8.3f} req/s{stretched}\n")
     if summary["disabled_jobs"]:
         out.write(f"  disabled: {', '.join(summary['disabled_jobs'])}\n")

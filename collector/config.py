@@ -10,15 +10,18 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import Field, HttpUrl, ValidationError, field_validator, model_validator
+from pydantic import Field, HttpUrl, ValidationError, create_model, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from collector.alerts.config import AlertsConfig, rule_files_relative_to
 from collector.configtypes import Duration, Secret, SecretSection, Section, TimeZoneName
-from collector.platform.endpoints import DEFAULT_ENDPOINTS, Endpoint, EndpointSpec
+from collector.endpoints import ENDPOINTS
+from collector.endpoints.base import EndpointSpec
 from collector.platform.signing import DEFAULT_TEMPLATE, TEMPLATE_FIELDS, Signer, template_fields
+from collector.platform.wire import AUTH_CODES, NOT_FOUND_CODES, RATE_LIMITED_CODES, TRANSIENT_CODES
 from collector.sinks.config import SinksConfig
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -71,10 +74,10 @@ class RetryConfig(Section):
 class ErrorCodesConfig(Section):
     """Which non-zero envelope codes mean what (the vendor's code page is missing: inferred defaults)."""
 
-    rate_limited: list[int] = [42900]
-    auth: list[int] = [40001, 40002]
-    not_found: list[int] = [40404]
-    transient: list[int] = [50000, 50300]
+    rate_limited: list[int] = list(RATE_LIMITED_CODES)
+    auth: list[int] = list(AUTH_CODES)
+    not_found: list[int] = list(NOT_FOUND_CODES)
+    transient: list[int] = list(TRANSIENT_CODES)
 
 
 class PlatformConfig(SecretSection):
@@ -95,17 +98,34 @@ class PlatformConfig(SecretSection):
     retries: RetryConfig = RetryConfig()
     sign: SignConfig = SignConfig()
     error_codes: ErrorCodesConfig = ErrorCodesConfig()
-    endpoints: dict[Endpoint, EndpointOverride] = {}
+    endpoints: dict[str, EndpointOverride] = {}
+    fields: dict[str, dict[str, str]] = {}
     flow_unit: Literal["B", "KiB", "MiB"] = "KiB"
     timezone: TimeZoneName = "Asia/Shanghai"
+
+    @model_validator(mode="after")
+    def _known_names(self) -> PlatformConfig:
+        known = f"unknown endpoint; one of: {', '.join(ENDPOINTS)}"
+        problems: list[tuple[tuple[str, ...], str, Any]] = [
+            (("endpoints", name), known, name) for name in self.endpoints if name not in ENDPOINTS]
+        for name, overrides in self.fields.items():
+            endpoint = ENDPOINTS.get(name)
+            problems += [(("fields", name), known, name)] if endpoint is None else [
+                (("fields", name, key), why, overrides[key]) for key, why in endpoint.wire.problems(overrides).items()]
+        if problems:
+            raise ValidationError.from_exception_data("platform", [
+                InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=value)
+                for loc, message, value in problems])
+        return self
 
     def signer(self) -> Signer:
         secret = self.app_secret.get_secret_value() if self.app_secret else ""
         return Signer(secret=secret, hash=self.sign.hash, template=self.sign.template,
                       uppercase=self.sign.case == "upper")
 
-    def endpoint_specs(self) -> dict[Endpoint, EndpointSpec]:
-        table = dict(DEFAULT_ENDPOINTS)
+    def endpoint_specs(self) -> dict[str, EndpointSpec]:
+        """How each endpoint is called: its module's defaults with `endpoints` applied."""
+        table = {name: endpoint.call for name, endpoint in ENDPOINTS.items()}
         for name, override in self.endpoints.items():
             spec = table[name]
             table[name] = EndpointSpec(
@@ -191,17 +211,21 @@ def _job(interval: float, enabled: bool = True) -> Any:
     return Field(default_factory=lambda: JobConfig(interval=interval, enabled=enabled))
 
 
-class JobsConfig(Section):
-    """One job per data kind, each with its own interval."""
+class _Jobs(Section):
+    """One poll job per read endpoint (its module names the job and its default interval)."""
 
-    device_status: JobConfig = _job(300)
-    device_flow: JobConfig = _job(900)
-    card_status: JobConfig = _job(600)
-    card_usage: JobConfig = _job(1800)
-    card_info: JobConfig = _job(6 * 3600)
-    account_assets: JobConfig = _job(3600)
-    card_month_usage: JobConfig = _job(24 * 3600, enabled=False)
-    card_actions: JobConfig = _job(3600, enabled=False)
+    def job(self, name: str) -> JobConfig:
+        """The settings of job `name`."""
+        job: JobConfig = getattr(self, name)
+        return job
+
+
+if TYPE_CHECKING:
+    class JobsConfig(_Jobs):
+        def __getattr__(self, name: str) -> JobConfig: ...
+else:
+    JobsConfig = create_model("JobsConfig", __base__=_Jobs, **{
+        endpoint.job: (JobConfig, _job(endpoint.interval, endpoint.enabled)) for endpoint in ENDPOINTS.values()})
 
 
 class ShardingConfig(Section):

@@ -16,19 +16,28 @@ import signal
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from collector import __version__, metrics
 from collector.config import Config, ConfigError, load_config
+from collector.endpoints import ENDPOINTS
 from collector.inventory import Inventory, InventoryError, file_mtime, load_inventory
 from collector.logs import register_secret
 from collector.pipeline import Pipeline
+from collector.platform.client import PlatformClient
 from collector.schedule import Scheduler
 from collector.sdnotify import Notifier, status_line
+from collector.sinks.pipeline import SinkPipeline
 from collector.state import FieldRecord, FleetState
 from collector.telemetry import FleetCollector, HttpServer
+
+if TYPE_CHECKING:  # optional parts, imported when configured
+    from aiohttp.web import RouteDef
+
+    from collector.alerts.engine import AlertEngine
+    from collector.simulator import Simulator
 
 log = structlog.get_logger("collector.daemon")
 
@@ -81,14 +90,15 @@ class Daemon:
         self.first_cycle: set[str] = set()
         self.notifier = Notifier()
         self.health = UpstreamHealth()
-        self.simulator: Any = None
-        self.client: Any = None
-        self.sinks: Any = None
-        self.alerts: Any = None
+        self.simulator: Simulator | None = None
+        self.client: PlatformClient | None = None
+        self.sinks: SinkPipeline | None = None
+        self.alerts: AlertEngine | None = None
         self.scheduler: Scheduler | None = None
         self.http: HttpServer | None = None
         self.pipeline: Pipeline | None = None
         self.inventory = Inventory()
+        self._collector: FleetCollector | None = None
         self._inventory_mtime: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -102,7 +112,7 @@ class Daemon:
         sim_cfg = self.config.simulator
         self.simulator = Simulator(devices=sim_cfg.devices, seed=sim_cfg.seed, speed=sim_cfg.speed,
                                    platform=self.config.platform)
-        base_url: str = await self.simulator.start("127.0.0.1", sim_cfg.port)
+        base_url = await self.simulator.start("127.0.0.1", sim_cfg.port)
         log.info("embedded simulator started", url=base_url, devices=sim_cfg.devices, speed=sim_cfg.speed)
         return base_url
 
@@ -129,9 +139,6 @@ class Daemon:
                  removed_devices=len(removed_devices), removed_sims=len(removed_sims))
 
     async def start(self) -> None:
-        from collector.platform.client import PlatformClient
-        from collector.sinks.pipeline import SinkPipeline
-
         register_config_secrets(self.config)
         state_dir = Path(self.config.state_dir)
         self.sinks = SinkPipeline(self.config.sinks, str(state_dir))
@@ -169,7 +176,7 @@ class Daemon:
         log.info("collector started", version=__version__, devices=len(self.state.devices),
                  cards=len(self.inventory.cards), jobs=[j for j in self.scheduler.jobs])
 
-    def _extra_routes(self) -> list[Any]:
+    def _extra_routes(self) -> list[RouteDef]:
         if self.alerts is None:
             return []
         from collector.alerts.http import alert_routes
@@ -211,7 +218,7 @@ class Daemon:
 
     async def _housekeeping(self) -> None:
         """Alert sweeps, the collector's own alert entity, and the inventory file watch."""
-        interval = getattr(self.config.alerts, "evaluation_interval", 15.0)
+        interval = self.config.alerts.evaluation_interval
         while not self.stop_event.is_set():
             try:
                 await asyncio.wait_for(self.stop_event.wait(), timeout=min(interval, 5.0))
@@ -223,8 +230,7 @@ class Daemon:
                 self._watch_inventory()
                 if self.alerts is not None:
                     spool_bytes, oldest = self._spool_state()
-                    limiter = getattr(self.client, "current_rate", None)
-                    ratio = (limiter / self.config.platform.rate_limit) if isinstance(limiter, float) else 1.0
+                    ratio = self.rate_ratio()
                     health = FieldRecord("collector", self.health.fields(now, spool_bytes, oldest, ratio))
                     self.alerts.evaluate("collector", "collector", health, now)
                     self.alerts.sweep(now, self.state.record)
@@ -298,15 +304,22 @@ class Daemon:
             await self.http.stop()
         if self.simulator is not None:
             await self.simulator.stop()
-        if hasattr(self, "_collector"):
+        if self._collector is not None:
             metrics.REGISTRY.unregister(self._collector)
         self.notifier.close()
         log.info("stopped")
 
     # --- status ---------------------------------------------------------------------------------------------------
 
+    def rate_ratio(self) -> float:
+        """The request rate allowed now (lowered after the platform throttled) over the configured one."""
+        if self.client is None:
+            return 1.0
+        return self.client.limiter.current_rate / self.client.limiter.configured_rate
+
     def ready(self) -> tuple[bool, str]:
-        device_jobs = {"device_status", "device_flow"} & set(self.scheduler.jobs if self.scheduler else {})
+        device_jobs = ({e.job for e in ENDPOINTS.values() if e.entity == "device"}
+                       & set(self.scheduler.jobs if self.scheduler else {}))
         if device_jobs and not device_jobs & self.first_cycle:
             return False, "first polling cycle not finished"
         if self.sinks is not None and not self.sinks.writable():
@@ -317,7 +330,7 @@ class Daemon:
         now = time.time()
         failing = sorted((d for d in self.state.devices.values() if d.consecutive_failures),
                          key=lambda d: -d.consecutive_failures)
-        rate = getattr(self.client, "current_rate", None)
+        rate = self.client.limiter.current_rate if self.client is not None else None
         return {
             "version": __version__, "pid": os.getpid(), "started_at": self.started_at,
             "uptime_seconds": now - self.started_at,

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import orjson
 
 from collector.config import Config
+from collector.formats import human_bytes, short_duration
 from collector.platform.client import PlatformClient
 from collector.platform.errors import ApiError, AuthError, HttpStatusError, PlatformError
 from collector.platform.models import DeviceObservation
@@ -99,31 +100,6 @@ async def poll_devices(client: PlatformClient, device_nos: Sequence[str], *, wor
 # --- rendering ----------------------------------------------------------------------------------------
 
 
-def human_bytes(value: int | None) -> str:
-    """Binary units, one decimal: 21474836480 -> "20.0 GiB"."""
-    if value is None:
-        return "?"
-    if abs(value) < 1024:
-        return f"{value} B"
-    amount = float(value)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        amount /= 1024
-        if abs(amount) < 1024 or unit == "PiB":
-            break
-    return f"{amount:.1f} {unit}"
-
-
-def human_age(seconds: float | None) -> str:
-    """A coarse age: 42s, 5m, 3h, 2d ("?" when unknown)."""
-    if seconds is None:
-        return "?"
-    seconds = max(seconds, 0.0)
-    for limit, size, unit in ((60, 1, "s"), (3600, 60, "m"), (86400, 3600, "h")):
-        if seconds < limit:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds // 86400)}d"
-
-
 def _error_fields(error: PlatformError) -> dict[str, Any]:
     code: int | None = None
     if isinstance(error, ApiError | _SkippedAfterAuth):
@@ -154,9 +130,9 @@ def render_table(device_nos: Sequence[str], results: Sequence[Result], now: floa
         online = {True: "yes", False: "no", None: "?"}[result.online]
         sims = "  ".join(
             f"{'*' if s.slot is not None and s.slot == result.effective_sim else ''}{s.slot or '?'}: "
-            f"{human_bytes(s.used_bytes)}/{human_bytes(s.total_bytes)}" for s in result.sims) or "-"
+            f"{human_bytes(s.used_bytes) or '?'}/{human_bytes(s.total_bytes) or '?'}" for s in result.sims) or "-"
         rows.append((device_no, online, _text(result.rssi_dbm), _text(result.battery_percent),
-                     _text(result.effective_sim), human_age(_age(result, now)), sims))
+                     _text(result.effective_sim), short_duration(_age(result, now)) or "?", sims))
     lines = []
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     if rows:

@@ -2,6 +2,11 @@
 refreshed it and when we polled it. Every consumer (points, alert rules, /metrics, `status`) reads
 from here or from the same observation.
 
+It owns the containers (DeviceState, SimState, AccountState, FleetState, Change) and what several
+endpoints share: observing a device with its SIMs (device_flow, device_info), observing one SIM
+(also card_info) and a SIM's usage history. How one endpoint's observation updates the state is in
+that endpoint's module (`collector.endpoints`).
+
 The state is also where derived values live, so they are computed once: staleness (poll time minus
 platform refresh time), remaining data, usage rate over a recent window, projected exhaustion and
 the end of the billing cycle. `FIELDS` lists, per entity kind, the names an alert rule may use.
@@ -13,19 +18,11 @@ import calendar
 import datetime as dt
 import functools
 import operator
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from collector.platform.models import (
-    DAY,
-    AccountAssets,
-    CardStatus,
-    CardUsage,
-    DeviceEvent,
-    DeviceObservation,
-    SimObservation,
-)
+from collector.platform.models import DAY, AccountAssets, DeviceEvent, DeviceObservation, SimObservation
 
 # How far back the usage rate looks, and how many samples it keeps per SIM (memory bound).
 USAGE_WINDOW_SECONDS = 24 * 3600.0
@@ -33,18 +30,16 @@ USAGE_SAMPLES = 16
 
 # The fields an alert rule may read, per entity kind, and where each lives on the record the engine is
 # handed (the DeviceState / SimState / AccountState itself, no copy): an attribute path, whose last
-# part is always the field's name. A path through `obs` or `assets` reads None until the first poll.
-# Derived fields describe the entity as of its last poll: most are computed once per observation
-# (`DeviceState` / `SimState.derive`), a few rarely read ones are properties. The observed fields the
-# default rules test (signal, battery, card and data status) are also copied onto the record at each
-# observation: evaluating those rules over a batch reads one object per entity, not two. Only
-# TIME_FIELDS depend on the clock: they are methods taking `now`, and rules reading them are swept on
-# a timer.
+# part is always the field's name. A path through `obs` or `assets` reads the observation and reads
+# None until the first poll. Derived fields describe the entity as of its last poll: most are
+# computed once per observation (`DeviceState` / `SimState.derive`), a few rarely read ones are
+# properties. Only TIME_FIELDS depend on the clock: they are methods taking `now`, and rules reading
+# them are swept on a timer.
 FIELDS: dict[str, dict[str, str]] = {
     "device": {
         "device_no": "device_no", "labels": "labels", "polled": "polled",
-        "online": "online", "online_status": "obs.online_status", "rssi_dbm": "rssi_dbm",
-        "battery_percent": "battery_percent", "effective_sim": "obs.effective_sim",
+        "online": "online", "online_status": "obs.online_status", "rssi_dbm": "obs.rssi_dbm",
+        "battery_percent": "obs.battery_percent", "effective_sim": "obs.effective_sim",
         "device_status": "obs.device_status", "wifi_clients": "obs.wifi_clients",
         "staleness_seconds": "staleness_seconds", "status_age_seconds": "status_age_seconds",
         "poll_age_seconds": "poll_age_seconds", "poll_interval_seconds": "poll_interval_seconds",
@@ -54,8 +49,8 @@ FIELDS: dict[str, dict[str, str]] = {
         "iccid": "iccid", "device_no": "device_no", "effective": "effective", "labels": "labels",
         "polled": "polled", "sim_no": "obs.sim_no", "slot": "obs.slot", "total_bytes": "obs.total_bytes",
         "used_bytes": "obs.used_bytes", "remaining_bytes": "obs.remaining_bytes",
-        "remaining_ratio": "remaining_ratio", "sim_status": "sim_status",
-        "internet_status": "internet_status", "online_status": "obs.online_status",
+        "remaining_ratio": "remaining_ratio", "sim_status": "obs.sim_status",
+        "internet_status": "obs.internet_status", "online_status": "obs.online_status",
         "activate_status": "obs.activate_status",
         "usage_rate_bytes_per_second": "usage_rate_bytes_per_second",
         "seconds_to_exhaustion": "seconds_to_exhaustion", "seconds_to_cycle_end": "seconds_to_cycle_end",
@@ -143,12 +138,9 @@ class DeviceState:
     consecutive_failures: int = 0
     last_event_at: float = 0.0
     poll_interval_seconds: float | None = None  # the device job's interval, for the staleness rule
-    # Derived from each observation once, or copied from it, when it arrives: rules read them as plain
-    # attributes of the record.
+    # Derived from each observation once, when it arrives: rules read them as plain attributes.
     online: bool | None = None
     staleness_seconds: float | None = None  # poll time minus the platform's last refresh of the device
-    rssi_dbm: int | None = None
-    battery_percent: int | None = None
 
     # --- fields of alert rules (FIELDS["device"]) ---------------------------------------------------
 
@@ -176,11 +168,8 @@ class SimState:
     usage: list[tuple[float, int]] = field(default_factory=list)
     last_error: str | None = None
     consecutive_failures: int = 0
-    # Derived from each observation once, or copied from it, when it arrives (`derive`): the rules and
-    # the points read them.
+    # Derived from each observation once, when it arrives (`derive`): the rules and the points read them.
     remaining_ratio: float | None = None
-    sim_status: int | None = None
-    internet_status: int | None = None
     usage_rate_bytes_per_second: float | None = None
     exhausts_before_cycle_end: bool | None = None
     days_to_expiry: float | None = None
@@ -223,15 +212,13 @@ class SimState:
     def derive(self) -> None:
         """Compute the derived fields of the current observation, as of its poll time: remaining
         ratio, usage rate over the recent window, whether the remaining data runs out before the
-        billing cycle ends at that rate, days to the package's expiry; and copy the card and data
-        status the default rules test. Called once per observation
+        billing cycle ends at that rate, days to the package's expiry. Called once per observation
         (after `record_usage`), so a rule reading one costs a slot read (the points reuse the rate)."""
         o = self.obs
         if o is None:
             return
         remaining = o.remaining_bytes
         self.remaining_ratio = o.remaining_ratio
-        self.sim_status, self.internet_status = o.sim_status, o.internet_status
         rate = self.usage_rate_bytes_per_second = self.usage_rate()
         exhausts = None
         if remaining is not None and rate is not None and rate > 0:
@@ -309,7 +296,8 @@ class Change:
     sim_records: tuple[SimState, ...] = ()
 
 
-def _sims_changed(sims: list[SimState]) -> Change:
+def sims_changed(sims: list[SimState]) -> Change:
+    """The Change of observing `sims`."""
     return Change(sims=tuple(s.iccid for s in sims), sim_records=tuple(sims))
 
 
@@ -324,6 +312,7 @@ class FleetState:
         self.sims: dict[str, SimState] = {}
         self.account = AccountState()
         self.first_cycle_done = False
+        self._card_labels: Mapping[str, Mapping[str, str]] = {}  # the inventory's own labels of cards
 
     # --- inventory ---------------------------------------------------------------------------------
 
@@ -331,6 +320,7 @@ class FleetState:
                        cards: Mapping[str, Mapping[str, str]]) -> tuple[list[str], list[str]]:
         """Make the tracked devices and standalone cards match the inventory; returns removed
         (device numbers, ICCIDs). SIMs discovered inside a removed device go with it."""
+        self._card_labels = cards
         removed_devices = [d for d in self.devices if d not in devices]
         for device_no in removed_devices:
             del self.devices[device_no]
@@ -365,6 +355,7 @@ class FleetState:
     # --- observations --------------------------------------------------------------------------------
 
     def observe_device(self, obs: DeviceObservation) -> Change:
+        """A device poll (device_flow, device_info): the device, its SIMs and its new events."""
         state = self.devices.get(obs.device_no)
         if state is None:  # removed from the inventory while the poll was in flight
             return Change()
@@ -374,28 +365,31 @@ class FleetState:
         state.polled_at = obs.polled_at
         state.online = obs.online
         state.staleness_seconds = _status_age(obs, obs.polled_at)
-        state.rssi_dbm = obs.rssi_dbm
-        state.battery_percent = obs.battery_percent
         state.poll_interval_seconds = self.device_interval
         state.consecutive_failures = 0
         state.last_error = None
         new_events = tuple(e for e in obs.events if e.at > state.last_event_at)
         if new_events:
             state.last_event_at = max(e.at for e in new_events)
-        sims = tuple(self._observe_sim(sim, obs.device_no, state.labels,
-                                       effective=None if obs.effective_sim is None else sim.slot == obs.effective_sim)
+        sims = tuple(self.observe_sim(sim, obs.device_no, state.labels,
+                                      effective=None if obs.effective_sim is None else sim.slot == obs.effective_sim)
                      for sim in obs.sims)
         return Change(devices=(obs.device_no,), sims=tuple(s.iccid for s in sims), new_events=new_events,
                       device_records=(state,), sim_records=sims)
 
-    def _observe_sim(self, sim: SimObservation, device_no: str, labels: Mapping[str, str],
-                     effective: bool | None) -> SimState:
+    def observe_sim(self, sim: SimObservation, device_no: str, labels: Mapping[str, str],
+                    effective: bool | None) -> SimState:
+        """One SIM seen inside device `device_no` (or on its own, with `device_no` ""): tracked from
+        now on, with `labels`; `effective` None keeps what the device said last."""
         state = self.sims.get(sim.iccid)
         if state is None:
             state = self.sims[sim.iccid] = SimState(sim.iccid, _shared_labels(labels))
         state.device_no = device_no or state.device_no
         if device_no:
-            state.labels = labels if isinstance(labels, dict) else _shared_labels(labels)
+            # The device's labels, then the card entry's own (as `sync_inventory` merges them).
+            own = self._card_labels.get(sim.iccid)
+            state.labels = (_shared_labels({**labels, **own}) if own
+                            else labels if isinstance(labels, dict) else _shared_labels(labels))
         state.obs = sim
         state.polled_at = sim.polled_at
         state.effective = effective if effective is not None else state.effective
@@ -404,51 +398,29 @@ class FleetState:
         state.derive()
         return state
 
-    def observe_card_info(self, sims: Iterable[SimObservation]) -> Change:
+    def update_sims(self, cards: Iterable[Any], fields: tuple[str, ...], kept: tuple[str, ...] = (),
+                    usage: bool = False) -> Change:
+        """Card observations of a batch endpoint merged into the SIMs they are about: `fields` (named
+        alike on both) copied, those in `kept` only when the card reports them, and the usage history
+        extended when `usage`. Cards not tracked are ignored."""
         changed = []
-        for sim in sims:
-            known = self.sims.get(sim.iccid)
-            if known is None:
+        for card in cards:
+            sim = self.sims.get(card.iccid)
+            if sim is None:
                 continue
-            changed.append(self._observe_sim(sim, sim.device_no or known.device_no, known.labels, effective=None))
-        return _sims_changed(changed)
-
-    def observe_card_status(self, statuses: Iterable[CardStatus]) -> Change:
-        changed = []
-        for st in statuses:
-            state = self.sims.get(st.iccid)
-            if state is None:
-                continue
-            base = state.obs or SimObservation(iccid=st.iccid, sim_no=st.sim_no)
-            state.obs = replace(base, sim_status=st.sim_status, online_status=st.online_status,
-                                internet_status=st.internet_status,
-                                status_at=st.status_at if st.status_at is not None else base.status_at,
-                                polled_at=st.polled_at)
-            state.polled_at = st.polled_at
-            state.derive()
-            changed.append(state)
-        return _sims_changed(changed)
-
-    def observe_card_usage(self, usages: Iterable[CardUsage]) -> Change:
-        changed = []
-        for u in usages:
-            state = self.sims.get(u.iccid)
-            if state is None:
-                continue
-            base = state.obs or SimObservation(iccid=u.iccid, sim_no=u.sim_no)
-            state.obs = replace(
-                base, total_bytes=u.total_bytes, used_bytes=u.used_bytes, real_used_bytes=u.real_used_bytes,
-                carrier_used_bytes=u.carrier_used_bytes,
-                cycle_start=u.cycle_start if u.cycle_start is not None else base.cycle_start,
-                expires_at=u.expires_at if u.expires_at is not None else base.expires_at,
-                polled_at=u.polled_at)
-            state.polled_at = u.polled_at
-            state.record_usage(u.polled_at, u.used_bytes)
-            state.derive()
-            changed.append(state)
-        return _sims_changed(changed)
+            base = sim.obs or SimObservation(iccid=card.iccid, sim_no=card.sim_no)
+            values = {name: getattr(card, name) for name in fields}
+            values.update({name: getattr(base, name) for name in kept if values[name] is None})
+            sim.obs = replace(base, **values, polled_at=card.polled_at)
+            sim.polled_at = card.polled_at
+            if usage:
+                sim.record_usage(card.polled_at, card.used_bytes)
+            sim.derive()
+            changed.append(sim)
+        return sims_changed(changed)
 
     def observe_account(self, assets: AccountAssets) -> Change:
+        """An account assets poll."""
         self.account.assets = assets
         self.account.polled_at = assets.polled_at
         return Change(account=True)
@@ -483,3 +455,13 @@ class FleetState:
             devices["unknown" if online is None else "online" if online else "offline"] += 1
         sims = {"tracked": len(self.sims), "polled": sum(1 for s in self.sims.values() if s.obs)}
         return {"device": devices, "sim": sims}
+
+
+def merge(changes: Sequence[Change]) -> Change:
+    """One Change for several observations of one poll."""
+    if len(changes) == 1:
+        return changes[0]
+    return Change(devices=tuple(k for c in changes for k in c.devices), sims=tuple(k for c in changes for k in c.sims),
+                  account=any(c.account for c in changes), new_events=tuple(e for c in changes for e in c.new_events),
+                  device_records=tuple(r for c in changes for r in c.device_records),
+                  sim_records=tuple(r for c in changes for r in c.sim_records))

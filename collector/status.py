@@ -5,44 +5,27 @@ from __future__ import annotations
 import time
 from typing import Any, TextIO
 
+from collector.formats import human_bytes, short_duration
+
 
 def _ago(ts: float | None, now: float) -> str:
     if ts is None:
         return "never"
     delta = now - ts
     if delta < 0:
-        return f"in {_span(-delta)}"
-    return f"{_span(delta)} ago"
-
-
-def _span(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def _bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+        return f"in {short_duration(-delta)}"
+    return f"{short_duration(delta)} ago"
 
 
 def render_status(status: dict[str, Any], out: TextIO) -> None:
     now = time.time()
-    out.write(f"iot-collector {status.get('version')}  pid {status.get('pid')}  up {_span(status['uptime_seconds'])}"
+    out.write(f"iot-collector {status.get('version')}  pid {status.get('pid')}  "
+              f"up {short_duration(status['uptime_seconds'])}"
               f"  {'ready' if status.get('ready') else 'NOT READY'}\n\n")
     out.write(f"{'job':<17} {'every':>6} {'last run':>10} {'outcome':>8} {'items':>6} {'fail':>5} "
               f"{'lag':>6} {'overruns':>8} {'next':>9}\n")
     for job in status.get("jobs", []):
-        out.write(f"{job['name']:<17} {_span(job['effective_interval_seconds']):>6} "
+        out.write(f"{job['name']:<17} {short_duration(job['effective_interval_seconds']):>6} "
                   f"{_ago(job['last_start'], now):>10} {job['last_outcome'] or '-':>8} {job['last_items']:>6} "
                   f"{job['last_failures']:>5} {job['lag_seconds']:>5.1f}s {job['overruns']:>8} "
                   f"{_ago(job['next_run'], now):>9}\n")
@@ -59,8 +42,8 @@ def render_status(status: dict[str, Any], out: TextIO) -> None:
     sinks = status.get("sinks", {})
     spool = sinks.get("spool", {})
     if spool:
-        out.write(f"spool: {_bytes(spool.get('bytes'))}, oldest unsent "
-                  f"{_span(spool['oldest_age_seconds']) if spool.get('oldest_age_seconds') else '-'}\n")
+        out.write(f"spool: {human_bytes(spool.get('bytes')) or '-'}, oldest unsent "
+                  f"{short_duration(spool['oldest_age_seconds']) if spool.get('oldest_age_seconds') else '-'}\n")
     for name, sink in (sinks.get("sinks") or {}).items():
         state = "up" if sink.get("up") else "DOWN"
         err = f"  last error: {sink['last_error']}" if sink.get("last_error") else ""

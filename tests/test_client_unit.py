@@ -24,10 +24,10 @@ from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from collector.config import PlatformConfig, PrivacyConfig
+from collector.endpoints import ENDPOINTS
 from collector.logs import redact_text
 from collector.metrics import REGISTRY
 from collector.platform.client import BatchResult, PlatformClient
-from collector.platform.endpoints import Endpoint
 from collector.platform.errors import (
     ApiError,
     AuthError,
@@ -37,10 +37,10 @@ from collector.platform.errors import (
     RateLimitedError,
     TransportError,
 )
-from collector.platform.parse import parse_card_status_list
 from collector.platform.ratelimit import RateLimiter
 from collector.platform.signing import Signer
 
+CARD_INFO, CARD_STATUS, CARD_USAGE = ENDPOINTS["card_info"], ENDPOINTS["card_status"], ENDPOINTS["card_usage"]
 SAMPLE = (Path(__file__).parent / "data" / "sample-queryDeviceFlow.json").read_bytes()
 SECRET = "topsecret-4242"
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -130,7 +130,7 @@ async def test_base_url_override_and_path_prefix() -> None:
     platform = Recorder(httpx.Response(200, content=SAMPLE))
     c = PlatformClient(config(), base_url="http://sim.local:8080/gw/", transport=httpx.MockTransport(platform))
     async with c:
-        await c.device_info("1")
+        await c.fetch(ENDPOINTS["device_info"], ["1"])
     assert str(platform.requests[0].url) == "http://sim.local:8080/gw/openapi/iot/queryDeviceInfo"
 
 
@@ -146,13 +146,8 @@ async def test_only_read_paths_of_the_endpoint_table_are_called() -> None:
         return ok([])
 
     async with client(anything) as c:
-        await c.device_flow("1")
-        await c.device_info("1")
-        await c.card_info(["a"])
-        await c.card_status(["a"])
-        await c.card_usage(["a"])
-        await c.card_month_usage(["a"], "202509")
-        await c.card_actions(["a"])
+        for endpoint in ENDPOINTS.values():
+            assert not (await c.fetch(endpoint, ["a"])).failed
         assert (await c.account_assets()).balance == 1.5
     table = {spec.path for spec in config().endpoint_specs().values()}
     assert set(paths) == table
@@ -163,9 +158,9 @@ async def test_account_assets_sends_no_id_and_month_usage_sends_the_month() -> N
     platform = Recorder(lambda r: ok({"balance": 1}) if r.url.path.endswith("Assets") else ok([]))
     async with client(platform) as c:
         await c.account_assets()
-        await c.card_month_usage(["a", "b"], "202508")
+        await c.fetch(ENDPOINTS["card_month_usage"], ["a", "b"], form={"month": "202508"})
         with pytest.raises(ValueError):
-            await c.card_month_usage(["a"], "2025-08")
+            await c.fetch(ENDPOINTS["card_month_usage"], ["a"], form={"month": "2025-08"})
     assert platform.requests[0].content == b""
     assert form_of(platform.requests[1]) == {"iccids": "a,b", "month": "202508"}
 
@@ -177,7 +172,7 @@ async def test_card_status_splits_25_cards_into_10_10_5() -> None:
     platform = Recorder(cards_handler)
     ids = [f"8986{i:016d}" for i in range(25)]
     async with client(platform) as c:
-        statuses = await c.card_status(ids)
+        statuses = (await c.fetch(CARD_STATUS, ids)).unwrap()
     sizes = sorted((len(form_of(r)["iccids"].split(",")) for r in platform.requests), reverse=True)
     assert sizes == [10, 10, 5]
     assert sorted(s.iccid for s in statuses) == sorted(ids)
@@ -188,7 +183,7 @@ async def test_card_info_batches_to_100_and_deduplicates() -> None:
     platform = Recorder(cards_handler)
     ids = [f"c{i}" for i in range(250)] + ["c0", " c1 ", ""]
     async with client(platform) as c:
-        sims = await c.card_info(ids)
+        sims = (await c.fetch(CARD_INFO, ids)).unwrap()
     assert sorted(len(form_of(r)["iccids"].split(",")) for r in platform.requests) == [50, 100, 100]
     assert len(sims) == 250
 
@@ -197,7 +192,7 @@ async def test_batch_limit_comes_from_the_configuration() -> None:
     platform = Recorder(cards_handler)
     async with client(platform, endpoints={"card_usage": {"batch_limit": 4, "param": "cards"}}) as c:
         platform.script = [lambda r: ok([{"iccid": i} for i in form_of(r)["cards"].split(",")])]
-        usages = await c.card_usage([str(i) for i in range(9)])
+        usages = (await c.fetch(CARD_USAGE, [str(i) for i in range(9)])).unwrap()
     assert sorted(len(form_of(r)["cards"].split(",")) for r in platform.requests) == [1, 4, 4]
     assert len(usages) == 9
 
@@ -215,7 +210,7 @@ async def test_chunks_run_concurrently() -> None:
 
     c = PlatformClient(config(max_concurrency=3), transport=httpx.MockTransport(slow))
     async with c:
-        await c.card_status([str(i) for i in range(100)])
+        await c.fetch(CARD_STATUS, [str(i) for i in range(100)])
     assert peak == 3  # concurrent, and bounded by max_concurrency
 
 
@@ -225,22 +220,21 @@ async def test_partial_batch_result_keeps_the_chunks_that_worked() -> None:
         return api(40000, "bad card") if "bad" in ids else cards_handler(request)
 
     async with client(handler) as c:
-        result = await c.batch(Endpoint.CARD_STATUS, [*(f"c{i}" for i in range(10)), "bad", "unknown-1"],
-                               parse_card_status_list)
+        result = await c.fetch(CARD_STATUS, [*(f"c{i}" for i in range(10)), "bad", "unknown-1"])
         assert isinstance(result, BatchResult)
         assert len(result.items) == 10
         assert result.failed[0][0] == ("bad", "unknown-1")
         assert isinstance(result.failed[0][1], ApiError)
         with pytest.raises(ApiError):
             result.unwrap()
-        missing = await c.batch(Endpoint.CARD_STATUS, ["c1", "unknown-2"], parse_card_status_list)
+        missing = await c.fetch(CARD_STATUS, ["c1", "unknown-2"])
         assert missing.missing == ["unknown-2"] and missing.failed == []
 
 
 async def test_skipped_records_are_counted() -> None:
     before = metric("iot_collector_upstream_parse_errors_total", endpoint="card_status")
     async with client(lambda r: ok([{"iccid": "a"}, {"simNo": "no iccid"}, "junk"])) as c:
-        statuses = await c.card_status(["a"])
+        statuses = (await c.fetch(CARD_STATUS, ["a"])).unwrap()
     assert [s.iccid for s in statuses] == ["a"]
     assert metric("iot_collector_upstream_parse_errors_total", endpoint="card_status") - before == 2
 
@@ -367,7 +361,7 @@ async def test_rate_limited_after_all_attempts_raises_rate_limited() -> None:
     async with client(Recorder(api(42900)), retries={"max_attempts": 2, "backoff_initial": 0.1,
                                                      "backoff_max": 1}) as c:
         with pytest.raises(RateLimitedError):
-            await c.card_status(["a"])
+            (await c.fetch(CARD_STATUS, ["a"])).unwrap()
 
 
 # --- transport errors -------------------------------------------------------------------------------------
@@ -409,7 +403,7 @@ async def test_outcome_metrics_per_attempt() -> None:
     ok_before = metric("iot_collector_upstream_requests_total", endpoint="card_usage", outcome="ok")
     http_before = metric("iot_collector_upstream_requests_total", endpoint="card_usage", outcome="http_error")
     async with client(Recorder(httpx.Response(500), cards_handler)) as c:
-        await c.card_usage(["a"])
+        await c.fetch(CARD_USAGE, ["a"])
     assert metric("iot_collector_upstream_requests_total", endpoint="card_usage", outcome="ok") - ok_before == 1
     assert metric("iot_collector_upstream_requests_total", endpoint="card_usage",
                   outcome="http_error") - http_before == 1

@@ -164,3 +164,39 @@ def test_budget_too_small_is_reported(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "TOO SMALL" in result.stdout
     assert "stretched to" in result.stdout
+
+
+def test_field_overrides_name_an_endpoint_and_a_field_of_it(tmp_path: Path) -> None:
+    config = parse_config({"simulator": {"embedded": True}, "platform": {"fields": {
+        "device_flow": {"rssi_dbm": "signal", "sim.online_status": "netState", "sims": "simList"},
+        "card_status": {"records": "list"}}}}, env={})
+    assert config.platform.fields["device_flow"]["sims"] == "simList"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("simulator: {embedded: true}\n"
+                   "platform:\n"
+                   "  fields:\n"
+                   "    device_flow: {rssi: signal, online_status: netState, sim.online_status: netState}\n"
+                   "    card_stat: {sim_status: status}\n"
+                   "  endpoints: {querySimStatus: {path: /x}}\n")
+    result = run_cli("check-config", "-c", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "platform.fields.device_flow.rssi: unknown field; the fields are " in result.stderr
+    assert ("platform.fields.device_flow.online_status: names a field of several records: write "
+            "device.online_status or sim.online_status") in result.stderr
+    assert "platform.fields.device_flow.sim.online_status" not in result.stderr  # qualified: fine
+    assert "platform.fields.card_stat: unknown endpoint; one of: device_info, device_flow" in result.stderr
+    assert "platform.endpoints.querySimStatus: unknown endpoint" in result.stderr
+
+
+def test_jobs_are_the_endpoints_jobs_with_their_default_intervals() -> None:
+    from collector.endpoints import ENDPOINTS
+
+    config = parse_config({"simulator": {"embedded": True}, "jobs": {"card_actions": {"enabled": True,
+                                                                                      "interval": "2h"}}}, env={})
+    assert config.jobs.job("card_actions").interval == 7200 and config.jobs.card_actions.enabled
+    for endpoint in ENDPOINTS.values():
+        if endpoint.job != "card_actions":
+            assert config.jobs.job(endpoint.job).interval == endpoint.interval
+            assert config.jobs.job(endpoint.job).enabled == endpoint.enabled
+    assert problems_of({"simulator": {"embedded": True}, "jobs": {"device_statu": {"interval": 5}}}) == [
+        "jobs.device_statu: unknown key"]

@@ -230,3 +230,41 @@ def test_secrets_never_reach_logs_points_or_state(tmp_path: Path) -> None:
 def _open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_status_shows_the_lowered_request_rate_after_the_platform_throttles(tmp_path: Path) -> None:
+    """The simulator caps requests per second and answers HTTP 429 above the cap: the daemon's limiter
+    halves its rate, and `status`, /api/status and the collector entity's rate_limit_ratio all show
+    the rate allowed now, below the configured 200 requests a second."""
+    throttled = {"name": "Throttled", "kind": "collector", "condition": "rate_limit_ratio < 1"}
+    config = demo_config(tmp_path, alerts={"enabled": True, "default_rules": False, "evaluation_interval": "1s",
+                                           "rules": [throttled]})
+    daemon = DaemonProcess(tmp_path, config).start()
+    try:
+        started = next(e for e in daemon.log_events() if e["event"] == "embedded simulator started")
+        httpx.post(started["url"].rstrip("/") + "/_sim/faults", json={"qps_cap": 2, "throttle_http": True},
+                   timeout=5).raise_for_status()
+
+        def lowered() -> dict[str, float] | None:
+            requests = daemon.get("/api/status").json()["requests"]
+            return requests if requests["current_rate_rps"] < requests["rate_limit_rps"] else None
+
+        requests = wait_for(lowered, 30, "a lowered request rate in /api/status")
+        assert requests["rate_limit_rps"] == 200 and requests["current_rate_rps"] <= 100  # halved at least once
+
+        as_json = json.loads(subprocess.run(
+            [sys.executable, "-m", "collector", "status", "--json", "-c", str(daemon.config_path)],
+            capture_output=True, text=True, cwd=REPO, timeout=30).stdout)
+        assert as_json["requests"]["current_rate_rps"] < as_json["requests"]["rate_limit_rps"] == 200
+        text = subprocess.run([sys.executable, "-m", "collector", "status", "--url", daemon.url],
+                              capture_output=True, text=True, cwd=REPO, timeout=30).stdout
+        current = float(text.split("currently allowed ", 1)[1].split()[0])
+        assert current < 200
+
+        def firing() -> bool:
+            alerts = daemon.get("/api/status").json()["alerts"]
+            return any(a["rule"] == "Throttled" and a["state"] == "firing" for a in alerts)
+
+        wait_for(firing, 30, "the rate_limit_ratio rule to fire")
+    finally:
+        assert daemon.stop() == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.sinks.points import SCHEMA
+from collector.endpoints import SCHEMA
 from tests.daemon_run import DaemonProcess, demo_config, wait_for
 from tests.servers import InfluxServer, VictoriaMetricsServer
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from collector.config import Config, PlatformConfig
-from collector.once import human_age, human_bytes, poll_devices, render_json, render_table, run_once
+from collector.once import poll_devices, render_json, render_table, run_once
 from collector.platform.client import PlatformClient
 from collector.platform.errors import ApiError
 from collector.platform.models import DeviceObservation, SimObservation
@@ -63,7 +63,7 @@ async def test_table_for_a_healthy_fleet() -> None:
     assert lines[1].startswith("865214078636124") and lines[2].startswith("0012345")
     row = lines[1]
     assert " yes " in row and " -84 " in row and " 100 " in row
-    assert "1: 20.0 GiB/100.0 GiB" in row and "*2: 23.0 GiB/100.0 GiB" in row
+    assert "1: 20 GiB/100 GiB" in row and "*2: 23 GiB/100 GiB" in row
     assert lines[-1].startswith("2 device(s): 2 ok, 0 failed")
 
 
@@ -134,13 +134,8 @@ def test_render_json_of_nothing_but_failures() -> None:
     assert orjson.loads(render_json(["y"], [ApiError(1, "m")], 0.0))[0]["error"]["code"] == 1
 
 
-@pytest.mark.parametrize(("value", "text"), [(None, "?"), (0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"),
-                                             (21474836480, "20.0 GiB"), (5 * 1024**5, "5.0 PiB")])
-def test_human_bytes(value: int | None, text: str) -> None:
-    assert human_bytes(value) == text
-
-
-@pytest.mark.parametrize(("seconds", "text"), [(None, "?"), (-5, "0s"), (42, "42s"), (300, "5m"),
-                                               (7200, "2h"), (3 * 86400 + 5, "3d")])
-def test_human_age(seconds: float | None, text: str) -> None:
-    assert human_age(seconds) == text
+def test_table_ages_and_sizes_read_as_everywhere_else() -> None:
+    sim = SimObservation(iccid="i", slot=1, used_bytes=1536, total_bytes=5 * 1024**5)
+    device = DeviceObservation(device_no="x", online_status=1, effective_sim=1, status_at=0.0, sims=(sim,))
+    row = render_table(["x"], [device], now=5400.0).splitlines()[1]
+    assert " 1.5h " in row and "*1: 1.5 KiB/5 PiB" in row

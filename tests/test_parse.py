@@ -1,4 +1,5 @@
-"""Parsing: the seed sample field by field, the envelope's error codes, and awkward inputs."""
+"""Parsing through the endpoint modules and the wire format: the seed sample field by field, the
+envelope's error codes, and awkward inputs."""
 
 from __future__ import annotations
 
@@ -13,20 +14,11 @@ import orjson
 import pytest
 
 from collector.config import ErrorCodesConfig, PlatformConfig, PrivacyConfig
+from collector.endpoints import ENDPOINTS, device_flow
+from collector.endpoints.base import Query
 from collector.platform.errors import ApiError, AuthError, ParseError, RateLimitedError
-from collector.platform.models import Location
-from collector.platform.parse import (
-    ParseContext,
-    parse_account_assets,
-    parse_card_actions,
-    parse_card_info_list,
-    parse_card_month_usage_list,
-    parse_card_status_list,
-    parse_card_usage_list,
-    parse_device,
-    parse_envelope,
-    parse_sim,
-)
+from collector.platform.models import AccountAssets, DeviceObservation, Location, SimObservation
+from collector.platform.wire import ParseContext, Parsed, parse_envelope
 
 SAMPLE_BYTES = (Path(__file__).parent / "data" / "sample-queryDeviceFlow.json").read_bytes()
 SAMPLE: dict[str, Any] = orjson.loads(SAMPLE_BYTES)
@@ -45,6 +37,25 @@ def data() -> dict[str, Any]:
 
 def ctx(**kwargs: Any) -> ParseContext:
     return ParseContext(**{"polled_at": 1758192100.0, **kwargs})
+
+
+def parse_device(data: Any, context: ParseContext, device_no: str | None = None) -> DeviceObservation:
+    query = Query((device_no,) if device_no else (), {})
+    (device,) = device_flow.ENDPOINT.parse(data, context, query).items
+    return device
+
+
+def parse_sim(rec: Any, context: ParseContext, path: str = "sim") -> SimObservation:
+    return device_flow.parse_sim(rec, context, device_flow.SIM, path, "card_info")
+
+
+def parse_list(endpoint: str, data: Any, context: ParseContext, month: str = "") -> Parsed[Any]:
+    return ENDPOINTS[endpoint].parse(data, context, Query((), {"month": month} if month else {}))
+
+
+def parse_account_assets(data: Any, context: ParseContext) -> AccountAssets:
+    (assets,) = ENDPOINTS["account_assets"].parse(data, context, Query((), {})).items
+    return assets
 
 
 # --- the seed sample ------------------------------------------------------------------------------
@@ -420,7 +431,7 @@ def test_missing_sims_is_no_sims() -> None:
 
 def test_card_info_uses_the_sim_record_shape_and_skips_bad_records() -> None:
     records = [*data()["sims"], {"simNo": "no iccid"}, 42]
-    parsed = parse_card_info_list(records, ctx())
+    parsed = parse_list("card_info", records, ctx())
     assert [s.iccid for s in parsed.items] == ["898608841925D2210999", "8986032142201828602"]
     assert parsed.items[0].device_no == "865214078636124"
     assert [e.path for e in parsed.skipped] == ["data[2].iccid", "data[3]"]
@@ -428,7 +439,7 @@ def test_card_info_uses_the_sim_record_shape_and_skips_bad_records() -> None:
 
 
 def test_card_status_list() -> None:
-    parsed = parse_card_status_list([
+    parsed = parse_list("card_status", [
         {"iccid": "898608841925D2210999", "simNo": "1064939169796", "simStatus": 4, "onlineStatus": "2",
          "internetStatus": 1, "lastSimStatusAt": "2025-09-18 18:24:09"},
         {"iccid": 8986032142201828602, "simStatus": "x"},
@@ -441,7 +452,7 @@ def test_card_status_list() -> None:
 
 
 def test_card_usage_list_converts_flow() -> None:
-    parsed = parse_card_usage_list([{"iccid": "a", "totalFlow": "1024", "useFlow": 512, "realUseFlow": 512,
+    parsed = parse_list("card_usage", [{"iccid": "a", "totalFlow": "1024", "useFlow": 512, "realUseFlow": 512,
                                      "dockUserFlow": 100, "dockResetDate": "2025-08-01 00:00:00",
                                      "endAt": "2000-01-01 00:00:00", "lastFlowAt": "2025-08-20 18:25:19"}],
                                    ctx(flow_unit_bytes=1))
@@ -451,18 +462,18 @@ def test_card_usage_list_converts_flow() -> None:
 
 
 def test_card_month_usage_list_month_fallback() -> None:
-    parsed = parse_card_month_usage_list([{"iccid": "a", "month": "202508", "useFlow": 1},
+    parsed = parse_list("card_month_usage", [{"iccid": "a", "month": "202508", "useFlow": 1},
                                           {"iccid": "b", "month": 202507, "useFlow": 2},
                                           {"iccid": "c", "useFlow": 3},
                                           {"iccid": "d", "month": "2025-06"}], ctx(), month="202509")
     assert [(m.iccid, m.month, m.used_bytes) for m in parsed.items] == [
         ("a", "202508", 1024), ("b", "202507", 2048), ("c", "202509", 3072), ("d", "202506", None)]
-    no_month = parse_card_month_usage_list([{"iccid": "c"}], ctx())
+    no_month = parse_list("card_month_usage", [{"iccid": "c"}], ctx())
     assert no_month.items == [] and no_month.skipped[0].path == "data[0].month"
 
 
 def test_card_actions_list() -> None:
-    parsed = parse_card_actions([{"serialNo": 20250801001, "iccid": "a", "simNo": "1", "actionType": 1,
+    parsed = parse_list("card_actions", [{"serialNo": 20250801001, "iccid": "a", "simNo": "1", "actionType": 1,
                                   "status": "2", "remark": "submitted", "createdAt": "2025-08-01 00:00:00"}],
                                 ctx())
     action = parsed.items[0]
@@ -472,17 +483,17 @@ def test_card_actions_list() -> None:
 
 @pytest.mark.parametrize("data_value", [None, [], {"list": []}])
 def test_empty_lists(data_value: Any) -> None:
-    assert parse_card_status_list(data_value, ctx()).items == []
+    assert parse_list("card_status", data_value, ctx()).items == []
 
 
 def test_wrapped_list_is_accepted() -> None:
-    parsed = parse_card_status_list({"total": 1, "records": [{"iccid": "a"}]}, ctx())
+    parsed = parse_list("card_status", {"total": 1, "records": [{"iccid": "a"}]}, ctx())
     assert [s.iccid for s in parsed.items] == ["a"]
 
 
 def test_list_endpoint_with_an_object_that_is_not_a_list_raises() -> None:
     with pytest.raises(ParseError) as info:
-        parse_card_usage_list({"iccid": "a"}, ctx())
+        parse_list("card_usage", {"iccid": "a"}, ctx())
     assert info.value.path == "data"
 
 
@@ -506,3 +517,50 @@ def test_the_sample_round_trips_through_stdlib_json_too() -> None:
     fast = parse_device(parse_envelope(SAMPLE_BYTES, "x"), ctx())
     exact = parse_device(json.loads(SAMPLE_BYTES)["data"], ctx())
     assert fast == exact
+
+
+# --- the wire tables ----------------------------------------------------------------------------------
+
+
+def test_wire_fields_list_every_key_read_with_its_json_type_and_overrides_applied() -> None:
+    from collector.endpoints import wire_fields
+    from collector.platform.wire import SECRET_FIELDS
+
+    listed = wire_fields()
+    device = {f.path: f for f in listed["device_flow"]}
+    assert device["data.device.rssi"][1:] == ("device", "rssi_dbm", "rssi", "integer", "int")
+    assert device["data.sims[].useFlow"].coercion == "flow"
+    assert device["data.sims[].totalFlow"].json_type == "number"
+    assert device["data.device.position.lat"].record == "location"
+    assert device["data.device.controlResponse[].controlAt"].json_type == "string"
+    assert {f.path for f in listed["card_status"]} >= {"data[].iccid", "data[].simStatus", "data[].lastSimStatusAt"}
+    assert not {f.key for fields in listed.values() for f in fields} & SECRET_FIELDS
+    renamed = {f.path for f in wire_fields({"device_flow": {"rssi_dbm": "signal", "sims": "simList"}})["device_flow"]}
+    assert {"data.device.signal", "data.simList[].iccid"} <= renamed and "data.device.rssi" not in renamed
+
+
+def test_every_key_the_sample_holds_for_a_field_we_read_is_in_the_table() -> None:
+    """The table and the documented answer agree: each wire key the device_flow table names for the
+    device and its SIMs is present in the vendor's sample, with the JSON type the table expects
+    (or null)."""
+    from collector.endpoints import wire_fields
+
+    sample = SAMPLE["data"]
+    for f in wire_fields()["device_flow"]:
+        if f.record not in ("device", "sim"):
+            continue
+        holder = sample["device"] if f.record == "device" else sample["sims"][0]
+        assert f.key in holder, f.path
+        value = holder[f.key]
+        expected = {"integer": int, "number": (int, float), "string": str, "object": dict, "array": list}[f.json_type]
+        assert value is None or isinstance(value, expected), f"{f.path}: {value!r}"
+
+
+def test_a_month_usage_poll_asks_for_the_current_month_in_the_platforms_time_zone() -> None:
+    endpoint = ENDPOINTS["card_month_usage"]
+    first_of_september_cst = datetime(2025, 9, 1, 0, 30, tzinfo=CST).timestamp()  # still August in UTC
+    assert endpoint.extra_form(first_of_september_cst, CST) == {"month": "202509"}
+    assert endpoint.extra_form(first_of_september_cst, ZoneInfo("UTC")) == {"month": "202508"}
+    assert endpoint.extra_form(0.0, CST, {"month": "202501"}) == {"month": "202501"}
+    with pytest.raises(ValueError, match="YYYYMM"):
+        endpoint.extra_form(0.0, CST, {"month": "2025-01"})

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from influxdb_client import Point
 
-from collector.sinks.points import SCHEMA, _coerce, _line, timestamp_ns
+from collector.endpoints import SCHEMA
+from collector.sinks.points import coerce, timestamp_ns
 
 text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), max_size=12)
 
@@ -25,7 +26,7 @@ def reference(measurement: str, tags: dict[str, str | None], labels: dict[str, s
             point.tag(key, str(tag_value))
     written = 0
     for key, value in fields.items():
-        coerced = _coerce(spec.fields[key].type, value)
+        coerced = coerce(spec.fields[key].type, value)
         if coerced is not None:
             point.field(key, coerced)
             written += 1
@@ -58,4 +59,4 @@ def lines(draw: st.DrawFn) -> tuple[str, dict[str, str | None], dict[str, str], 
 @given(lines())
 def test_fast_builder_matches_influxdb_client_point(case: tuple[Any, ...]) -> None:
     measurement, tags, labels, fields, at = case
-    assert _line(measurement, tags, labels, fields, at) == reference(measurement, tags, labels, fields, at)
+    assert SCHEMA[measurement].line(tags, labels, fields, at) == reference(measurement, tags, labels, fields, at)

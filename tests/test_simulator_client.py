@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from collector.config import PlatformConfig
+from collector.endpoints import ENDPOINTS
 from collector.platform.client import PlatformClient
 from collector.platform.endpoints import Endpoint
 from collector.platform.errors import (
@@ -23,7 +24,6 @@ from collector.platform.errors import (
     RateLimitedError,
     TransportError,
 )
-from collector.platform.parse import parse_card_status_list
 from collector.simulator import Simulator
 
 APP_ID, SECRET = "fleet-42", "top-secret"
@@ -66,6 +66,11 @@ def client(sim: Simulator, sleeps: Sleeps | None = None, **changes: Any) -> Plat
     return PlatformClient(platform(**changes), base_url=sim.base_url, sleep=sleeps or Sleeps())
 
 
+async def fetch(c: PlatformClient, endpoint: str, ids: list[str], **form: str) -> list[Any]:
+    """One poll of `endpoint`, its observations (or its first failure raised)."""
+    return (await c.fetch(ENDPOINTS[endpoint], ids, form=form or None)).unwrap()
+
+
 def counts(sim: Simulator, endpoint: Endpoint) -> dict[str, int]:
     return sim.stats.counts.get(endpoint.value, {})
 
@@ -94,25 +99,25 @@ async def test_every_read_endpoint_parses_into_what_the_simulator_holds(sim: Sim
         assert device.warranty_expires_at is None, "the sentinel date is 'unset'"
         assert all(e.event_type == 251 for e in device.events)
 
-        info = await c.device_info(device_no)
+        (info,) = await fetch(c, "device_info", [device_no])
         assert info.flow_at is not None and device.flow_at is not None and info.flow_at <= device.flow_at
 
         iccids = [s.iccid for s in device.sims]
-        cards = await c.card_info(iccids)
+        cards = await fetch(c, "card_info", iccids)
         assert [(s.iccid, s.used_bytes, s.slot) for s in cards] == \
             [(s.iccid, s.used_bytes, s.slot) for s in device.sims]
-        statuses = await c.card_status(iccids)
+        statuses = await fetch(c, "card_status", iccids)
         assert [(s.sim_status, s.online_status) for s in statuses] == \
             [(s.sim_status, s.online_status) for s in device.sims]
-        usage = await c.card_usage(iccids)
+        usage = await fetch(c, "card_usage", iccids)
         assert [u.used_bytes for u in usage] == [s.used_bytes for s in device.sims]
         assert [u.cycle_start for u in usage] == [s.cycle_start for s in device.sims]
-        month = await c.card_month_usage(iccids, "202509")
+        month = await fetch(c, "card_month_usage", iccids, month="202509")
         assert [m.used_bytes for m in month] == [s.used_bytes for s in device.sims], "this month so far"
         assets = await c.account_assets()
         assert assets.balance is not None and assets.balance > 0 and assets.frozen_balance is not None
         assert sim.fleet.suspend(fleet.find_sim(iccids[0]) or 0, sim.now())
-        actions = await c.card_actions(iccids)
+        actions = await fetch(c, "card_actions", iccids)
         assert actions[0].iccid == iccids[0] and actions[0].action == "1" and actions[0].status == 1
     assert sum(sum(counts(sim, e).values()) for e in Endpoint) == 8
     assert all(counts(sim, e) == {"ok": 1} for e in Endpoint)
@@ -125,11 +130,11 @@ async def test_batches_are_split_to_the_platforms_limits(sim: Simulator) -> None
     iccids = sim.iccids()
     assert len(iccids) >= 150
     async with client(sim) as c:
-        assert len(await c.card_status(iccids[:25])) == 25
-        assert len(await c.card_usage(iccids[:25])) == 25
-        assert len(await c.card_month_usage(iccids[:25], "202508")) == 25
-        assert len(await c.card_info(iccids[:150])) == 150
-        assert len(await c.card_actions(iccids[:150])) >= 0
+        assert len(await fetch(c, "card_status", iccids[:25])) == 25
+        assert len(await fetch(c, "card_usage", iccids[:25])) == 25
+        assert len(await fetch(c, "card_month_usage", iccids[:25], month="202508")) == 25
+        assert len(await fetch(c, "card_info", iccids[:150])) == 150
+        assert len(await fetch(c, "card_actions", iccids[:150])) >= 0
     assert counts(sim, Endpoint.CARD_STATUS) == {"ok": 3}, "25 cards, 10 a request"
     assert counts(sim, Endpoint.CARD_USAGE) == {"ok": 3}
     assert counts(sim, Endpoint.CARD_MONTH_USAGE) == {"ok": 3}
@@ -141,7 +146,7 @@ async def test_batches_are_split_to_the_platforms_limits(sim: Simulator) -> None
 async def test_unknown_cards_come_back_missing(sim: Simulator) -> None:
     asked = [*sim.iccids()[:3], "89860000000000000001"]
     async with client(sim) as c:
-        result = await c.batch(Endpoint.CARD_STATUS, asked, parse_card_status_list)
+        result = await c.fetch(ENDPOINTS["card_status"], asked)
     assert [s.iccid for s in result.items] == asked[:3] and result.missing == asked[3:] and not result.failed
 
 
@@ -159,7 +164,7 @@ async def test_a_wrong_secret_is_an_auth_error_without_retry(sim: Simulator) -> 
 async def test_an_unknown_app_id_is_an_auth_error_without_retry(sim: Simulator) -> None:
     async with client(sim, app_id="stranger") as c:
         with pytest.raises(AuthError) as caught:
-            await c.card_status(sim.iccids()[:2])
+            await fetch(c, "card_status", sim.iccids()[:2])
     assert caught.value.code == 40002 and counts(sim, Endpoint.CARD_STATUS) == {"unknown_app": 1}
 
 
@@ -201,7 +206,7 @@ async def test_http_5xx_that_persists_is_a_typed_error_after_the_last_attempt(si
     faults(sim, error_rate=1.0, error_status=502)
     async with client(sim) as c:
         with pytest.raises(HttpStatusError) as caught:
-            await c.card_usage(sim.iccids()[:3])
+            await fetch(c, "card_usage", sim.iccids()[:3])
     assert caught.value.status == 502 and caught.value.transient
     assert counts(sim, Endpoint.CARD_USAGE) == {"fault_http_error": 3}
 
@@ -241,10 +246,10 @@ async def test_added_latency_beyond_the_clients_timeout_is_a_timeout(sim: Simula
 async def test_malformed_json_is_a_parse_error_retried_then_typed(sim: Simulator) -> None:
     faults(sim, malformed_rate=1.0, limit=1)
     async with client(sim) as c:
-        assert await c.card_info(sim.iccids()[:2])
+        assert await fetch(c, "card_info", sim.iccids()[:2])
         faults(sim, malformed_rate=1.0)
         with pytest.raises(ParseError) as caught:
-            await c.card_info(sim.iccids()[:2])
+            await fetch(c, "card_info", sim.iccids()[:2])
     assert "not JSON" in str(caught.value)
     assert counts(sim, Endpoint.CARD_INFO) == {"fault_malformed": 4, "ok": 1}
 
@@ -252,10 +257,10 @@ async def test_malformed_json_is_a_parse_error_retried_then_typed(sim: Simulator
 async def test_non_zero_codes_are_retried_only_when_transient(sim: Simulator) -> None:
     faults(sim, code_rate=1.0, code=50000, limit=1)
     async with client(sim) as c:
-        assert await c.card_status(sim.iccids()[:2])
+        assert await fetch(c, "card_status", sim.iccids()[:2])
         faults(sim, code_rate=1.0, code=40777, code_message="未知错误")
         with pytest.raises(ApiError) as caught:
-            await c.card_status(sim.iccids()[:2])
+            await fetch(c, "card_status", sim.iccids()[:2])
     assert caught.value.code == 40777 and caught.value.platform_message == "未知错误"
     assert counts(sim, Endpoint.CARD_STATUS) == {"fault_code": 2, "ok": 1}, "40777 is not retried"
 
@@ -311,8 +316,8 @@ async def test_admin_overrides_show_in_the_clients_observations(sim: Simulator) 
                          if s.used < 0.9 * s.total)
         iccid = sim.iccids()[sim_index]
         fleet.exhaust(sim_index, now)
-        usage = (await c.card_usage([iccid]))[0]
+        usage = (await fetch(c, "card_usage", [iccid]))[0]
         assert usage.total_bytes and usage.used_bytes
         assert 0 < usage.total_bytes - usage.used_bytes <= 0.0011 * usage.total_bytes
         fleet.suspend(sim_index, now)
-        assert (await c.card_status([iccid]))[0].sim_status == 5
+        assert (await fetch(c, "card_status", [iccid]))[0].sim_status == 5

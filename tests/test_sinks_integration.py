@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from collector.endpoints import SCHEMA
 from collector.sinks.config import SinksConfig
 from collector.sinks.pipeline import SinkPipeline
-from collector.sinks.points import SCHEMA
 from tests import spool_writer
 from tests.lineproto import parse_line
 from tests.servers import InfluxServer, VictoriaMetricsServer

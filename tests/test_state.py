@@ -114,12 +114,12 @@ def test_a_poll_for_a_device_removed_meanwhile_is_ignored() -> None:
     assert "gone" not in state.devices
 
 
-def test_fields_copied_onto_the_record_follow_every_observation() -> None:
-    """rssi_dbm, battery_percent, sim_status and internet_status live on the record (one object to
-    read per entity): a device poll and a card status poll both keep them equal to the observation."""
+def test_rule_fields_read_the_latest_observation_of_every_endpoint() -> None:
+    """rssi_dbm, battery_percent, sim_status and internet_status are read from the observation the
+    record holds: a device poll and a card status poll both show at once, unknown reads None."""
     from dataclasses import replace
 
-    from collector.platform.models import CardStatus
+    from collector.endpoints import ENDPOINTS
 
     state = FleetState(device_interval=60)
     state.sync_inventory({"d1": {}}, {})
@@ -127,10 +127,39 @@ def test_fields_copied_onto_the_record_follow_every_observation() -> None:
     obs = replace(obs, sims=(replace(obs.sims[0], sim_status=4, internet_status=1), obs.sims[1]))
     state.observe_device(obs)
     d, s = state.devices["d1"], state.sims["d1-a"]
-    assert (d.rssi_dbm, d.battery_percent, s.sim_status, s.internet_status) == (-97, 41, 4, 1)
-    state.observe_card_status([CardStatus(iccid="d1-a", sim_status=5, internet_status=2, polled_at=T0 + 60)])
-    assert (s.sim_status, s.internet_status) == (5, 2)
+
+    def read() -> tuple[object, ...]:
+        device_fields, sim_fields = field_values("device", d, T0), field_values("sim", s, T0)
+        return (device_fields["rssi_dbm"], device_fields["battery_percent"], sim_fields["sim_status"],
+                sim_fields["internet_status"])
+
+    assert read() == (-97, 41, 4, 1)
+    ENDPOINTS["card_status"].observe(state, [SimObservation(iccid="d1-a", sim_status=5, internet_status=2,
+                                                            polled_at=T0 + 60)])
+    assert read() == (-97, 41, 5, 2)
     state.observe_device(replace(device("d1", T0 + 120, 20), rssi_dbm=None, battery_percent=12))
-    assert (d.rssi_dbm, d.battery_percent) == (None, 12)
-    assert (s.sim_status, s.internet_status) == (None, None)  # the device's answer did not report them
-    assert field_values("sim", s, T0)["sim_status"] is None
+    assert read() == (None, 12, None, None)  # the device's answer did not report them
+
+
+def test_a_sim_in_a_device_keeps_its_card_entry_labels_after_a_poll() -> None:
+    state = FleetState()
+    state.sync_inventory({"d1": {"customer": "acme"}}, {"d1-b": {"plan": "big"}})
+    state.observe_device(device("d1", T0, 10))
+    assert state.sims["d1-b"].labels == {"customer": "acme", "plan": "big"}
+    assert state.sims["d1-a"].labels == {"customer": "acme"}
+
+
+def test_a_card_usage_poll_extends_the_usage_history_and_keeps_what_it_does_not_report() -> None:
+    from collector.endpoints import ENDPOINTS
+
+    state = FleetState()
+    state.sync_inventory({"d1": {}}, {})
+    state.observe_device(device("d1", T0, 1_000))
+    usage = ENDPOINTS["card_usage"]
+    change = usage.observe(state, [SimObservation(iccid="d1-a", total_bytes=1000, used_bytes=1_000 + 3600,
+                                                  polled_at=T0 + 3600), SimObservation(iccid="unknown")])
+    sim = state.sims["d1-a"]
+    assert change.sims == ("d1-a",) and change.sim_records == (sim,)
+    assert sim.obs is not None and sim.obs.cycle_start == T0 and sim.obs.slot == 1  # kept from the device poll
+    assert sim.usage_rate_bytes_per_second == 1.0  # 3600 bytes in an hour
+    assert field_values("sim", sim, T0 + 3600)["remaining_bytes"] == 0

@@ -1,10 +1,11 @@
 """The async client of the platform's read endpoints: signing, the request budget, retries, metrics
-and logs around `collector.platform.parse`.
+and logs around each endpoint's parser (`collector.endpoints`). One generic call, `fetch(endpoint,
+ids)`, serves every endpoint.
 
 What it promises:
 
 * Only the paths of the endpoint table (`PlatformConfig.endpoint_specs()`) are ever requested, all of
-  them reads. There is no method for a write endpoint.
+  them reads. There is no way to call a write endpoint.
 * Every failure is a `collector.platform.errors.PlatformError` subclass. Transient ones (transport
   errors, timeouts, HTTP 5xx/429, rate-limited or transient envelope codes, undecodable bodies) are
   retried with jittered exponential backoff within `platform.retries`; permanent ones (auth, unknown
@@ -24,12 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
 
@@ -38,6 +37,8 @@ import httpx
 import structlog
 
 from collector.config import PlatformConfig, PrivacyConfig
+from collector.endpoints import account_assets, device_flow
+from collector.endpoints.base import EndpointSpec, Query, ReadEndpoint
 from collector.logs import register_secret
 from collector.metrics import (
     RATE_LIMITED,
@@ -48,7 +49,6 @@ from collector.metrics import (
     UPSTREAM_REQUESTS,
     UPSTREAM_RETRIES,
 )
-from collector.platform.endpoints import MONTH_PARAM, Endpoint, EndpointSpec
 from collector.platform.errors import (
     ApiError,
     AuthError,
@@ -59,44 +59,24 @@ from collector.platform.errors import (
     RateLimitedError,
     TransportError,
 )
-from collector.platform.models import (
-    AccountAssets,
-    CardAction,
-    CardMonthUsage,
-    CardStatus,
-    CardUsage,
-    DeviceObservation,
-    SimObservation,
-)
-from collector.platform.parse import (
-    ParseContext,
-    Parsed,
-    parse_account_assets,
-    parse_card_actions,
-    parse_card_info_list,
-    parse_card_month_usage_list,
-    parse_card_status_list,
-    parse_card_usage_list,
-    parse_device,
-    parse_envelope,
-)
+from collector.platform.models import AccountAssets, DeviceObservation
 from collector.platform.ratelimit import RateLimiter
+from collector.platform.wire import ParseContext, Parsed, parse_envelope
+from collector.retry import Backoff, parse_retry_after
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 # aiohttp and many servers close idle keep-alive connections after 15-75 s; expiring ours first avoids
 # reusing a connection the server is closing (which would surface as a spurious transport error).
 KEEPALIVE_EXPIRY = 15.0
-_MONTH = re.compile(r"\d{4}(0[1-9]|1[0-2])")
 _THROTTLE_STATUSES = (429, 503)
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult(Generic[T]):
-    """What a batch query over many cards produced, chunk failures included.
+    """What one `fetch` produced, chunk failures included.
 
     `failed` holds, for each chunk that failed for good, its ids and the error; `skipped` the records
     the parser dropped; `missing` the ids asked for (in chunks that succeeded) that no record matched:
@@ -123,20 +103,6 @@ def _transport(config: PlatformConfig, limits: httpx.Limits) -> httpx.AsyncBaseT
     return httpx.AsyncHTTPTransport(limits=limits)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date), None if absent or unusable."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
 def _subject(device_no: str, cards: int) -> dict[str, Any]:
     """What a request was about, for its log line: a device, a number of cards, or nothing."""
     if device_no:
@@ -160,7 +126,7 @@ def _from_transport(exc: BaseException, endpoint: str, trace_id: str) -> Platfor
 
 
 class PlatformClient:
-    """The platform's read endpoints as typed async methods. Use as `async with PlatformClient(...)`."""
+    """The platform's read endpoints, fetched with `fetch`. Use as `async with PlatformClient(...)`."""
 
     def __init__(self, config: PlatformConfig, privacy: PrivacyConfig | None = None, *,
                  base_url: str | None = None, transport: httpx.AsyncBaseTransport | None = None,
@@ -169,7 +135,7 @@ class PlatformClient:
         """`base_url` overrides `config.base_url` (the embedded simulator); `transport` replaces the one
         `config.transport` selects (tests); `limiter` lets several clients share one budget."""
         self.config = config
-        self._specs: dict[Endpoint, EndpointSpec] = config.endpoint_specs()
+        self._specs: dict[str, EndpointSpec] = config.endpoint_specs()
         self._signer = config.signer()
         register_secret(self._signer.secret)
         self._ctx = ParseContext.from_config(config, privacy)
@@ -177,6 +143,8 @@ class PlatformClient:
                                               max_concurrency=config.max_concurrency)
         self._sleep = sleep
         self._rng = rng or random.Random()
+        retries = config.retries
+        self._backoff = Backoff(retries.backoff_initial, retries.backoff_max, retries.max_attempts)
         self._now = wall_clock
         self._warned_fields: set[tuple[str, str]] = set()
         limits = httpx.Limits(max_connections=config.max_concurrency,
@@ -194,11 +162,10 @@ class PlatformClient:
         # Absolute URLs built once: httpx would otherwise parse and merge base and path per request.
         root = (base_url or str(config.base_url)).rstrip("/")
         self._urls = {spec.path: httpx.URL(root + spec.path) for spec in self._specs.values()}
-        for endpoint, spec in self._specs.items():
+        for name, spec in self._specs.items():
             if not spec.path.rsplit("/", 1)[-1].lower().startswith("query"):
                 # Every read endpoint we know is a queryXxx; anything else may be a write endpoint.
-                log.warning("endpoint path does not look like a read endpoint", endpoint=endpoint.value,
-                            path=spec.path)
+                log.warning("endpoint path does not look like a read endpoint", endpoint=name, path=spec.path)
 
     async def __aenter__(self) -> PlatformClient:
         return self
@@ -210,103 +177,64 @@ class PlatformClient:
         """Close the connections."""
         await self._http.aclose()
 
-    # --- per-device endpoints ---------------------------------------------------------------------
+    # --- polls ------------------------------------------------------------------------------------------
 
-    async def device_flow(self, device_no: str) -> DeviceObservation:
-        """queryDeviceFlow: the device and its SIMs (the documented endpoint)."""
-        return await self._device(Endpoint.DEVICE_FLOW, device_no)
-
-    async def device_info(self, device_no: str) -> DeviceObservation:
-        """queryDeviceInfo: same data as device_flow, flow numbers refreshed less promptly."""
-        return await self._device(Endpoint.DEVICE_INFO, device_no)
-
-    async def _device(self, endpoint: Endpoint, device_no: str) -> DeviceObservation:
-        device_no = device_no.strip()
-        if not device_no:
-            raise ValueError("device_no must not be empty")
-        spec = self._specs[endpoint]
-
-        def parse(data: Any, ctx: ParseContext) -> DeviceObservation:
-            return parse_device(data, ctx, endpoint=endpoint.value, device_no=device_no)
-
-        return await self.request(endpoint, {spec.param: device_no}, parse, device_no=device_no)
-
-    # --- card endpoints -----------------------------------------------------------------------------
-
-    async def card_info(self, iccids: Sequence[str]) -> list[SimObservation]:
-        """querySimInfo, 100 cards a request."""
-        return (await self.batch(Endpoint.CARD_INFO, iccids, parse_card_info_list)).unwrap()
-
-    async def card_status(self, iccids: Sequence[str]) -> list[CardStatus]:
-        """querySimStatus, 10 cards a request."""
-        return (await self.batch(Endpoint.CARD_STATUS, iccids, parse_card_status_list)).unwrap()
-
-    async def card_usage(self, iccids: Sequence[str]) -> list[CardUsage]:
-        """querySimRealFlow, 10 cards a request."""
-        return (await self.batch(Endpoint.CARD_USAGE, iccids, parse_card_usage_list)).unwrap()
-
-    async def card_month_usage(self, iccids: Sequence[str], month: str) -> list[CardMonthUsage]:
-        """querySimMonthFlow for `month` (YYYYMM), 10 cards a request."""
-        if not _MONTH.fullmatch(month):
-            raise ValueError(f"month must be YYYYMM, got {month!r}")
-
-        def parse(data: Any, ctx: ParseContext) -> Parsed[CardMonthUsage]:
-            return parse_card_month_usage_list(data, ctx, month=month)
-
-        return (await self.batch(Endpoint.CARD_MONTH_USAGE, iccids, parse, extra={MONTH_PARAM: month})).unwrap()
-
-    async def card_actions(self, iccids: Sequence[str]) -> list[CardAction]:
-        """querySimAction: the operation log of these cards."""
-        return (await self.batch(Endpoint.CARD_ACTIONS, iccids, parse_card_actions)).unwrap()
-
-    async def account_assets(self) -> AccountAssets:
-        """queryAccountAssets: the reseller account's balance."""
-        return await self.request(Endpoint.ACCOUNT_ASSETS, {}, parse_account_assets)
-
-    async def batch(self, endpoint: Endpoint, iccids: Sequence[str],
-                    parse: Callable[[Any, ParseContext], Parsed[T]], *,
-                    extra: Mapping[str, str] | None = None) -> BatchResult[T]:
-        """Query a card endpoint for many cards: ids de-duplicated, split to the endpoint's batch
-        limit, chunks run concurrently (paced by the limiter). A failed chunk does not lose the others:
-        see `BatchResult` (the typed per-endpoint methods raise the first failure instead)."""
-        spec = self._specs[endpoint]
-        ids = list(dict.fromkeys(i.strip() for i in iccids if i and i.strip()))
-        size = spec.batch_limit if spec.batch_limit > 0 else max(len(ids), 1)
-        chunks = [tuple(ids[i:i + size]) for i in range(0, len(ids), size)]
+    async def fetch(self, endpoint: ReadEndpoint[T], ids: Sequence[str] = (), *,
+                    form: Mapping[str, str] | None = None) -> BatchResult[T]:
+        """One poll of `endpoint` for `ids` (none for an endpoint that takes no id): the ids
+        de-duplicated and split to the endpoint's batch limit, the chunks sent concurrently (paced by
+        the limiter). A failed chunk does not lose the others: see `BatchResult`. `form` replaces the
+        extra form fields the endpoint sends by itself (a given month); ValueError when unusable."""
+        spec = self._specs[endpoint.name]
+        extra = endpoint.extra_form(self._now(), self._ctx.tz, form)
+        wanted = list(dict.fromkeys(i.strip() for i in ids if i and i.strip()))
+        size = spec.batch_limit if spec.batch_limit > 0 else max(len(wanted), 1)
+        chunks = [tuple(wanted[i:i + size]) for i in range(0, len(wanted), size)] if spec.param else [()]
         result: BatchResult[T] = BatchResult()
 
         async def one(chunk: tuple[str, ...]) -> None:
-            form = {spec.param: ",".join(chunk), **(extra or {})}
+            sent = {spec.param: ",".join(chunk), **extra} if chunk else dict(extra)
+            device_no = chunk[0] if endpoint.entity == "device" and len(chunk) == 1 else ""
             try:
-                parsed = await self.request(endpoint, form, parse, cards=len(chunk))
+                parsed = await self.request(endpoint, Query(chunk, sent), device_no=device_no,
+                                            cards=0 if device_no else len(chunk))
             except PlatformError as error:
                 result.failed.append((chunk, error))
                 return
             result.items.extend(parsed.items)
             result.skipped.extend(parsed.skipped)
-            found = {getattr(item, "iccid", "") for item in parsed.items}
-            found |= {getattr(item, "sim_no", "") for item in parsed.items}
+            found = {i for item in parsed.items for i in endpoint.answers_for(item)}
             result.missing.extend(i for i in chunk if i not in found)
 
-        # A TaskGroup, not gather: an unexpected exception (a bug) cancels the sibling chunks.
-        async with asyncio.TaskGroup() as group:
-            for chunk in chunks:
-                group.create_task(one(chunk))
+        if len(chunks) == 1:
+            await one(chunks[0])
+        else:
+            # A TaskGroup, not gather: an unexpected exception (a bug) cancels the sibling chunks.
+            async with asyncio.TaskGroup() as group:
+                for chunk in chunks:
+                    group.create_task(one(chunk))
         if result.missing:
-            log.debug("cards absent from the answer", endpoint=endpoint.value, count=len(result.missing))
+            log.debug("ids absent from the answer", endpoint=endpoint.name, count=len(result.missing))
         return result
+
+    async def device_flow(self, device_no: str) -> DeviceObservation:
+        """The documented endpoint for one device: its observation, or the PlatformError."""
+        if not device_no.strip():
+            raise ValueError("device_no must not be empty")
+        return (await self.fetch(device_flow.ENDPOINT, [device_no])).unwrap()[0]
+
+    async def account_assets(self) -> AccountAssets:
+        """The account's balance, or the PlatformError."""
+        return (await self.fetch(account_assets.ENDPOINT)).unwrap()[0]
 
     # --- one request, with retries ----------------------------------------------------------------
 
-    async def request(self, endpoint: Endpoint, form: Mapping[str, str],
-                      parse: Callable[[Any, ParseContext], R], *, device_no: str = "", cards: int = 0) -> R:
-        """POST one read endpoint and parse its `data` with `parse`, retrying transient failures.
-
-        For list parsers (returning `Parsed`) the skipped records are counted and logged here.
-        """
-        spec = self._specs[endpoint]
-        name = endpoint.value
-        retries = self.config.retries
+    async def request(self, endpoint: ReadEndpoint[T], query: Query, *, device_no: str = "",
+                      cards: int = 0) -> Parsed[T]:
+        """POST one request of `endpoint` and parse its `data`, retrying transient failures. Skipped
+        records are counted and logged here."""
+        spec = self._specs[endpoint.name]
+        name = endpoint.name
         attempt = 0
         while True:
             attempt += 1
@@ -316,17 +244,17 @@ class PlatformClient:
             try:
                 async with self.limiter.slot():
                     started = self.limiter.clock()
-                    raw, status, retry_after = await self._post(spec.path, form, trace_id, name,
+                    raw, status, retry_after = await self._post(spec.path, query.form, trace_id, name,
                                                                 device_no, cards, attempt)
                 polled_at = self._now()
                 ctx = replace(self._ctx, polled_at=polled_at, issues=[])
                 if not 200 <= status < 300:
                     raise self._status_error(raw, status, name, trace_id)
                 data = parse_envelope(raw, name, codes=self.config.error_codes, trace_id=trace_id)
-                value = parse(data, ctx)
+                value = endpoint.parse(data, ctx, query)
             except PlatformError as error:
                 self._count_failure(error, name)
-                if isinstance(error, RateLimitedError) or getattr(error, "status", None) == 429:
+                if isinstance(error, RateLimitedError) or (isinstance(error, HttpStatusError) and error.status == 429):
                     RATE_LIMITED.inc()
                     self.limiter.slow_down(since=started)
                 # Retried: everything `transient` says so. That includes a body that is not JSON at
@@ -336,8 +264,8 @@ class PlatformClient:
                 # proxy) and is gone on the next try; the deterministic cause, invalid UTF-8 in a
                 # field, is rescued by the decoder instead. A well-formed answer of the wrong shape is
                 # not retried: the same bytes would come back.
-                delay = self._backoff(attempt, retry_after)
-                if not error.transient or attempt >= retries.max_attempts or delay is None:
+                delay = self._backoff.delay(attempt, retry_after, rng=self._rng)
+                if not error.transient or delay is None:
                     self._log_failure(error, name, device_no, cards, attempt, True, retry_after)
                     raise
                 self._log_failure(error, name, device_no, cards, attempt, False, retry_after)
@@ -345,7 +273,7 @@ class PlatformClient:
                 await self._sleep(delay)
                 continue
             UPSTREAM_REQUESTS.labels(name, "ok").inc()
-            if isinstance(value, Parsed) and value.skipped:
+            if value.skipped:
                 UPSTREAM_PARSE_ERRORS.labels(name).inc(len(value.skipped))
                 log.warning("records skipped", endpoint=name, count=len(value.skipped),
                             first=str(value.skipped[0]), trace_id=trace_id)
@@ -381,7 +309,8 @@ class PlatformClient:
             UPSTREAM_LATENCY.labels(name).observe(elapsed)
         log.debug("upstream request", endpoint=name, **_subject(device_no, cards), trace_id=trace_id,
                   status=response.status_code, duration_ms=round(elapsed * 1000, 1), attempt=attempt)
-        retry_after = _retry_after(response) if response.status_code in _THROTTLE_STATUSES else None
+        retry_after = (parse_retry_after(response.headers.get("retry-after"))
+                       if response.status_code in _THROTTLE_STATUSES else None)
         return response.content, response.status_code, retry_after
 
     def _status_error(self, raw: bytes, status: int, name: str, trace_id: str) -> PlatformError:
@@ -396,20 +325,6 @@ class PlatformClient:
         except ParseError:
             pass
         return http_error
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float | None:
-        """Seconds to wait before the next attempt; None when the server asks for a longer wait than
-        backoff_max allows (then we give up rather than call it back early)."""
-        retries = self.config.retries
-        base = min(retries.backoff_max, retries.backoff_initial * 2 ** (attempt - 1))
-        # "Equal jitter": never less than half the step, so retries of many callers spread out but
-        # still back off.
-        delay = base * (0.5 + self._rng.random() / 2)
-        if retry_after is not None:
-            if retry_after > retries.backoff_max:
-                return None
-            delay = max(delay, retry_after)
-        return delay
 
     def _count_failure(self, error: PlatformError, name: str) -> None:
         UPSTREAM_REQUESTS.labels(name, error.outcome).inc()
@@ -430,7 +345,7 @@ class PlatformClient:
             fields["status"] = error.status
         if retry_after is not None:
             fields["retry_after"] = retry_after
-        if isinstance(error, AuthError) or getattr(error, "status", None) in (401, 403):
+        if isinstance(error, AuthError) or (isinstance(error, HttpStatusError) and error.status in (401, 403)):
             # Loud: nothing will work until the operator fixes the configuration.
             log.error("platform rejected the credentials: check platform.app_id, platform.app_secret "
                       "and platform.sign", **fields)

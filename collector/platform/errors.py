@@ -7,6 +7,7 @@ class PlatformError(Exception):
     """Base of every error raised by the platform client."""
 
     transient: bool = False
+    outcome: str = "error"  # short label for metrics (`http_error`, `timeout`, `api_error`, ...)
 
     def __init__(self, message: str, *, endpoint: str = "", trace_id: str = "") -> None:
         super().__init__(message)
@@ -14,14 +15,11 @@ class PlatformError(Exception):
         self.endpoint = endpoint
         self.trace_id = trace_id
 
-    @property
-    def outcome(self) -> str:
-        """Short label for metrics (`http_error`, `timeout`, `api_error`, ...)."""
-        return "error"
-
 
 class ApiError(PlatformError):
     """The platform answered with an envelope whose `code` is not 0."""
+
+    outcome = "api_error"
 
     def __init__(self, code: int, message: str, *, endpoint: str = "", trace_id: str = "",
                  transient: bool = False) -> None:
@@ -30,43 +28,32 @@ class ApiError(PlatformError):
         self.platform_message = message
         self.transient = transient
 
-    @property
-    def outcome(self) -> str:
-        return "api_error"
-
 
 class AuthError(ApiError):
     """The platform rejected our signature or appID: a configuration problem, never retried."""
 
-    @property
-    def outcome(self) -> str:
-        return "auth_error"
+    outcome = "auth_error"
 
 
 class RateLimitedError(ApiError):
     """The platform said we are over its request rate: retried after slowing down."""
 
     transient = True
+    outcome = "rate_limited"
 
     def __init__(self, code: int, message: str, *, endpoint: str = "", trace_id: str = "") -> None:
         super().__init__(code, message, endpoint=endpoint, trace_id=trace_id, transient=True)
-
-    @property
-    def outcome(self) -> str:
-        return "rate_limited"
 
 
 class HttpStatusError(PlatformError):
     """A non-2xx HTTP status. 5xx and 429 are transient, other 4xx are not."""
 
+    outcome = "http_error"
+
     def __init__(self, status: int, *, endpoint: str = "", trace_id: str = "") -> None:
         super().__init__(f"HTTP {status}", endpoint=endpoint, trace_id=trace_id)
         self.status = status
         self.transient = status >= 500 or status == 429
-
-    @property
-    def outcome(self) -> str:
-        return "http_error"
 
 
 class TransportError(PlatformError):
@@ -74,9 +61,7 @@ class TransportError(PlatformError):
 
     transient = True
 
-    @property
-    def outcome(self) -> str:
-        return "connection_error"
+    outcome = "connection_error"
 
 
 class PlatformTimeout(PlatformError):
@@ -84,9 +69,7 @@ class PlatformTimeout(PlatformError):
 
     transient = True
 
-    @property
-    def outcome(self) -> str:
-        return "timeout"
+    outcome = "timeout"
 
 
 class ParseError(PlatformError):
@@ -95,10 +78,8 @@ class ParseError(PlatformError):
     `path` names the offending field (`data.sims[1].totalFlow`).
     """
 
+    outcome = "parse_error"
+
     def __init__(self, message: str, *, path: str = "", endpoint: str = "", trace_id: str = "") -> None:
         super().__init__(f"{path}: {message}" if path else message, endpoint=endpoint, trace_id=trace_id)
         self.path = path
-
-    @property
-    def outcome(self) -> str:
-        return "parse_error"

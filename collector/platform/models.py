@@ -1,13 +1,12 @@
-"""Typed observations: what one poll of the platform tells us, after parsing.
+"""The typed observations several endpoints share: a device with its SIMs (queryDeviceFlow and
+queryDeviceInfo) and a SIM card (also the card info endpoint's record). An observation that belongs
+to one endpoint only is declared in that endpoint's module (`collector.endpoints`).
 
 Everything downstream (fleet state, points, alert rules, metrics) reads these objects, never a raw
 dict from the wire. Times are Unix seconds (UTC floats); `None` means "unknown" (null, empty string,
 or the `2000-01-01 00:00:00` sentinel upstream). Flow values are bytes, converted with the configured
 unit. Secret fields (wifiPass, wifiPass5G, webPassword, payPassword) do not exist here: they are
-dropped at parse time.
-
-The parsing lives in `collector.platform.parse`; the wire shapes of the undocumented card and account
-endpoints are inferred and described in docs/upstream-api.md.
+never read.
 """
 
 from __future__ import annotations
@@ -46,7 +45,8 @@ class DeviceEvent:
 
 @dataclass(frozen=True, slots=True)
 class SimObservation:
-    """A SIM card as seen inside a device (`data.sims[]`) or through the card info endpoint."""
+    """A SIM card as seen inside a device (`data.sims[]`), through the card info endpoint, or in part
+    through the card status and usage endpoints (the fields they do not report are None)."""
 
     iccid: str
     sim_no: str = ""
@@ -72,6 +72,7 @@ class SimObservation:
     break_remove_at: float | None = None
     status_at: float | None = None  # lastSimStatusAt: when the platform last refreshed the card
     last_active_at: float | None = None
+    flow_at: float | None = None  # lastFlowAt of the card usage endpoint: when the usage was refreshed
     polled_at: float = 0.0
 
     @property
@@ -121,61 +122,9 @@ class DeviceObservation:
 
 
 @dataclass(frozen=True, slots=True)
-class CardStatus:
-    """Latest status of one card (batch latest status endpoint, 10 cards a request)."""
-
-    iccid: str
-    sim_no: str = ""
-    sim_status: int | None = None
-    online_status: int | None = None
-    internet_status: int | None = None
-    status_at: float | None = None
-    polled_at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class CardUsage:
-    """Real-time usage of one card (batch real-time usage endpoint, 10 cards a request)."""
-
-    iccid: str
-    sim_no: str = ""
-    total_bytes: int | None = None
-    used_bytes: int | None = None
-    real_used_bytes: int | None = None
-    carrier_used_bytes: int | None = None
-    cycle_start: float | None = None
-    expires_at: float | None = None
-    flow_at: float | None = None
-    polled_at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class CardMonthUsage:
-    """Usage of one card for one calendar month (`month` as YYYYMM)."""
-
-    iccid: str
-    month: str
-    used_bytes: int | None = None
-    sim_no: str = ""
-    polled_at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class CardAction:
-    """One entry of the card operation log (querySimAction): a suspend/resume submitted to the carrier."""
-
-    iccid: str
-    serial_no: str = ""
-    sim_no: str = ""
-    action: str = ""
-    status: int | None = None
-    remark: str = ""
-    created_at: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class AccountAssets:
-    """The reseller account's money (queryAccountAssets); currency unit unknown (as upstream)."""
+    """The reseller account's money (queryAccountAssets); currency unit unknown (as upstream). Kept by
+    the fleet state's account record."""
 
     balance: float | None = None
     arrears_balance: float | None = None

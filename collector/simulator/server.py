@@ -148,7 +148,8 @@ class Simulator:
             Endpoint.CARD_ACTIONS: self._card_actions,
         }
         self._routes: dict[str, tuple[Endpoint, EndpointSpec, Handler]] = {
-            spec.path: (endpoint, spec, handlers[endpoint]) for endpoint, spec in self.specs.items()}
+            spec.path: (Endpoint(name), spec, handlers[Endpoint(name)])
+            for name, spec in self.specs.items() if name in handlers}
         self._admin = AdminApi(self)
         self._runner: web.ServerRunner | None = None
         self._stopping = asyncio.Event()

@@ -1,0 +1,142 @@
+"""One poll through the whole pipeline, as the daemon makes it: a real HTTP server standing in for the
+platform, the real client, the fleet state, the durable spool and the file sink."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
+
+from collector.config import Config, parse_config
+from collector.endpoints import ENDPOINTS
+from collector.metrics import REGISTRY
+from collector.pipeline import Pipeline
+from collector.platform.client import PlatformClient
+from collector.sinks.pipeline import SinkPipeline
+from collector.state import FleetState
+from tests.lineproto import Line, parse_line
+
+SAMPLE = (Path(__file__).parent / "data" / "sample-queryDeviceFlow.json").read_bytes()
+ASKED = "9176069816"
+Answer = Callable[[str, dict[str, str]], bytes]
+
+
+def sample_for_devices(path: str, form: dict[str, str]) -> bytes:
+    """The vendor's sample for both device endpoints; a card status record per asked card."""
+    if path.endswith(("queryDeviceFlow", "queryDeviceInfo")):
+        return SAMPLE
+    cards = [i for i in form.get("iccids", "").split(",") if i]
+    return orjson.dumps({"code": 0, "message": "ok", "data": [{"iccid": i, "simStatus": 4} for i in cards]})
+
+
+class Rig:
+    """The platform at `url`, and a collector's pipeline writing `points`."""
+
+    def __init__(self, tmp: Path, url: str, **platform: Any) -> None:
+        self.points = tmp / "points.lp"
+        self.config: Config = parse_config({
+            "platform": {"base_url": url, "app_id": "app", "app_secret": "secret", "rate_limit": 1000,
+                         "retries": {"max_attempts": 1}, **platform},
+            "sinks": {"file": {"enabled": True, "path": str(self.points)}, "flush_interval": "50ms"},
+            "state_dir": str(tmp / "state"),
+        }, env={})
+        self.state = FleetState()
+        self.state.sync_inventory({ASKED: {"customer": "acme"}}, {})
+
+    async def poll(self, endpoint: str, ids: list[str]) -> bool:
+        sinks = SinkPipeline(self.config.sinks, self.config.state_dir)
+        await sinks.start()
+        try:
+            async with PlatformClient(self.config.platform, self.config.privacy) as client:
+                ok = await Pipeline(self.config, client, self.state, sinks.submit).poll(ENDPOINTS[endpoint], ids)
+            assert await sinks.flush(10)
+        finally:
+            await sinks.stop(5)
+        return ok
+
+    def lines(self, measurement: str) -> list[Line]:
+        text = self.points.read_text() if self.points.exists() else ""
+        return [parse_line(line) for line in text.splitlines() if line.startswith(measurement + ",")]
+
+
+@pytest.fixture
+async def platform() -> AsyncIterator[Callable[[Answer], Any]]:
+    servers: list[TestServer] = []
+
+    async def start(answer: Answer) -> str:
+        async def handle(request: web.Request) -> web.Response:
+            form = {k: str(v) for k, v in (await request.post()).items()}
+            return web.Response(body=answer(request.path, form), content_type="application/json")
+
+        app = web.Application()
+        app.router.add_post("/{path:.*}", handle)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("/"))
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.mark.parametrize("endpoint", ["device_flow", "device_info"])
+async def test_a_device_point_counts_the_sims_the_platform_listed(tmp_path: Path, platform: Any,
+                                                                  endpoint: str) -> None:
+    rig = Rig(tmp_path, await platform(sample_for_devices))
+    assert await rig.poll(endpoint, [ASKED])
+    (device,) = rig.lines("device")
+    assert device.tags == {"device_no": ASKED, "customer": "acme"}
+    assert device.fields["sim_count"] == ("int", 2)
+    assert " sim_count=2i" in rig.points.read_text() or ",sim_count=2i" in rig.points.read_text()
+    assert {s.tags["iccid"] for s in rig.lines("sim")} == {"898608841925D2210999", "8986032142201828602"}
+    assert len(rig.lines("device_event")) == 3
+
+
+async def test_field_name_overrides_read_a_platform_that_names_fields_otherwise(tmp_path: Path,
+                                                                               platform: Any) -> None:
+    renamed = (SAMPLE.replace(b'"rssi": -84', b'"signal": -91').replace(b'"sims": [', b'"simList": [')
+               .replace(b'"onlineStatus": 2,', b'"netState": 2,'))
+
+    rig = Rig(tmp_path, await platform(lambda _path, _form: renamed),
+              fields={"device_flow": {"rssi_dbm": "signal", "sims": "simList", "sim.online_status": "netState"}})
+    assert await rig.poll("device_flow", [ASKED])
+    (device,) = rig.lines("device")
+    assert device.fields["rssi_dbm"] == ("int", -91) and device.fields["sim_count"] == ("int", 2)
+    assert device.fields["online_status"] == ("int", 1)  # the device's own onlineStatus is untouched
+    main = next(s for s in rig.lines("sim") if s.tags["slot"] == "1")
+    assert main.fields["online_status"] == ("int", 2)
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_failed_poll_is_logged_and_counted_once_and_recorded_on_the_device(tmp_path: Path,
+                                                                                  platform: Any) -> None:
+    unknown = orjson.dumps({"code": 40404, "message": "设备不存在", "data": None, "traceID": "t-404"})
+    rig = Rig(tmp_path, await platform(lambda _path, _form: unknown))
+    before = metric("iot_collector_entity_polls_total", kind="device", outcome="error")
+    with capture_logs() as logs:
+        assert not await rig.poll("device_flow", [ASKED])
+    failed = [e for e in logs if e["event"] == "poll failed"]
+    assert len(failed) == 1 and failed[0]["trace_id"] == "t-404" and failed[0]["error"] == "code 40404: 设备不存在"
+    assert metric("iot_collector_entity_polls_total", kind="device", outcome="error") - before == 1
+    device = rig.state.devices[ASKED]
+    assert device.consecutive_failures == 1 and device.last_error == "code 40404: 设备不存在"
+    assert rig.lines("device") == []
+
+
+async def test_cards_the_platform_does_not_know_are_not_a_failure(tmp_path: Path, platform: Any) -> None:
+    rig = Rig(tmp_path, await platform(sample_for_devices))
+    assert await rig.poll("device_flow", [ASKED])  # discovers the two SIMs
+    assert await rig.poll("card_status", ["898608841925D2210999", "8986032142201828602"])
+    assert {line.tags["iccid"] for line in rig.lines("card_status")} == {"898608841925D2210999",
+                                                                         "8986032142201828602"}
+    assert rig.state.sims["898608841925D2210999"].obs is not None
