@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,7 +21,6 @@ from collector.alerts.config import AlertsConfig, rule_files_relative_to
 from collector.configtypes import Duration, Secret, SecretSection, Section, TimeZoneName
 from collector.endpoints import ENDPOINTS
 from collector.endpoints.base import EndpointSpec
-from collector.platform.signing import DEFAULT_TEMPLATE, TEMPLATE_FIELDS, Signer, template_fields
 from collector.platform.wire import AUTH_CODES, NOT_FOUND_CODES, RATE_LIMITED_CODES, TRANSIENT_CODES
 from collector.sinks.config import SinksConfig
 
@@ -40,12 +40,26 @@ class ConfigError(Exception):
 # --- platform -------------------------------------------------------------------------------------
 
 
-class SignConfig(Section):
-    """How the `sign` header is computed (the vendor's recipe is not in our documentation)."""
+HashName = Literal["md5", "sha1", "sha256", "hmac-md5", "hmac-sha256"]
+TimestampUnit = Literal["seconds", "milliseconds"]
+DEFAULT_TEMPLATE = "appID={appID}&body={body}&timestamp={timestamp}&traceID={traceID}&secret={secret}"
+TEMPLATE_FIELDS = frozenset({"appID", "apiVersion", "traceID", "timestamp", "body", "secret"})
 
-    hash: Literal["md5", "sha256", "hmac-sha256"] = "md5"
+
+def template_fields(template: str) -> set[str]:
+    """The `{names}` a sign template refers to. Raises ValueError for a malformed template."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+class SignConfig(Section):
+    """How the `sign` header is computed (the vendor's recipe is not in our documentation): the hash
+    (`hmac-*` use the secret as key), the canonical string template, the hex case, and the unit of
+    the `timestamp` header (and of `{timestamp}`)."""
+
+    hash: HashName = "md5"
     template: str = DEFAULT_TEMPLATE
     case: Literal["lower", "upper"] = "lower"
+    timestamp: TimestampUnit = "seconds"
 
     @field_validator("template")
     @classmethod
@@ -117,11 +131,6 @@ class PlatformConfig(SecretSection):
                 InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=value)
                 for loc, message, value in problems])
         return self
-
-    def signer(self) -> Signer:
-        secret = self.app_secret.get_secret_value() if self.app_secret else ""
-        return Signer(secret=secret, hash=self.sign.hash, template=self.sign.template,
-                      uppercase=self.sign.case == "upper")
 
     def endpoint_specs(self) -> dict[str, EndpointSpec]:
         """How each endpoint is called: its module's defaults with `endpoints` applied."""

@@ -122,7 +122,7 @@ async def test_device_flow_request_is_signed_form_post() -> None:
     assert headers["appID"] == "app-1" and headers["apiVersion"] == "2.0"
     assert re.fullmatch(r"[0-9a-f]{32}", headers["traceID"])
     assert re.fullmatch(r"\d{10}", headers["timestamp"])  # Unix seconds
-    assert Signer(secret=SECRET).verify(headers, form_of(request), request.headers["sign"])
+    assert Signer(secret=SECRET).sign(headers, form_of(request)) == request.headers["sign"]
     assert SECRET not in str(request.headers) and SECRET not in request.content.decode()
 
 

@@ -186,7 +186,7 @@ async def test_paths_parameters_and_sign_recipe_come_from_the_platform_config() 
     try:
         form = {"imei": simulator.device_numbers()[0]}
         signed = {"appID": "x", "apiVersion": "2.0", "traceID": "t", "timestamp": str(int(time.time()))}
-        signed["sign"] = platform.signer().sign(signed, form)
+        signed["sign"] = Signer.from_config(platform.sign, "y").sign(signed, form)
         assert signed["sign"].isupper()
         async with aiohttp.ClientSession() as session:
             async with session.post(simulator.base_url + "/v9/flow", data=form, headers=signed) as response:

@@ -61,6 +61,7 @@ from collector.platform.errors import (
 )
 from collector.platform.models import AccountAssets, DeviceObservation
 from collector.platform.ratelimit import RateLimiter
+from collector.platform.signing import Signer
 from collector.platform.wire import ParseContext, Parsed, parse_envelope
 from collector.retry import Backoff, parse_retry_after
 
@@ -136,7 +137,8 @@ class PlatformClient:
         `config.transport` selects (tests); `limiter` lets several clients share one budget."""
         self.config = config
         self._specs: dict[str, EndpointSpec] = config.endpoint_specs()
-        self._signer = config.signer()
+        self._signer = Signer.from_config(
+            config.sign, config.app_secret.get_secret_value() if config.app_secret else "")
         register_secret(self._signer.secret)
         self._ctx = ParseContext.from_config(config, privacy)
         self.limiter = limiter or RateLimiter(config.rate_limit, config.burst,
@@ -288,7 +290,7 @@ class PlatformClient:
             "appID": self.config.app_id,
             "apiVersion": self.config.api_version,
             "traceID": trace_id,
-            "timestamp": str(int(self._now())),
+            "timestamp": self._signer.timestamp(self._now()),
         }
         headers["sign"] = self._signer.sign(headers, form)
         headers["Content-Type"] = "application/x-www-form-urlencoded"

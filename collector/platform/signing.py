@@ -1,40 +1,40 @@
-"""Request signing, shared by the platform client (which signs) and the simulator (which verifies).
+"""Request signing: the client computes the `sign` header of each request from `platform.sign`.
 
-The vendor's sign recipe is on a page we do not have, so the recipe is data: a hash, a canonical
-string template and a hex case, all set in `platform.sign`. The default (documented in
-docs/configuration.md) is::
+The vendor's sign recipe is on a page we do not have, so the recipe is data (`SignConfig`): a hash,
+a canonical string template, a hex case and the unit of the `timestamp` header. The default
+(documented in docs/configuration.md) is::
 
     hash: md5
     template: "appID={appID}&body={body}&timestamp={timestamp}&traceID={traceID}&secret={secret}"
     case: lower
+    timestamp: seconds
 
-`{body}` is the form body with its keys sorted, as `k1=v1&k2=v2` (values not URL-encoded), so the
-signature does not depend on the order a client happens to write its fields in. For `hmac-sha256`
-the secret is the HMAC key (and may also appear in the template).
+`{body}` is the form body with its keys sorted, as `k1=v1&k2=v2` (values not URL-encoded, empty
+values left out), so the signature does not depend on the order a client writes its fields in. For
+the `hmac-*` hashes the secret is the HMAC key (and may also appear in the template).
+
+The simulator verifies signatures with its own implementation of the same recipe space, so a wrong
+guess here shows up as a failure against it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
-HashName = Literal["md5", "sha256", "hmac-sha256"]
-DEFAULT_TEMPLATE = "appID={appID}&body={body}&timestamp={timestamp}&traceID={traceID}&secret={secret}"
-TEMPLATE_FIELDS = frozenset({"appID", "apiVersion", "traceID", "timestamp", "body", "secret"})
+from collector.config import DEFAULT_TEMPLATE, HashName, SignConfig, TimestampUnit
 
-
-def template_fields(template: str) -> set[str]:
-    """The `{names}` a template refers to (used by the config validator)."""
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+_DIGESTS: dict[str, Callable[..., Any]] = {
+    "md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256,
+}
 
 
 def canonical_body(form: Mapping[str, str]) -> str:
-    """The form fields sorted by key, joined as `k=v&k=v`."""
-    return "&".join(f"{k}={form[k]}" for k in sorted(form))
+    """The non-empty form fields sorted by key, joined as `k=v&k=v`."""
+    return "&".join(f"{k}={form[k]}" for k in sorted(form) if form[k] != "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +45,20 @@ class Signer:
     hash: HashName = "md5"
     template: str = DEFAULT_TEMPLATE
     uppercase: bool = False
+    timestamp_unit: TimestampUnit = "seconds"
+
+    @classmethod
+    def from_config(cls, sign: SignConfig, secret: str) -> Signer:
+        return cls(secret=secret, hash=sign.hash, template=sign.template, uppercase=sign.case == "upper",
+                   timestamp_unit=sign.timestamp)
 
     def __repr__(self) -> str:
-        return f"Signer(hash={self.hash!r}, template={self.template!r}, secret=<redacted>)"
+        return (f"Signer(hash={self.hash!r}, template={self.template!r}, timestamp={self.timestamp_unit!r}, "
+                "secret=<redacted>)")
+
+    def timestamp(self, now: float) -> str:
+        """The `timestamp` header for the Unix time `now`, in this recipe's unit."""
+        return str(int(now * 1000) if self.timestamp_unit == "milliseconds" else int(now))
 
     def sign(self, headers: Mapping[str, str], form: Mapping[str, str]) -> str:
         """The sign value for these header values (appID, apiVersion, traceID, timestamp) and form."""
@@ -59,14 +70,8 @@ class Signer:
             body=canonical_body(form),
             secret=self.secret,
         ).encode()
-        if self.hash == "md5":
-            digest = hashlib.md5(text, usedforsecurity=False).hexdigest()
-        elif self.hash == "sha256":
-            digest = hashlib.sha256(text).hexdigest()
+        if self.hash.startswith("hmac-"):
+            digest = hmac.new(self.secret.encode(), text, self.hash.removeprefix("hmac-")).hexdigest()
         else:
-            digest = hmac.new(self.secret.encode(), text, hashlib.sha256).hexdigest()
+            digest = _DIGESTS[self.hash](text, usedforsecurity=False).hexdigest()
         return digest.upper() if self.uppercase else digest
-
-    def verify(self, headers: Mapping[str, str], form: Mapping[str, str], sign: str) -> bool:
-        """Constant-time check of a received sign (hex case-insensitive)."""
-        return hmac.compare_digest(self.sign(headers, form).lower(), sign.lower())

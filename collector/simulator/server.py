@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import re
 import socket
 import time
@@ -26,6 +27,7 @@ from aiohttp.web_request import BaseRequest
 
 from collector.config import PlatformConfig
 from collector.platform.endpoints import MONTH_PARAM, Endpoint, EndpointSpec
+from collector.platform.signing import Signer
 from collector.simulator.admin import AdminApi
 from collector.simulator.answers import ANSWER_CACHE, AnswerCache
 from collector.simulator.clock import SimClock
@@ -133,7 +135,8 @@ class Simulator:
         self.stats = Stats()
         self.seed = seed
         self.app_id = platform.app_id
-        self._signer = platform.signer()
+        self._signer = Signer.from_config(
+            platform.sign, platform.app_secret.get_secret_value() if platform.app_secret else "")
         self._api_version = platform.api_version
         self._window = timestamp_window
         self.specs = platform.endpoint_specs()
@@ -257,7 +260,7 @@ class Simulator:
             raise ApiFailure(CODE_BAD_REQUEST, "请求体无法解析", "bad_request") from None
         signed = {"appID": app_id, "apiVersion": headers.get("apiVersion", ""),
                   "traceID": headers.get("traceID", ""), "timestamp": stamp}
-        if not self._signer.verify(signed, form, headers.get("sign", "")):
+        if not hmac.compare_digest(self._signer.sign(signed, form).lower(), headers.get("sign", "").lower()):
             raise ApiFailure(CODE_BAD_SIGN, "签名错误", "bad_sign")
         if signed["apiVersion"] and signed["apiVersion"] != self._api_version:
             raise ApiFailure(CODE_BAD_REQUEST, f"apiVersion不支持: {signed['apiVersion']}", "bad_request")
