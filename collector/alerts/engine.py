@@ -55,10 +55,11 @@ Lookup = Callable[[str, str], Any]  # (kind, key) -> the entity's record, or Non
 class _RuleAlerts:
     """A rule at run time and its active (pending or firing) alerts, by entity key."""
 
-    __slots__ = ("alerts", "rule")
+    __slots__ = ("alerts", "condition", "rule")
 
     def __init__(self, rule: Rule, alerts: dict[str, Alert] | None = None) -> None:
         self.rule = rule
+        self.condition = rule.condition.fn
         self.alerts: dict[str, Alert] = alerts if alerts is not None else {}
 
     def due(self, alert: Alert, now: float) -> bool:
@@ -166,31 +167,33 @@ class AlertEngine:
         """What one poll changed (its devices and SIMs, with their records, the fleet state's own
         objects): evaluated now."""
         now = self.clock()
-        for key, device in zip(change.devices, change.device_records, strict=True):
-            self._evaluate("device", key, device, now)
-        for key, sim in zip(change.sims, change.sim_records, strict=True):
-            self._evaluate("sim", key, sim, now)
+        if change.devices:
+            self.submit("device", change.devices, change.device_records, now)
+        if change.sims:
+            self.submit("sim", change.sims, change.sim_records, now)
 
-    def submit(self, kind: str, keys: Sequence[str], records: Sequence[Any]) -> None:
+    def submit(self, kind: str, keys: Sequence[str], records: Sequence[Any], now: float | None = None) -> None:
         """Entities that changed and their records (in the same order): evaluated now."""
-        now = self.clock()
+        now = self.clock() if now is None else now
+        slots = self._by_kind.get(kind, ())
+        known = self._known.get(kind)
+        if known is not None:
+            known.update(keys)
         for key, record in zip(keys, records, strict=True):
-            self._evaluate(kind, key, record, now)
+            self._evaluate(slots, key, record, now)
 
     def evaluate(self, kind: str, key: str, record: Any, now: float) -> None:
         """Evaluate every rule of `kind` for one entity at `now`."""
-        self._evaluate(kind, key, record, now)
+        self.submit(kind, (key,), (record,), now)
 
-    def _evaluate(self, kind: str, key: str, record: Any, now: float,
-                  slots: Sequence[_RuleAlerts] | None = None) -> None:
-        known = self._known.get(kind)
-        if known is not None:
-            known.add(key)
+    def _evaluate(self, slots: Sequence[_RuleAlerts], key: str, record: Any, now: float) -> None:
+        """The rules `slots` for one entity: for each, does its condition hold (or, for an active
+        alert, has it not cleared), then the transition."""
         if not _has_data(record):
             return
-        for slot in self._by_kind.get(kind, ()) if slots is None else slots:
+        for slot in slots:
             try:
-                holds = slot.rule.condition.fn(record, now)
+                holds = slot.condition(record, now)
             except Exception:
                 holds = False
                 self._error(slot.rule)
@@ -305,15 +308,15 @@ class AlertEngine:
             for key in list(self._known.get(kind, ())):
                 record = lookup(kind, key)
                 if record is not None:
-                    self._evaluate(kind, key, record, now, slots)
+                    self._evaluate(slots, key, record, now)
         for slot in self._rules.values():
             for alert in list(slot.alerts.values()):
                 if slot.due(alert, now):
                     record = lookup(alert.kind, alert.key)
                     if record is None:  # no record to read: the last evaluation still stands
                         self._fire(slot, alert, None, now)
-                    elif _has_data(record):  # else it fires at its entity's first poll
-                        self._evaluate(alert.kind, alert.key, record, now, (slot,))
+                    else:  # a record without data yet: it fires at its entity's first poll
+                        self._evaluate((slot,), alert.key, record, now)
                 elif alert.cleared_since is not None and now - alert.cleared_since >= slot.rule.keep_firing_for:
                     self._resolve(slot, alert, now)
         if self.silences.expire(now):
