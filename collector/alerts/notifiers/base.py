@@ -416,5 +416,3 @@ class GroupingReceiver(Receiver):
         if self.queue:
             self._wake.set()
 
-
-ReceiverFactory = Callable[[Any, Context], Receiver]
