@@ -141,6 +141,24 @@ def _fold(fn: Callable[..., Any], *args: Any) -> _Const:
         raise ExprError(f"cannot compute constant: {exc}") from None
 
 
+def _both(left: _Node, right: _Node, fn: Callable[[Any, Any], Any]) -> Fn:
+    """`fn` of both operands' values; None when either is missing, or on a division by zero."""
+    a_fn, b_fn = _closure(left), _closure(right)
+
+    def both(r: Any, now: float) -> Any:
+        a = a_fn(r, now)
+        if a is None:
+            return None
+        b = b_fn(r, now)
+        if b is None:
+            return None
+        try:
+            return fn(a, b)
+        except ZeroDivisionError:
+            return None
+    return both
+
+
 class _Compiler:
     """Walks the parsed tree once; each `_<NodeType>` method returns a closure or a constant."""
 
@@ -257,21 +275,7 @@ class _Compiler:
             return _fold(_GUARDED[type(node.op)], left.value, right.value)
         small = any(isinstance(n, _Const) and isinstance(n.value, int | float) and not isinstance(n.value, bool)
                     and abs(n.value) <= _SMALL for n in (left, right))
-        fn = (_PLAIN if small else _GUARDED)[type(node.op)]
-        a, b = _closure(left), _closure(right)
-
-        def binop(r: Any, now: float) -> Any:
-            x = a(r, now)
-            if x is None:
-                return None
-            y = b(r, now)
-            if y is None:
-                return None
-            try:
-                return fn(x, y)
-            except ZeroDivisionError:
-                return None
-        return binop
+        return _both(left, right, (_PLAIN if small else _GUARDED)[type(node.op)])
 
     def _Compare(self, node: ast.Compare) -> _Node:
         operands = [self.compile(node.left), *(self.compile(c) for c in node.comparators)]
@@ -302,15 +306,8 @@ class _Compiler:
                 a = get(r, now)
                 return a is not None and compare(a, value)
             return against_constant
-        a_fn, b_fn = _closure(left), _closure(right)
-
-        def both_sides(r: Any, now: float) -> bool:
-            a = a_fn(r, now)
-            if a is None:
-                return False
-            b = b_fn(r, now)
-            return b is not None and compare(a, b)
-        return both_sides
+        both = _both(left, right, compare)
+        return lambda r, now: both(r, now) is True
 
     def _IfExp(self, node: ast.IfExp) -> _Node:
         test, body, orelse = (_closure(self.compile(n)) for n in (node.test, node.body, node.orelse))
