@@ -465,15 +465,29 @@ async def test_alerts_of_a_rule_removed_or_relabelled_while_down_resolve_at_star
     assert [(m["status"], m["resolvedCount"]) for m in rec2.sent] == [("resolved", 1)]
 
 
-# --- hand-over: what the pipeline submits is evaluated at once -------------------------------------------
+# --- batches: what the pipeline hands over is evaluated at the next flush ------------------------------
 
 
-def test_submitted_entities_are_evaluated_at_once(tmp_path: Path) -> None:
+def test_submitted_entities_are_evaluated_at_the_next_flush_not_before(tmp_path: Path) -> None:
     clock = Clock()
     engine = AlertEngine(alerts_config(OFFLINE, WEAK), tmp_path, clock=clock)
     records = [device("d1", online=False), device("d2", rssi_dbm=-110), device("d3")]
     engine.submit("device", ["d1", "d2", "d3"], records)
+    assert engine.alerts() == []
+    assert engine.flush(clock.t) == 3
     assert states(engine) == {"DeviceOffline/d1": "firing", "WeakSignal/d2": "pending"}
+    assert engine.flush(clock.t) == 0  # nothing submitted since
+
+
+async def test_the_engine_flushes_what_was_handed_over_by_itself(make: Make) -> None:
+    clock = Clock()
+    engine, _ = await make(alerts_config(OFFLINE), clock)
+    engine.submit("device", ["d1"], [device("d1", online=False)])
+    for _ in range(100):
+        if engine.alerts():
+            break
+        await asyncio.sleep(0.05)
+    assert states(engine) == {"DeviceOffline/d1": "firing"}
 
 
 def test_an_entity_forgotten_after_its_submission_keeps_no_alert(tmp_path: Path) -> None:
@@ -481,6 +495,7 @@ def test_an_entity_forgotten_after_its_submission_keeps_no_alert(tmp_path: Path)
     engine = AlertEngine(alerts_config(OFFLINE), tmp_path, clock=clock)
     engine.submit("device", ["d1", "d2"], [device("d1", online=False), device("d2", online=False)])
     engine.forget("device", "d1", clock.t)
+    engine.flush(clock.t)
     assert states(engine) == {"DeviceOffline/d2": "firing"}
 
 
@@ -496,6 +511,7 @@ def test_an_entity_removed_and_re_added_is_evaluated_from_its_new_observation(tm
     engine.forget("device", "d1", T0)
     state.sync_inventory({"d1": {}}, {})  # ...and back, offline now
     engine.submit_change(state.observe_device(DeviceObservation(device_no="d1", online_status=0, polled_at=T0 + 1)))
+    assert engine.flush(T0 + 1) == 1
     assert states(engine) == {"DeviceOffline/d1": "firing"}
 
 
@@ -503,6 +519,7 @@ def test_rules_over_labels_and_over_numbers_are_evaluated_together(tmp_path: Pat
     by_label = {"name": "AcmeOffline", "kind": "device", "condition": "labels.customer == 'acme' and online == False"}
     engine = AlertEngine(alerts_config(OFFLINE, by_label), tmp_path, clock=Clock())
     engine.submit("device", ["a", "g"], [device("a", online=False), device("g", customer="globex", online=False)])
+    engine.flush(T0)
     assert states(engine) == {"DeviceOffline/a": "firing", "DeviceOffline/g": "firing", "AcmeOffline/a": "firing"}
 
 
@@ -518,6 +535,7 @@ def test_a_record_never_polled_is_not_evaluated_among_real_state(tmp_path: Path)
     unknown = {"name": "NoSignal", "kind": "device", "condition": "rssi_dbm is None"}
     engine = AlertEngine(alerts_config(OFFLINE, WEAK, stale, unknown), tmp_path, clock=Clock())
     engine.submit("device", ["d1", "d2"], [state.devices["d1"], state.devices["d2"]])  # d2: never polled
+    engine.flush(T0)
     assert states(engine) == {"DeviceOffline/d1": "firing", "Stale/d1": "firing", "WeakSignal/d1": "pending"}
     assert engine.eval_errors == 0
 
@@ -548,6 +566,7 @@ def test_the_engine_finds_what_alerts_test_finds(tmp_path: Path) -> None:
     engine = AlertEngine(config, tmp_path, clock=Clock())
     engine.submit("device", list(devices), list(devices.values()))
     engine.submit("sim", list(sims), list(sims.values()))
+    assert engine.flush(T0) == 1200
     expected = {f"{f['rule']}/{f['entity']}" for f in would_fire(engine.rules(), {"device": devices, "sim": sims}, T0)}
     assert len(expected) > 100
     assert {a.id for a in engine.alerts()} == expected
@@ -594,11 +613,13 @@ def test_forty_rules_of_one_kind(tmp_path: Path) -> None:
     clock = Clock()
     engine = AlertEngine(alerts_config(*rules), tmp_path, clock=clock)
     engine.submit("device", ["d1", "d2"], [device("d1", rssi_dbm=-100), device("d2", rssi_dbm=-85)])
+    engine.flush(clock.t)
     fired = {k for k, v in states(engine).items() if v == "firing"}
     assert fired == {f"{name(t)}/d1" for t in range(-99, -80) if t % 2 == 0} | {
         f"{name(t)}/d2" for t in range(-84, -80) if t % 2 == 0}
     clock.t += 60
     engine.submit("device", ["d1", "d2"], [device("d1", rssi_dbm=-100), device("d2", rssi_dbm=-70)])
+    engine.flush(clock.t)
     assert set(states(engine)) == {f"{name(t)}/d1" for t in range(-99, -80)}
     assert set(states(engine).values()) == {"firing"}
 
@@ -645,6 +666,7 @@ async def test_a_pending_alert_whose_for_ran_out_while_stopped_fires_at_the_enti
     state = _fleet("d1")
     engine, _ = await make(config, clock)
     engine.submit_change(state.observe_device(_observation("d1", clock.t, online_status=0)))
+    engine.flush(clock.t)
     assert states(engine) == {"DeviceOffline/d1": "pending"}
     await engine.stop()
 
@@ -658,6 +680,7 @@ async def test_a_pending_alert_whose_for_ran_out_while_stopped_fires_at_the_enti
         assert states(engine2) == {"DeviceOffline/d1": "pending"}
         clock.t += 20
         engine2.submit_change(state.observe_device(_observation("d1", clock.t, online_status=0)))
+        engine2.flush(clock.t)
         assert states(engine2) == {"DeviceOffline/d1": "firing"}  # at once, not 10 minutes later
         alert = engine2.get_alert("DeviceOffline/d1")
         assert alert is not None and alert.active_since == T0 and alert.fired_at == clock.t

@@ -2,11 +2,13 @@
 through inactive -> pending -> firing -> resolved, persists that state, and hands firing and resolved
 alerts to the notifiers.
 
-- `submit_change(change)` (the pipeline's hand-over of what one poll changed), `submit(kind, keys,
-  records)` and `evaluate(kind, key, record, now)` evaluate the rules of each entity's kind at once,
-  from its record (the fleet state's own object). For each rule: does the condition hold (and, with
-  a `clear` condition, does an active alert stay active until `clear` holds), then the transition.
-  A record never polled since start (`record.polled` False) is not evaluated: no data says nothing.
+- `submit_change(change)` (the pipeline's hand-over of what one poll changed) and `submit(kind, keys,
+  records)` queue the changed entities with their records (the fleet state's own objects); `flush`,
+  once a second on the engine's loop, evaluates what was queued, rule by rule over the batch: where
+  does the condition hold, and, for the batch's active alerts, does each stay active (with a `clear`
+  condition, until `clear` holds); then the transitions. `evaluate(kind, key, record, now)` is
+  submit + flush. A record never polled since start (`record.polled` False) is not evaluated: no
+  data says nothing.
 - The engine's loop sweeps every `alerts.evaluation_interval` (given a `lookup` of records): pending
   alerts whose `for` has elapsed fire once their entity has data, `keep_firing_for` runs out, and
   rules over clock-dependent fields (`TIME_FIELDS`) are re-evaluated for every known entity.
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import operator
 import os
 import socket
 import time
@@ -44,6 +48,9 @@ log = structlog.get_logger("collector.alerts")
 
 STATE_VERSION = 1
 TICK_SECONDS = 0.25  # how often due groups are flushed and points handed to the sinks
+# How often what was handed over is evaluated: an alert may start this much after its observation
+# (Prometheus evaluates every 15 s to 1 min), and the rules run over batches, not one entity at a time.
+FLUSH_SECONDS = 1.0
 SAVE_MIN_INTERVAL = 1.0  # at most one state write per this many seconds while things change
 MAX_BUFFERED_POINTS = 100_000
 # Alert labels already carried by the point's own tags (rule, kind, severity, entity).
@@ -111,6 +118,8 @@ class AlertEngine:
         self._known: dict[str, set[str]] = {}  # entity keys of the kinds that have such rules
         self.receivers: dict[str, Receiver] = {}
         self._points: list[tuple[Any, ...]] = []
+        self._changes: list[Change] = []  # handed over since the last flush
+        self._submitted: list[tuple[str, Sequence[str], Sequence[Any]]] = []
         self._dirty = False
         self._last_save = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -165,44 +174,84 @@ class AlertEngine:
 
     def submit_change(self, change: Change) -> None:
         """What one poll changed (its devices and SIMs, with their records, the fleet state's own
-        objects): evaluated now."""
-        now = self.clock()
-        if change.devices:
-            self.submit("device", change.devices, change.device_records, now)
-        if change.sims:
-            self.submit("sim", change.sims, change.sim_records, now)
+        objects): evaluated at the next flush."""
+        self._changes.append(change)
 
-    def submit(self, kind: str, keys: Sequence[str], records: Sequence[Any], now: float | None = None) -> None:
-        """Entities that changed and their records (in the same order): evaluated now."""
-        now = self.clock() if now is None else now
-        slots = self._by_kind.get(kind, ())
-        known = self._known.get(kind)
-        if known is not None:
-            known.update(keys)
-        for key, record in zip(keys, records, strict=True):
-            self._evaluate(slots, key, record, now)
+    def submit(self, kind: str, keys: Sequence[str], records: Sequence[Any]) -> None:
+        """Entities that changed and their records (in the same order): evaluated at the next flush."""
+        self._submitted.append((kind, keys, records))
 
     def evaluate(self, kind: str, key: str, record: Any, now: float) -> None:
-        """Evaluate every rule of `kind` for one entity at `now`."""
-        self.submit(kind, (key,), (record,), now)
+        """Evaluate every rule of `kind` for one entity now (after what was queued before it)."""
+        self.submit(kind, (key,), (record,))
+        self.flush(now)
 
-    def _evaluate(self, slots: Sequence[_RuleAlerts], key: str, record: Any, now: float) -> None:
-        """The rules `slots` for one entity: for each, does its condition hold (or, for an active
-        alert, has it not cleared), then the transition."""
-        if not _has_data(record):
+    def flush(self, now: float | None = None) -> int:
+        """Evaluate everything handed over since the last flush, from the records as they are now.
+        Returns how many entities (an entity handed over twice counts twice)."""
+        if not self._changes and not self._submitted:
+            return 0
+        now = self.clock() if now is None else now
+        changes, submitted = self._changes, self._submitted
+        self._changes, self._submitted = [], []
+        chain = itertools.chain.from_iterable
+        batches: dict[str, tuple[list[str], list[Any]]] = {
+            "device": (list(chain(map(operator.attrgetter("devices"), changes))),
+                       list(chain(map(operator.attrgetter("device_records"), changes)))),
+            "sim": (list(chain(map(operator.attrgetter("sims"), changes))),
+                    list(chain(map(operator.attrgetter("sim_records"), changes)))),
+        }
+        for kind, keys, records in submitted:
+            batch = batches.setdefault(kind, ([], []))
+            batch[0].extend(keys)
+            batch[1].extend(records)
+        count = 0
+        for kind, (keys, records) in batches.items():
+            known = self._known.get(kind)
+            if known is not None:
+                known.update(keys)
+            self._evaluate(self._by_kind.get(kind, ()), keys, records, now)
+            count += len(keys)
+        return count
+
+    def _evaluate(self, slots: Sequence[_RuleAlerts], keys: Sequence[str], records: Sequence[Any],
+                  now: float) -> None:
+        """The rules `slots` over a batch of entities (`records[i]` is the record of `keys[i]`), one
+        rule at a time: its condition for every record, then the transitions of the batch's active
+        alerts, then the new alerts. Records without data since start are left out."""
+        has_data = [_has_data(r) for r in records]
+        if not all(has_data):
+            keys, records = list(itertools.compress(keys, has_data)), list(itertools.compress(records, has_data))
+        if not keys:
             return
+        position = dict(zip(keys, range(len(keys)), strict=True))  # an entity handed over twice: its last
         for slot in slots:
+            holds = self._holds(slot, records, now)
+            alerts = slot.alerts
+            for key in alerts.keys() & position.keys():
+                i = position[key]
+                self._update(slot, alerts[key], bool(holds[i]) or self._stays(slot, records[i], now), records[i],
+                             now)
+            for i in itertools.compress(range(len(keys)), holds):
+                if keys[i] not in alerts:
+                    self._activate(slot, keys[i], records[i], now)
+
+    def _holds(self, slot: _RuleAlerts, records: Sequence[Any], now: float) -> list[Any]:
+        """The rule's condition for each record; one that fails to evaluate counts as an error and
+        does not hold."""
+        condition = slot.condition
+        try:
+            return [condition(r, now) for r in records]
+        except Exception:  # rare: again one record at a time, to find which
+            pass
+        holds = []
+        for r in records:
             try:
-                holds = slot.condition(record, now)
+                holds.append(condition(r, now))
             except Exception:
-                holds = False
+                holds.append(False)
                 self._error(slot.rule)
-            alert = slot.alerts.get(key)
-            if alert is None:
-                if holds:
-                    self._activate(slot, key, record, now)
-            else:
-                self._update(slot, alert, bool(holds) or self._stays(slot, record, now), record, now)
+        return holds
 
     def _stays(self, slot: _RuleAlerts, record: Any, now: float) -> bool:
         """Hysteresis: an active alert whose condition no longer holds stays active until its `clear`
@@ -303,12 +352,12 @@ class AlertEngine:
         """Time-based transitions: `for` elapsed, `keep_firing_for` over, clock-dependent rules.
         `lookup` (default: the engine's) gives each entity's current record."""
         lookup = lookup or self.lookup or (lambda _kind, _key: None)
+        self.flush(now)
         started = time.perf_counter()
         for kind, slots in self._timed.items():
-            for key in list(self._known.get(kind, ())):
-                record = lookup(kind, key)
-                if record is not None:
-                    self._evaluate(slots, key, record, now)
+            found = [(key, lookup(kind, key)) for key in self._known.get(kind, ())]
+            keys, records = [k for k, r in found if r is not None], [r for _k, r in found if r is not None]
+            self._evaluate(slots, keys, records, now)
         for slot in self._rules.values():
             for alert in list(slot.alerts.values()):
                 if slot.due(alert, now):
@@ -316,7 +365,7 @@ class AlertEngine:
                     if record is None:  # no record to read: the last evaluation still stands
                         self._fire(slot, alert, None, now)
                     else:  # a record without data yet: it fires at its entity's first poll
-                        self._evaluate((slot,), alert.key, record, now)
+                        self._evaluate((slot,), (alert.key,), (record,), now)
                 elif alert.cleared_since is not None and now - alert.cleared_since >= slot.rule.keep_firing_for:
                     self._resolve(slot, alert, now)
         if self.silences.expire(now):
@@ -325,6 +374,7 @@ class AlertEngine:
 
     def forget(self, kind: str, key: str, now: float) -> None:
         """The entity left the inventory: its firing alerts resolve, its pending ones are dropped."""
+        self.flush(now)  # what was handed over before it left counts
         known = self._known.get(kind)
         if known is not None:
             known.discard(key)
@@ -505,10 +555,13 @@ class AlertEngine:
         self._tasks.append(asyncio.create_task(self._loop(), name="alerts-loop"))
 
     async def _loop(self) -> None:
-        last_sweep = time.monotonic()
+        last_sweep = last_flush = time.monotonic()
         while True:
             await asyncio.sleep(TICK_SECONDS)
             try:
+                if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                    last_flush = time.monotonic()
+                    self.flush()
                 if self.lookup is not None and time.monotonic() - last_sweep >= self.config.evaluation_interval:
                     last_sweep = time.monotonic()
                     self.sweep(self.clock())
@@ -559,6 +612,10 @@ class AlertEngine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        try:
+            self.flush()  # what the last polls changed still counts
+        except Exception as exc:
+            log.error("alert evaluation at stop failed", error=redact_text(f"{type(exc).__name__}: {exc}"))
         with contextlib.suppress(Exception):
             self._flush_points()
         loop = asyncio.get_running_loop()
