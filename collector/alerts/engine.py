@@ -219,7 +219,7 @@ class AlertEngine:
         """The rules `slots` over a batch of entities (`records[i]` is the record of `keys[i]`), one
         rule at a time: its condition for every record, then the transitions of the batch's active
         alerts, then the new alerts. Records without data since start are left out."""
-        has_data = [_has_data(r) for r in records]
+        has_data = [getattr(r, "polled", True) is not False for r in records]  # as _has_data
         if not all(has_data):
             keys, records = list(itertools.compress(keys, has_data)), list(itertools.compress(records, has_data))
         if not keys:

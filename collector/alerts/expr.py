@@ -55,6 +55,9 @@ _PLAIN: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Mod: op.mod, ast.Pow: op.pow,
 }
 _SMALL = 1000
+_MIRRORED: dict[type[ast.cmpop], type[ast.cmpop]] = {
+    ast.Lt: ast.Gt, ast.Gt: ast.Lt, ast.LtE: ast.GtE, ast.GtE: ast.LtE, ast.Eq: ast.Eq, ast.NotEq: ast.NotEq,
+}
 _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
     ast.Eq: op.eq, ast.NotEq: op.ne, ast.Lt: op.lt, ast.LtE: op.le, ast.Gt: op.gt, ast.GtE: op.ge,
     ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
@@ -100,30 +103,39 @@ class _Const:
     value: Any
 
 
-_Node = Fn | _Const
+class _Field:
+    """A field read through its attribute path (a missing object on the path, or NaN, reads None).
+    Kept as a node of its own so that `field <op> constant`, the shape of most rules, reads and
+    compares in one closure."""
+
+    __slots__ = ("get", "read")
+
+    def __init__(self, path: str) -> None:
+        get = self.get = op.attrgetter(path)
+
+        def read(record: Any, _now: float) -> Any:
+            try:
+                value = get(record)
+            except AttributeError:  # a missing object on the path (no observation yet)
+                return None
+            return None if value != value else value  # NaN reads as missing
+        self.read = read
+
+
+_Node = Fn | _Const | _Field
 
 
 def _closure(node: _Node) -> Fn:
     if isinstance(node, _Const):
         value = node.value
         return lambda _r, _now: value
+    if isinstance(node, _Field):
+        return node.read
     return node
 
 
 def _is_none(node: _Node) -> bool:
     return isinstance(node, _Const) and node.value is None
-
-
-def _attribute(path: str) -> Fn:
-    get = op.attrgetter(path)
-
-    def read(record: Any, _now: float) -> Any:
-        try:
-            value = get(record)
-        except AttributeError:  # a missing object on the path (no observation yet)
-            return None
-        return None if value != value else value  # NaN reads as missing
-    return read
 
 
 def _labels(record: Any, _now: float) -> Any:
@@ -192,7 +204,7 @@ class _Compiler:
                 return _labels
             if name in TIME_FIELDS:
                 return field_reader(name, self.fields[name])
-            return _attribute(self.fields[name])
+            return _Field(self.fields[name])
         if name in self.params:
             value = self.params[name]
             return _Const(frozenset(value) if isinstance(value, list | tuple | set) else value)
@@ -252,18 +264,18 @@ class _Compiler:
 
     def _UnaryOp(self, node: ast.UnaryOp) -> _Node:
         inner = self.compile(node.operand)
-        if isinstance(node.op, ast.Not):
-            if isinstance(inner, _Const):
-                return _Const(not inner.value)
-            return lambda r, now: not inner(r, now)
-        if not isinstance(node.op, ast.USub | ast.UAdd):
+        if not isinstance(node.op, ast.Not | ast.USub | ast.UAdd):
             raise ExprError(f"operator {type(node.op).__name__} is not allowed")
-        sign = op.neg if isinstance(node.op, ast.USub) else op.pos
         if isinstance(inner, _Const):
-            return _fold(sign, inner.value)
+            return _Const(not inner.value) if isinstance(node.op, ast.Not) else _fold(
+                op.neg if isinstance(node.op, ast.USub) else op.pos, inner.value)
+        operand = _closure(inner)
+        if isinstance(node.op, ast.Not):
+            return lambda r, now: not operand(r, now)
+        sign = op.neg if isinstance(node.op, ast.USub) else op.pos
 
         def unary(r: Any, now: float) -> Any:
-            value = inner(r, now)
+            value = operand(r, now)
             return None if value is None else sign(value)
         return unary
 
@@ -279,6 +291,9 @@ class _Compiler:
 
     def _Compare(self, node: ast.Compare) -> _Node:
         operands = [self.compile(node.left), *(self.compile(c) for c in node.comparators)]
+        if isinstance(operands[0], _Const) and len(operands) == 2 and type(node.ops[0]) in _MIRRORED:
+            # `-105 > rssi_dbm` is `rssi_dbm < -105`
+            return self._compare(operands[1], _MIRRORED[type(node.ops[0])](), operands[0])
         pairs = [self._compare(operands[i], opnode, operands[i + 1]) for i, opnode in enumerate(node.ops)]
         if len(pairs) == 1:
             return pairs[0]
@@ -299,7 +314,17 @@ class _Compiler:
         if _is_none(left) or _is_none(right):  # with a missing operand no comparison holds
             return lambda _r, _now: False
         compare = _COMPARE[opcls]
-        if isinstance(right, _Const):  # the shape of most rules: `field < threshold`
+        if isinstance(right, _Const) and isinstance(left, _Field):  # `rssi_dbm < -105`
+            value, attribute = right.value, left.get
+
+            def field_against_constant(r: Any, _now: float) -> bool:
+                try:
+                    a = attribute(r)
+                except AttributeError:
+                    return False
+                return a is not None and a == a and compare(a, value)  # a != a: NaN, missing
+            return field_against_constant
+        if isinstance(right, _Const):
             value, get = right.value, _closure(left)
 
             def against_constant(r: Any, now: float) -> bool:
