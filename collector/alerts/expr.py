@@ -290,22 +290,26 @@ class _Compiler:
         return _both(left, right, (_PLAIN if small else _GUARDED)[type(node.op)])
 
     def _Compare(self, node: ast.Compare) -> _Node:
-        operands = [self.compile(node.left), *(self.compile(c) for c in node.comparators)]
+        sides = (node.left, *node.comparators)
+        operands = [self.compile(side) for side in sides]
+        literal = [isinstance(side, ast.Constant) and side.value is None for side in sides]
         if isinstance(operands[0], _Const) and len(operands) == 2 and type(node.ops[0]) in _MIRRORED:
             # `-105 > rssi_dbm` is `rssi_dbm < -105`
-            return self._compare(operands[1], _MIRRORED[type(node.ops[0])](), operands[0])
-        pairs = [self._compare(operands[i], opnode, operands[i + 1]) for i, opnode in enumerate(node.ops)]
+            return self._compare(operands[1], _MIRRORED[type(node.ops[0])](), operands[0], (literal[1], literal[0]))
+        pairs = [self._compare(operands[i], opnode, operands[i + 1], (literal[i], literal[i + 1]))
+                 for i, opnode in enumerate(node.ops)]
         if len(pairs) == 1:
             return pairs[0]
         return lambda r, now: all(pair(r, now) for pair in pairs)
 
-    def _compare(self, left: _Node, opnode: ast.cmpop, right: _Node) -> Fn:
+    def _compare(self, left: _Node, opnode: ast.cmpop, right: _Node, literal_none: tuple[bool, bool]) -> Fn:
+        """One comparison; `literal_none`: which side is written `None` (not merely computed as None)."""
         opcls = type(opnode)
-        if opcls in (ast.Is, ast.IsNot) or (opcls in (ast.Eq, ast.NotEq) and (_is_none(left) or _is_none(right))):
+        if opcls in (ast.Is, ast.IsNot) or (opcls in (ast.Eq, ast.NotEq) and any(literal_none)):
             # Explicit missing-value tests: the only comparisons that see None.
-            if not (_is_none(left) or _is_none(right)):
+            if not any(literal_none):
                 raise ExprError("`is` / `is not` may only compare with None")
-            other = _closure(right if _is_none(left) else left)
+            other = _closure(right if literal_none[0] else left)
             if opcls in (ast.Is, ast.Eq):
                 return lambda r, now: other(r, now) is None
             return lambda r, now: other(r, now) is not None
