@@ -749,3 +749,47 @@ async def test_the_engine_sweeps_every_evaluation_interval_by_itself(tmp_path: P
         assert states(engine) == {"WeakSignal/d1": "firing"} and lookups == ["d1"]
     finally:
         await engine.stop(0.5)
+
+
+async def test_a_receiver_asking_to_retry_after_is_given_that_time(tmp_path: Path) -> None:
+    """A webhook and an Alertmanager answering 429 with Retry-After: 1 are called again no sooner
+    than a second later, though the notifier's own backoff would retry after 10 ms."""
+    import time
+
+    from aiohttp import web
+
+    calls: dict[str, list[float]] = {"/hook": [], "/api/v2/alerts": []}
+
+    async def answer(request: web.Request) -> web.Response:
+        seen = calls[request.path]
+        seen.append(time.monotonic())
+        if len(seen) == 1:
+            return web.Response(status=429, headers={"Retry-After": "1"})
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", answer)
+    app.router.add_post("/api/v2/alerts", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    retry = {"max_attempts": 5, "backoff_initial": "10ms", "backoff_max": "10ms"}
+    config = alerts_config(OFFLINE, notifiers=[
+        {"type": "webhook", "name": "hook", "url": f"http://127.0.0.1:{port}/hook", "group_wait": 0, "retry": retry},
+        {"type": "alertmanager", "url": f"http://127.0.0.1:{port}", "retry": retry}])
+    engine = AlertEngine(config, tmp_path, clock=Clock())
+    await engine.start()
+    try:
+        engine.evaluate("device", "d1", device("d1", online=False), T0)
+        engine.tick(T0)
+        for _ in range(100):
+            if all(len(times) == 2 for times in calls.values()):
+                break
+            await asyncio.sleep(0.05)
+        for path, times in calls.items():
+            assert len(times) == 2 and times[1] - times[0] >= 0.95, (path, times)
+    finally:
+        await engine.stop(0.5)
+        await runner.cleanup()
