@@ -62,6 +62,11 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
     ast.Eq: op.eq, ast.NotEq: op.ne, ast.Lt: op.lt, ast.LtE: op.le, ast.Gt: op.gt, ast.GtE: op.ge,
     ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
 }
+# `a <op> b` as `<op'>(b, a)`: a field against a constant calls a C function with the constant first.
+_REVERSED: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
+    ast.Eq: op.eq, ast.NotEq: op.ne, ast.Lt: op.gt, ast.LtE: op.ge, ast.Gt: op.lt, ast.GtE: op.le,
+    ast.In: op.contains, ast.NotIn: lambda b, a: a not in b,
+}
 
 
 def _none_safe(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -243,6 +248,11 @@ class _Compiler:
 
     def _BoolOp(self, node: ast.BoolOp) -> _Node:
         parts = [_closure(self.compile(v)) for v in node.values]
+        if len(parts) == 2:  # most rules: no loop
+            a, b = parts
+            if isinstance(node.op, ast.And):
+                return lambda r, now: a(r, now) and b(r, now)
+            return lambda r, now: a(r, now) or b(r, now)
         if isinstance(node.op, ast.And):
             def all_of(r: Any, now: float) -> Any:
                 value: Any = True
@@ -319,14 +329,14 @@ class _Compiler:
             return lambda _r, _now: False
         compare = _COMPARE[opcls]
         if isinstance(right, _Const) and isinstance(left, _Field):  # `rssi_dbm < -105`
-            value, attribute = right.value, left.get
+            value, attribute, reversed_compare = right.value, left.get, _REVERSED[opcls]
 
             def field_against_constant(r: Any, _now: float) -> bool:
                 try:
                     a = attribute(r)
                 except AttributeError:
                     return False
-                return a is not None and a == a and compare(a, value)  # a != a: NaN, missing
+                return a is not None and a == a and reversed_compare(value, a)  # a != a: NaN, missing
             return field_against_constant
         if isinstance(right, _Const):
             value, get = right.value, _closure(left)
