@@ -227,11 +227,13 @@ class AlertEngine:
         position = dict(zip(keys, range(len(keys)), strict=True))  # an entity handed over twice: its last
         for slot in slots:
             holds = self._holds(slot, records, now)
-            alerts = slot.alerts
+            alerts, for_ = slot.alerts, slot.rule.for_
             for key in alerts.keys() & position.keys():
-                i = position[key]
-                self._update(slot, alerts[key], bool(holds[i]) or self._stays(slot, records[i], now), records[i],
-                             now)
+                alert, i = alerts[key], position[key]
+                if holds[i] and alert.cleared_since is None and (alert.state == FIRING
+                                                                 or now - alert.active_since < for_):
+                    continue  # still holds, nothing due: firing goes on, or pending within its `for`
+                self._update(slot, alert, bool(holds[i]) or self._stays(slot, records[i], now), records[i], now)
             for i in itertools.compress(range(len(keys)), holds):
                 if keys[i] not in alerts:
                     self._activate(slot, keys[i], records[i], now)

@@ -158,21 +158,21 @@ def _fold(fn: Callable[..., Any], *args: Any) -> _Const:
         raise ExprError(f"cannot compute constant: {exc}") from None
 
 
-def _both(left: _Node, right: _Node, fn: Callable[[Any, Any], Any]) -> Fn:
-    """`fn` of both operands' values; None when either is missing, or on a division by zero."""
+def _both(left: _Node, right: _Node, fn: Callable[[Any, Any], Any], missing: Any = None) -> Fn:
+    """`fn` of both operands' values; `missing` when either is missing, or on a division by zero."""
     a_fn, b_fn = _closure(left), _closure(right)
 
     def both(r: Any, now: float) -> Any:
         a = a_fn(r, now)
         if a is None:
-            return None
+            return missing
         b = b_fn(r, now)
         if b is None:
-            return None
+            return missing
         try:
             return fn(a, b)
         except ZeroDivisionError:
-            return None
+            return missing
     return both
 
 
@@ -345,8 +345,7 @@ class _Compiler:
                 a = get(r, now)
                 return a is not None and compare(a, value)
             return against_constant
-        both = _both(left, right, compare)
-        return lambda r, now: both(r, now) is True
+        return _both(left, right, compare, missing=False)
 
     def _IfExp(self, node: ast.IfExp) -> _Node:
         test, body, orelse = (_closure(self.compile(n)) for n in (node.test, node.body, node.orelse))
