@@ -228,14 +228,17 @@ class AlertEngine:
         for slot in slots:
             holds = self._holds(slot, records, now)
             alerts, for_ = slot.alerts, slot.rule.for_
-            for key in alerts.keys() & position.keys():
-                alert, i = alerts[key], position[key]
-                if holds[i] and alert.cleared_since is None and (alert.state == FIRING
-                                                                 or now - alert.active_since < for_):
-                    continue  # still holds, nothing due: firing goes on, or pending within its `for`
-                self._update(slot, alert, bool(holds[i]) or self._stays(slot, records[i], now), records[i], now)
-            for i in itertools.compress(range(len(keys)), holds):
-                if keys[i] not in alerts:
+            new = [i for i in itertools.compress(range(len(keys)), holds) if keys[i] not in alerts]
+            # The batch's active alerts with something to decide: condition gone, kept firing by
+            # keep_firing_for, or pending with its `for` elapsed (the others hold and go on as they are).
+            look = [key for key in alerts.keys() & position.keys()
+                    if not holds[position[key]] or alerts[key].cleared_since is not None
+                    or (alerts[key].state == PENDING and now - alerts[key].active_since >= for_)]
+            for key in look:
+                i = position[key]
+                self._update(slot, alerts[key], bool(holds[i]) or self._stays(slot, records[i], now), records[i], now)
+            for i in new:
+                if keys[i] not in alerts:  # an entity handed over twice: activated once
                     self._activate(slot, keys[i], records[i], now)
 
     def _holds(self, slot: _RuleAlerts, records: Sequence[Any], now: float) -> list[Any]:
