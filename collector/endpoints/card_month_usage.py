@@ -1,7 +1,8 @@
 """querySimMonthFlow (批量查询卡板指定月流量, 10 cards a request): each card's usage in one calendar
 month, asked with the extra form field `month` (`YYYYMM`; a poll asks for the current month in the
 platform's time zone). Inferred record: `{iccid, simNo, month, useFlow}`; a record without a usable
-month (YYYYMM or YYYY-MM) takes the month asked for. Written, not kept in the fleet state.
+month (YYYYMM or YYYY-MM) takes the month asked for. Written, and kept by the report's month ledger
+(not in the fleet state).
 """
 
 from __future__ import annotations
@@ -72,6 +73,14 @@ class CardMonthUsageEndpoint(CardEndpoint[CardMonthUsage]):
                 raise ParseError("record has no month (YYYYMM)", path=f"{path}.{row.key('month')}",
                                  endpoint=self.name)
         return CardMonthUsage(iccid=iccid, month=month, **values, polled_at=ctx.polled_at)
+
+    def observe(self, state: FleetState, items: Sequence[CardMonthUsage]) -> Change:
+        # Not kept in the fleet state; the report's ledger keeps the month figures.
+        if state.recorder is not None:
+            for u in items:
+                if u.iccid in state.sims:
+                    state.recorder.month_figure(u.iccid, u.month, u.used_bytes)
+        return Change()
 
     def points(self, state: FleetState, items: Sequence[CardMonthUsage], change: Change) -> list[str]:
         lines = [month_line(u, sim.labels, sim.device_no)
