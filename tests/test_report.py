@@ -10,12 +10,16 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from collector.platform.models import SimObservation
+from collector.report.influx import check_label
 from collector.report.ledger import LEDGER_FILE, Ledger
 from collector.report.model import (
     CycleRange,
     DeviceFacts,
     Month,
+    ReportError,
     SimFacts,
     build_report,
     cycle_key,
@@ -164,3 +168,10 @@ def test_table_reads_in_a_terminal() -> None:
                                     "in progress, as of 2025-09-20 12:00")
     assert "== customer 客户甲: 1 devices, 1 SIMs, 3 GiB billed, 3 GiB real ==" in text
     assert "Suspended SIMs" in text and "Days offline" in text and "2025-09-02" in text
+
+
+def test_grouping_takes_inventory_labels_only() -> None:
+    assert check_label("site") == "site"
+    for bad in ('x" OR 1=1', "device_no", "iccid", ""):
+        with pytest.raises(ReportError):
+            check_label(bad)

@@ -48,8 +48,13 @@ def literal(text: str) -> str:
 
 
 def check_label(by: str) -> str:
+    """`by` if it can be an inventory label (ReportError otherwise)."""
+    from collector.config import RESERVED_LABELS
+
     if not LABEL.fullmatch(by):
         raise ReportError(f"--by must be a label name ([a-zA-Z_][a-zA-Z0-9_]*), got {by!r}")
+    if by in RESERVED_LABELS:
+        raise ReportError(f"--by {by}: not an inventory label (a built-in tag)")
     return by
 
 
