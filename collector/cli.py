@@ -1,4 +1,4 @@
-"""The `iot-collector` command: run, once, simulate, check-config, status, alerts, silence.
+"""The `iot-collector` command: run, once, simulate, check-config, status, report, alerts, silence.
 
 Exit codes: 0 success, 1 a runtime failure (a device that failed in `once`, a daemon that cannot be
 reached), 2 a user error (bad configuration or arguments), never a Python traceback for those.
@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
+    from collector.report.command import add_arguments as report_arguments
+
+    report_arguments(sub, add_config_arg)
+
     try:
         from collector.alerts import cli as alerts_cli
     except ImportError:  # pragma: no cover - alerting not installed
@@ -244,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from collector.report.command import UsageError
+    from collector.report.model import ReportError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -257,5 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     except DaemonUnreachable as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
+    except ReportError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt:
         return 130
