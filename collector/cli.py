@@ -112,6 +112,37 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    from collector.firstcontact.capture import CaptureError, prepare_folder, run_capture
+    from collector.logs import configure_logging
+
+    config, _path = read_config(args)
+    if args.devices < 1:
+        raise ConfigError([f"--devices: must be >= 1, got {args.devices}"])
+    out = Path(args.out)
+    try:
+        prepare_folder(out)
+    except CaptureError as error:
+        raise ConfigError([str(error)]) from None
+    configure_logging(args.log_level or "info", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
+    try:
+        result = asyncio.run(run_capture(config, out, devices=args.devices, pseudonymise=args.pseudonymise))
+    except CaptureError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 1
+    total = sum(result.files.values())
+    sys.stdout.write(f"{total} answer file(s) in {out} ({result.sent} request(s)); secrets removed"
+                     f"{'; ids and positions pseudonymised' if result.pseudonymised else ''}\n")
+    for endpoint, count in result.files.items():
+        sys.stdout.write(f"  {endpoint}: {count}\n")
+    for failure in result.failures:
+        sys.stdout.write(f"  FAILED {failure}\n")
+    if total and not result.pseudonymised:
+        sys.stdout.write("The files hold real device numbers, ICCIDs and positions: capture again with "
+                         "--pseudonymise before sending them to anyone.\n")
+    return result.exit_code
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from collector.simulator import main as simulate_main
 
@@ -257,6 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None,
                    help="log level on stderr (default info: one line per request)")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("capture", help="store the platform's raw answers for a few devices and their cards as "
+                                        "fixture files (secrets removed)")
+    add_config_arg(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder for the files")
+    p.add_argument("--devices", type=int, default=3, metavar="N",
+                   help="how many devices of the inventory (default 3), with their cards")
+    p.add_argument("--pseudonymise", "--pseudonymize", action="store_true",
+                   help="replace device numbers, ICCIDs, IMEIs, IMSIs, MSISDNs, MACs and positions by "
+                        "consistent fakes")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+    p.set_defaults(func=cmd_capture)
 
     p = sub.add_parser("simulate", help="run the platform simulator as a server")
     from collector.simulator import add_arguments as simulator_arguments

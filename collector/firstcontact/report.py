@@ -139,21 +139,18 @@ def _flow(report: ProbeReport, out: TextIO) -> None:
 
 def _settings(report: ProbeReport, out: TextIO) -> None:
     settings = report.discovered.settings()
-    if not settings:
-        if report.exit_code == 0:
-            out.write("\nSettings: the configuration's platform settings work as they are\n")
-        return
-    out.write("\nSettings found (platform section):\n")
-    text = dump_yaml({"platform": settings})
-    out.write("".join(f"  {line}\n" for line in text.splitlines()))
-    if report.written:
-        written = report.written
-        if written.get("written"):
-            comments = "comments kept" if written.get("comments_kept") else "comments could not be kept"
-            out.write(f"  written to {written['path']} (the input with these settings applied; {comments})\n")
-        else:
-            out.write(f"  NOT written to {written['path']}: {written.get('reason')}\n")
-    else:
+    if settings:
+        out.write("\nSettings found (platform section):\n")
+        out.write("".join(f"  {line}\n" for line in dump_yaml({"platform": settings}).splitlines()))
+    elif report.exit_code == 0:
+        out.write("\nSettings: the configuration's platform settings work as they are\n")
+    written = report.written
+    if written.get("written"):
+        comments = "comments kept" if written.get("comments_kept") else "comments could not be kept"
+        out.write(f"  written to {written['path']} (the input with these settings applied; {comments})\n")
+    elif written:
+        out.write(f"  NOT written to {written['path']}: {written.get('reason')}\n")
+    elif settings:
         out.write("  (--write-config OUT writes the configuration with these settings applied)\n")
 
 

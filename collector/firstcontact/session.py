@@ -205,18 +205,20 @@ class _BoundedTransport(httpx.AsyncBaseTransport):
             raise httpx.TransportError(f"not sent: {path} does not look like a read endpoint")
         session.sent += 1
         number = session.sent
+        sent_at = round(time.time(), 4)
         started = time.perf_counter()
         try:
             response = await self._inner.handle_async_request(request)
             body = await response.aread()
         except Exception as exc:
             log.info("probe request", n=number, path=path, purpose=_purpose.get(), outcome="no answer",
-                     problem=_transport_problem(exc), duration_ms=round((time.perf_counter() - started) * 1000))
+                     problem=_transport_problem(exc), sent_at=sent_at,
+                     duration_ms=round((time.perf_counter() - started) * 1000))
             raise
         envelope, code, message = _decode(body)
         kind = classify(response.status_code, envelope, code, message, session.platform)
         log.info("probe request", n=number, path=path, purpose=_purpose.get(), outcome=kind,
-                 status=response.status_code, code=code, message=message[:120],
+                 status=response.status_code, code=code, message=message[:120], sent_at=sent_at,
                  duration_ms=round((time.perf_counter() - started) * 1000))
         return httpx.Response(response.status_code, headers=response.headers, content=body, request=request,
                               extensions=response.extensions)
