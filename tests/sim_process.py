@@ -51,15 +51,17 @@ def simulator_has(flag: str) -> bool:
 
 @contextmanager
 def simulator(folder: Path, platform: dict[str, Any] | None = None, *, devices: int = 4, seed: int = 5,
-              extra: Sequence[str] = (), name: str = "sim.yaml") -> Iterator[SimProcess]:
+              replay: Path | None = None, name: str = "sim.yaml") -> Iterator[SimProcess]:
     """`iot-collector simulate -c <folder>/sim.yaml --port 0 --speed 0` with `platform` merged over
-    the test credentials; stopped with SIGTERM on exit."""
+    the test credentials (or, with `replay`, `--replay DIR` serving a capture); stopped with SIGTERM
+    on exit."""
     config = folder / name
     config.write_text(yaml.safe_dump({"platform": {"app_id": APP_ID, "app_secret": APP_SECRET, **(platform or {})}}))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    source = ["--replay", str(replay)] if replay is not None else [
+        "--speed", "0", "--devices", str(devices), "--seed", str(seed)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "collector", "simulate", "-c", str(config), "--port", "0", "--speed", "0",
-         "--devices", str(devices), "--seed", str(seed), *extra],
+        [sys.executable, "-m", "collector", "simulate", "-c", str(config), "--port", "0", *source],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         assert process.stdout is not None
