@@ -92,6 +92,12 @@ def _writable_target(path: str, flag: str) -> Path:
     return target
 
 
+def _real_platform(config: Config, command: str) -> None:
+    if config.simulator.embedded:
+        raise ConfigError([f"simulator.embedded: {command} talks to a real platform; set simulator.embedded: "
+                           "false and platform.base_url, app_id and app_secret"])
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from collector.firstcontact.probe import run_probe
     from collector.firstcontact.report import render
@@ -99,6 +105,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from collector.logs import configure_logging
 
     config, path = read_config(args)
+    _real_platform(config, "probe")
     target = _writable_target(args.write_config, "--write-config") if args.write_config else None
     configure_logging(args.log_level or "info", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
     report = asyncio.run(run_probe(config, device=args.device, card=args.card))
@@ -117,6 +124,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from collector.logs import configure_logging
 
     config, _path = read_config(args)
+    _real_platform(config, "capture")
     if args.devices < 1:
         raise ConfigError([f"--devices: must be >= 1, got {args.devices}"])
     out = Path(args.out)

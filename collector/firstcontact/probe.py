@@ -21,6 +21,7 @@ Exit code (`ProbeReport.exit_code`): 0 when a device polls end to end with the r
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -63,6 +64,7 @@ DEVICE_PARAMS = ("deviceNo", "imei")
 CARD_PARAMS = ("iccids", "iccid", "simNos", "cardNos")
 PER_ENDPOINT = 8  # requests one endpoint's discovery may take
 DEVICES_TRIED = 3  # inventory devices asked for before concluding the platform knows none
+MAX_UNANSWERED = 5  # throttled or failed answers the sign search waits out before it gives up
 
 # Above this skew a platform that checks the timestamp window (inferred: a few minutes) refuses requests.
 SKEW_WARNING = 60.0
@@ -259,7 +261,8 @@ class Prober:
             seen[configured.timestamp][first.kind] = 1
         dropped: set[str] = set()
         app_only = first.kind == "app"
-        while queue and len(self.report.sign_tried) < budget:
+        unanswered = 0
+        while queue and len(self.report.sign_tried) < budget and self.session.left > 0:
             recipe = queue.popleft()
             key = (recipe.hash, recipe.template, recipe.case, recipe.timestamp)
             if key in tried_keys or recipe.timestamp in dropped:
@@ -271,6 +274,16 @@ class Prober:
             if answer.passed_auth:
                 self.recipe = recipe
                 return answer
+            if answer.kind in ("rate_limited", "http_error", "not_json"):
+                # Nothing learnt about this recipe: it is tried again later, a few times at most.
+                unanswered += 1
+                if unanswered > MAX_UNANSWERED:
+                    self.report.sign_note = f"the platform keeps failing to answer: {answer.outcome()}"
+                    return None
+                tried_keys.discard(key)
+                queue.insert(min(2, len(queue)), recipe)
+                await asyncio.sleep(min(2.0 * unanswered, 10.0))
+                continue
             unit = recipe.timestamp
             if answer.kind == "timestamp":
                 seen[unit]["timestamp"] += 1
@@ -383,10 +396,10 @@ class Prober:
             if await attempt(path, configured.param):
                 return
             last = result.tried[-1].answer
-            if last.kind in ("transport", "refused"):
+            if last.kind == "transport":
                 result.note = f"stopped: {last.outcome()}"
                 break
-            if last.kind == "no_path":
+            if last.kind in ("no_path", "refused", "rate_limited", "http_error", "not_json"):
                 continue
             path_exists = path
             break
@@ -405,7 +418,13 @@ class Prober:
             self._collect_totals(endpoint, answer.data)
         elif path_exists:
             result.status = "failed"
-            result.note = f"{path_exists} exists, but no parameter was accepted"
+            unknown = [t for t in result.tried if t.path == path_exists and t.answer.code is not None
+                       and t.answer.code in self.platform.error_codes.not_found]
+            if unknown and len(unknown) == sum(1 for t in result.tried if t.path == path_exists):
+                result.note = (f"{path_exists} exists, but the platform does not know the id asked for "
+                               f"({', '.join(mask(i) for i in ids)}): {unknown[0].answer.outcome()}")
+            else:
+                result.note = f"{path_exists} exists, but no parameter was accepted"
         elif result.tried:
             result.status = "not found"
             result.note = "no path answered (every one was 'not found' or failed)"
@@ -451,6 +470,10 @@ class Prober:
         if first.kind == "no_path":
             report.problems.append(f"{flow_spec.path}, the documented endpoint, is not found at {report.base_url} "
                                    f"({first.outcome()}): check platform.base_url")
+            return
+        if first.kind == "rate_limited":
+            report.problems.append(f"the platform throttles us ({first.outcome()}): lower platform.rate_limit and "
+                                   "probe again later")
             return
         if first.kind in ("not_json", "http_error"):
             report.problems.append(f"the platform's answer is not an API answer ({first.outcome()}): check "

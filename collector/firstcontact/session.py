@@ -43,6 +43,8 @@ REQUEST_LIMIT = 100
 Kind = Literal["ok", "auth", "app", "timestamp", "no_path", "rate_limited", "api_error", "http_error",
                "not_json", "transport", "refused"]
 AUTH_KINDS = frozenset({"auth", "app", "timestamp"})
+UNANSWERED = frozenset({"transport", "refused", "not_json", "http_error", "rate_limited"})
+"""Answers that say nothing about the request itself: no answer, a gateway's page, a throttle."""
 """Answers that say the request was not authenticated: the signature (or the appID, or the
 timestamp the signature covers) was refused, so the recipe is not known to be right."""
 
@@ -81,9 +83,9 @@ class Answer:
 
     @property
     def passed_auth(self) -> bool:
-        """The platform answered past its authentication: neither an auth-class answer nor a failure
-        to get an answer at all."""
-        return self.kind not in AUTH_KINDS and self.kind not in ("transport", "refused", "not_json", "http_error")
+        """The platform answered past its authentication: neither an auth-class answer, nor a throttle
+        (which may come before the signature is checked), nor a failure to get an answer at all."""
+        return self.kind not in AUTH_KINDS and self.kind not in UNANSWERED
 
     def outcome(self) -> str:
         """The answer in a few words: `code 40001 签名错误`, `HTTP 404`, `TLS: certificate has expired`."""
