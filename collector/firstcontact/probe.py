@@ -212,7 +212,8 @@ class Prober:
 
     async def send(self, path: str, form: Mapping[str, str], purpose: str,
                    recipe: SignConfig | None = None) -> Answer:
-        """One request; a throttled or transient answer is tried once more after a pause."""
+        """One request; a throttled or transient answer is tried once more (a throttle first halves
+        the pace)."""
         answer = await self.session.send(path, form, recipe or self.recipe, purpose)
         if answer.kind == "rate_limited" or (answer.kind in ("transport", "http_error") and not answer.tls
                                               and (answer.status is None or answer.status >= 500)):
