@@ -16,6 +16,7 @@ from collector.config import ConfigError, PlatformConfig, SignConfig, parse_conf
 from collector.endpoints import ENDPOINTS
 from collector.firstcontact import recipes
 from collector.firstcontact.flowunit import infer_flow_unit
+from collector.firstcontact.probe import named_param
 from collector.firstcontact.scrub import Pseudonymiser, cut_echoes, remove_secrets
 from collector.firstcontact.session import classify
 from collector.firstcontact.settings import Discovered, apply, rewrite
@@ -112,6 +113,14 @@ def test_a_configured_auth_code_is_an_auth_answer_whatever_its_message() -> None
 ])
 def test_only_read_paths_are_requested(path: str, read: bool) -> None:
     assert is_read_path(path) is read
+
+
+@pytest.mark.parametrize(("message", "param"), [
+    ("缺少参数cardNos", "cardNos"), ("missing parameter: iccids", "iccids"), ("参数cardNos不能为空", "cardNos"),
+    ("Missing required parameter 'simNos'", "simNos"), ("设备不存在", ""), ("参数错误", ""), ("参数sign错误", ""),
+])
+def test_a_parameter_the_platform_names_is_tried_next(message: str, param: str) -> None:
+    assert named_param(message) == param
 
 
 # --- an answer compared with the wire tables ----------------------------------------------------------------

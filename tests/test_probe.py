@@ -30,7 +30,7 @@ from tests.sim_process import APP_ID, APP_SECRET, ROOT, cli, collector_config, s
 # endpoints under other paths (one with another parameter name) than the collector's defaults.
 SIM_SIGN = {"hash": "md5", "template": "{appID}{timestamp}{secret}", "case": "upper"}
 SIM_ENDPOINTS = {
-    "card_status": {"path": "/openapi/iot/card/status"},
+    "card_status": {"path": "/openapi/iot/card/status", "param": "cardNos"},
     "card_usage": {"path": "/openapi/iot/queryCardRealFlow", "param": "iccid"},
     "card_info": {"path": "/openapi/iot/queryCardInfo"},
 }
@@ -93,7 +93,10 @@ def test_probe_finds_the_recipe_and_card_paths_unaided_and_the_written_configura
             "md5", "{appID}{timestamp}{secret}", "seconds")
         assert report["signing"]["configured_accepted"] is False
         endpoints = report["settings"]["endpoints"]
-        assert endpoints["card_status"]["path"] == "/openapi/iot/card/status"
+        assert endpoints["card_status"] == {"path": "/openapi/iot/card/status", "param": "cardNos"}
+        status_tries = [(t["path"], t["param"]) for t in report["endpoints"]["card_status"]["tried"]]
+        assert status_tries[-2:] == [("/openapi/iot/card/status", "iccids"), ("/openapi/iot/card/status", "cardNos")], \
+            "the parameter the platform names in its error (缺少参数cardNos) is tried next"
         assert endpoints["card_usage"] == {"path": "/openapi/iot/queryCardRealFlow", "param": "iccid"}
         assert endpoints["card_info"]["path"] == "/openapi/iot/queryCardInfo"
         assert {name: r["status"] for name, r in report["endpoints"].items()} == {
@@ -132,7 +135,7 @@ def test_probe_human_report_names_what_it_found(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     text = result.stdout
     assert "ACCEPTED after" in text and '"{appID}{timestamp}{secret}"' in text
-    assert "card_status       OK /openapi/iot/card/status iccids  (configured: /openapi/iot/querySimStatus iccids)" \
+    assert "card_status       OK /openapi/iot/card/status cardNos  (configured: /openapi/iot/querySimStatus iccids)" \
         in text
     assert "Flow unit (流量单位): an inference" in text and "Result: OK" in text
     assert "--write-config OUT" in text

@@ -22,6 +22,7 @@ Exit code (`ProbeReport.exit_code`): 0 when a device polls end to end with the r
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -164,6 +165,21 @@ class ProbeReport:
             "write_config": self.written or None,
             "exit_code": self.exit_code,
         }
+
+
+# "缺少参数iccids", "missing parameter: iccids", "参数cardNos不能为空": the platform naming the parameter it wants.
+_NAMED_PARAM = re.compile(r"(?:缺少参数|缺少|参数|missing (?:required )?param(?:eter)?s?)\s*[:：]?\s*"
+                          r"['\"“]?([A-Za-z_][A-Za-z0-9_]{1,30})", re.IGNORECASE)
+
+
+_HEADER_NAMES = frozenset({"appid", "apiversion", "traceid", "timestamp", "sign"})
+
+
+def named_param(message: str) -> str:
+    """The form parameter an error message names, or "" (a header's name is not a form parameter)."""
+    match = _NAMED_PARAM.search(message)
+    name = match.group(1) if match else ""
+    return "" if name.lower() in _HEADER_NAMES else name
 
 
 def _folder(path: str) -> str:
@@ -359,77 +375,90 @@ class Prober:
         return count, shape
 
     async def discover(self, endpoint: ReadEndpoint[Any], ids: Sequence[str], result: EndpointResult) -> None:
+        """The configured path and parameter, then the variants: the first that answers code 0 with a
+        record for `ids`. A path that answers anything but "not found" exists, and only its
+        parameter names are tried next; an "unknown id" answer confirms path and parameter both."""
         name = endpoint.name
         configured = self.specs[name]
         extra = endpoint.extra_form(time.time(), self.ctx().tz)
         params = param_candidates(endpoint, configured)
         budget = min(PER_ENDPOINT, self.session.left)
         fallback: tuple[str, str, Answer] | None = None
+        not_found_codes = self.platform.error_codes.not_found
 
-        def form_of(param: str) -> dict[str, str]:
-            return {**({param: ",".join(ids)} if param else {}), **extra}
-
-        async def attempt(path: str, param: str) -> bool:
-            """One request; True when it found the endpoint."""
+        async def attempt(path: str, param: str) -> str:
+            """One request: `found`, `confirmed` (path and parameter work, no record for the ids) or
+            the answer's kind."""
             nonlocal fallback
-            form = form_of(param)
+            form = {**({param: ",".join(ids)} if param else {}), **extra}
             answer = await self.send(path, form, f"{name}: {path} {param}".rstrip())
             tried = Tried(path, param, answer)
             result.tried.append(tried)
+            if answer.kind == "api_error" and answer.code in not_found_codes:
+                fallback = fallback or (path, param, answer)
+                return "confirmed"
             if answer.kind != "ok":
-                return False
+                return answer.kind
             count, shape = self.examine(endpoint, answer, ids, form)
             tried.records = count
             if count:
                 result.found = EndpointSpec(path, param, configured.batch_limit, configured.documented)
                 result.status, result.shape = "ok", shape
                 self._collect_totals(endpoint, answer.data)
-                return True
+                return "found"
             if fallback is None:
                 fallback = (path, param, answer)
                 result.shape = shape
-            return False
+            return "confirmed" if endpoint.entity == "account" else "empty"
 
         path_exists = ""
+        outcome = ""
         for path in path_candidates(name, configured):
             if len(result.tried) >= budget:
                 break
-            if await attempt(path, configured.param):
-                return
-            last = result.tried[-1].answer
-            if last.kind == "transport":
-                result.note = f"stopped: {last.outcome()}"
+            outcome = await attempt(path, configured.param)
+            if outcome in ("found", "transport"):
                 break
-            if last.kind in ("no_path", "refused", "rate_limited", "http_error", "not_json"):
+            if outcome in ("no_path", "refused", "rate_limited", "http_error", "not_json"):
                 continue
             path_exists = path
             break
-        if path_exists:
-            for param in params[1:]:
-                if len(result.tried) >= budget:
+        if outcome == "found":
+            return
+        if outcome == "transport":
+            result.status, result.note = "failed", f"stopped: {result.tried[-1].answer.outcome()}"
+        if path_exists and outcome != "confirmed":
+            queue = deque(params[1:])
+            asked = {configured.param}
+            named = named_param(result.tried[-1].answer.message)
+            while queue and len(result.tried) < budget:
+                param = named if named and named not in asked else queue.popleft()
+                if param in asked:
+                    continue
+                asked.add(param)
+                outcome = await attempt(path_exists, param)
+                if outcome in ("found", "confirmed"):
                     break
-                if await attempt(path_exists, param):
-                    return
+                named = named_param(result.tried[-1].answer.message)
+            if outcome == "found":
+                return
         if fallback is not None:
             path, param, answer = fallback
             result.status = "empty"
             result.found = EndpointSpec(path, param, configured.batch_limit, configured.documented)
-            result.note = ("answered with code 0, but without a record for the id asked for "
-                           f"({', '.join(mask(i) for i in ids) or 'none'})")
-            self._collect_totals(endpoint, answer.data)
+            shown = ", ".join(mask(i) for i in ids) or "none"
+            result.note = (f"path and parameter work, but the platform does not know the id asked for ({shown}): "
+                           f"{answer.outcome()}" if answer.kind != "ok" else
+                           f"answered with code 0, but without a record for the id asked for ({shown})")
+            if answer.kind == "ok":
+                self._collect_totals(endpoint, answer.data)
         elif path_exists:
             result.status = "failed"
-            unknown = [t for t in result.tried if t.path == path_exists and t.answer.code is not None
-                       and t.answer.code in self.platform.error_codes.not_found]
-            if unknown and len(unknown) == sum(1 for t in result.tried if t.path == path_exists):
-                result.note = (f"{path_exists} exists, but the platform does not know the id asked for "
-                               f"({', '.join(mask(i) for i in ids)}): {unknown[0].answer.outcome()}")
-            else:
-                result.note = f"{path_exists} exists, but no parameter was accepted"
-        elif result.tried:
+            result.note = f"{path_exists} exists, but no parameter was accepted"
+        elif result.tried and not result.note:
             result.status = "not found"
             result.note = "no path answered (every one was 'not found' or failed)"
-        else:
+        elif not result.tried:
             result.note = "no request left within the bound"
 
     def _collect_totals(self, endpoint: ReadEndpoint[Any], data: Any) -> None:
