@@ -19,6 +19,7 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -201,8 +202,10 @@ class Daemon:
         if self.config.http.enabled:
             token = provision_token(self.config.http, state_dir)
             register_secret(token)
+            # Links in notifications (`<external_url>/api/alerts?id=...`) name the collector by that host.
+            link_hosts = [urlsplit(self.alerts.external_url).hostname or ""] if self.alerts is not None else []
             self.http = HttpServer(self.config.http, status=self.status, ready=self.ready,
-                                   routes=self._extra_routes(), api_token=token)
+                                   routes=self._extra_routes(), api_token=token, extra_hosts=link_hosts)
             try:
                 await self.http.start()
             except OSError as exc:

@@ -6,7 +6,8 @@ and the JSON API that `iot-collector status` and `alerts list` read; and who may
 - `GET`/`HEAD` of /metrics, /healthz and /readyz: anyone who can connect (Prometheus, probes), by
   any name or address.
 - Every other request: its `Host` must name the collector (the listen address, `localhost`,
-  `127.0.0.1`, `[::1]` or one of `http.allowed_hosts`), an `Origin` must be the collector's own, and
+  `127.0.0.1`, `[::1]`, one of `http.allowed_hosts`, or the host of the links notifications carry,
+  `alerts.external_url`), an `Origin` must be the collector's own, and
   a browser's `Sec-Fetch-Site` must not say the request comes from another site: else 403. This is
   what stops a web page (DNS rebinding, a cross-site form) from reaching the API through a browser.
 - Requests that change something (POST, PUT, PATCH, DELETE) also need `Authorization: Bearer
@@ -106,9 +107,10 @@ REFUSAL_LOG_INTERVAL = 60.0  # seconds between two "http request refused" lines;
 MAX_BODY_BYTES = 64 * 1024  # a silence is a few hundred bytes
 
 
-def allowed_hosts(config: HttpConfig) -> frozenset[str]:
-    """The names a request's Host may give for the API: loopback, the listen address, `allowed_hosts`."""
-    hosts = set(LOOPBACK_HOSTS) | set(config.allowed_hosts)
+def allowed_hosts(config: HttpConfig, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The names a request's Host may give for the API: loopback, the listen address, `allowed_hosts`
+    and `extra` (the host of the links the collector sends in notifications)."""
+    hosts = set(LOOPBACK_HOSTS) | set(config.allowed_hosts) | {host_name(h) for h in extra if h}
     listen = host_name(config.listen)
     if listen not in ("", "0.0.0.0", "::"):
         hosts.add(listen)
@@ -142,8 +144,8 @@ class ApiGuard:
     """The aiohttp middleware deciding who may use the API (see the module's docstring). `token` None
     means there is no token to compare with: every change is refused."""
 
-    def __init__(self, config: HttpConfig, token: str | None) -> None:
-        self.hosts = allowed_hosts(config)
+    def __init__(self, config: HttpConfig, token: str | None, extra_hosts: Iterable[str] = ()) -> None:
+        self.hosts = allowed_hosts(config, extra_hosts)
         self._token = token.encode() if token else None
         self._last_logged = -REFUSAL_LOG_INTERVAL
         self._unlogged = 0
@@ -214,15 +216,16 @@ class ApiGuard:
 
 class HttpServer:
     """aiohttp server on the configured loopback address. `port` is the bound port (for port 0).
-    `api_token` is what requests that change something must carry (None: they are all refused)."""
+    `api_token` is what requests that change something must carry (None: they are all refused);
+    `extra_hosts` more names the API answers to (see `allowed_hosts`)."""
 
     def __init__(self, config: HttpConfig, *, status: Callable[[], dict[str, Any]],
                  ready: Callable[[], tuple[bool, str]], routes: list[web.RouteDef] | None = None,
-                 api_token: str | None = None) -> None:
+                 api_token: str | None = None, extra_hosts: Iterable[str] = ()) -> None:
         self.config = config
         self._status = status
         self._ready = ready
-        self.guard = ApiGuard(config, api_token)
+        self.guard = ApiGuard(config, api_token, extra_hosts)
         self.app = web.Application(middlewares=[self.guard.middleware], client_max_size=MAX_BODY_BYTES)
         self.app.add_routes([
             web.get("/metrics", self._metrics),

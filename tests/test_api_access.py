@@ -236,15 +236,20 @@ def test_the_token_from_a_systemd_credential_is_used_by_the_daemon_and_the_cli(t
     assert token not in daemon.logs()
 
 
-def test_allowed_hosts_let_clients_that_use_the_collectors_name_in(tmp_path: Path) -> None:
+def test_allowed_hosts_and_the_notification_links_host_let_clients_that_use_the_collectors_name_in(
+        tmp_path: Path) -> None:
     daemon = DaemonProcess(tmp_path, demo_config(tmp_path, http={"port": 0, "listen": "0.0.0.0",
-                                                                  "allowed_hosts": ["collector.example.net"]}))
+                                                                  "allowed_hosts": ["collector.example.net"]},
+                                                 alerts={"enabled": True,
+                                                         "external_url": "http://alerts.example.org:9108"}))
     daemon.start()
     try:
         port = daemon.url.rsplit(":", 1)[1]
         assert daemon.url == f"http://127.0.0.1:{port}"  # the runtime file names a reachable address
         assert raw_request(daemon.url, "GET", "/api/status", {"Host": f"collector.example.net:{port}"})[0] == 200
         assert raw_request(daemon.url, "GET", "/api/status", {"Host": f"Collector.Example.NET:{port}"})[0] == 200
+        # The links notifications carry (alerts.external_url) open in a browser.
+        assert raw_request(daemon.url, "GET", "/api/alerts?id=x", {"Host": "alerts.example.org:9108"})[0] == 200
         assert raw_request(daemon.url, "GET", "/api/status", {"Host": f"attacker.example:{port}"})[0] == 403
         assert raw_request(daemon.url, "GET", "/api/status", {"Host": f"0.0.0.0:{port}"})[0] == 403
         status = cli("status", "--json", "-c", str(daemon.config_path))
