@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from collector import __version__
-from collector.config import Config, ConfigError, load_config
+from collector.config import ClientSettings, Config, ConfigError, load_client_settings, load_config
 from collector.formats import short_duration
 
 DEFAULT_CONFIG_PATHS = ("/etc/iot-collector/collector.yaml", "collector.yaml")
@@ -186,6 +186,7 @@ def budget_summary(config: Config, assumed_sims_per_device: int = 2) -> dict[str
         "alerts": config.alerts.enabled,
         "sharding": f"{config.sharding.index + 1} of {config.sharding.total}",
         "simulator": config.simulator.embedded,
+        "warnings": list(inventory.warnings),
     }
 
 
@@ -217,6 +218,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config, path = read_config(args)
     compile_rules(config.alerts, path)
     summary = budget_summary(config)
+    for warning in summary["warnings"]:
+        sys.stderr.write(f"warning: {warning}\n")
     if args.json:
         json.dump({"config": path, "ok": True, **summary}, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -226,20 +229,40 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def client_settings(args: argparse.Namespace) -> ClientSettings:
+    """The parts of the configuration a command talking to the running collector needs (its address,
+    state directory and API token), read without the secrets the rest of the file names."""
+    return load_client_settings(args.config or default_config_path())
+
+
 def daemon_url(args: argparse.Namespace) -> str:
     """Where the running collector's HTTP API is: --url, else from the configuration."""
     if getattr(args, "url", None):
         return str(args.url).rstrip("/")
-    config, _ = read_config(args)
-    if config.http.port == 0:
-        runtime = Path(config.state_dir) / "collector.json"
+    settings = client_settings(args)
+    if settings.http.port == 0:
+        runtime = Path(settings.state_dir) / "collector.json"
         try:
             return str(json.loads(runtime.read_text())["url"])
         except (OSError, ValueError, KeyError):
             raise ConfigError([f"http.port is 0 and {runtime} does not say which port the collector took"],
-                              args.config or default_config_path()) from None
-    host = "127.0.0.1" if config.http.listen in ("0.0.0.0", "::", "") else config.http.listen
-    return f"http://{host}:{config.http.port}"
+                              settings.source) from None
+    return settings.http.url()
+
+
+def api_token(args: argparse.Namespace) -> tuple[str, str]:
+    """The API token a command that changes something sends, and where it was found. Raises
+    TokenUnavailable saying what to do."""
+    from collector.apitoken import TokenUnavailable, client_token
+
+    if getattr(args, "token_file", None):
+        return client_token(ClientSettings(), args.token_file)
+    try:
+        settings = client_settings(args)
+    except ConfigError as exc:
+        raise TokenUnavailable(f"no configuration to find the API token in ({exc.source}: "
+                               f"{'; '.join(exc.problems)}): pass -c FILE or --token-file FILE") from None
+    return client_token(settings)
 
 
 def fetch_json(url: str) -> Any:
@@ -250,7 +273,11 @@ def fetch_json(url: str) -> Any:
     except httpx.HTTPError as exc:
         raise DaemonUnreachable(f"cannot reach the collector at {url}: {exc}") from None
     if response.status_code >= 400:
-        raise DaemonUnreachable(f"{url} answered HTTP {response.status_code}")
+        try:
+            reason = f": {response.json()['error']}"
+        except (ValueError, KeyError, TypeError):
+            reason = ""
+        raise DaemonUnreachable(f"{url} answered HTTP {response.status_code}{reason}")
     return response.json()
 
 
@@ -341,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # pragma: no cover - alerting not installed
         alerts_cli = None  # type: ignore[assignment]
     if alerts_cli is not None:
-        alerts_cli.add_arguments(sub, add_config_arg, read_config, daemon_url)
+        alerts_cli.add_arguments(sub, add_config_arg, read_config, daemon_url, api_token)
     return parser
 
 

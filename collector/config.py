@@ -21,6 +21,7 @@ from collector.alerts.config import AlertsConfig
 from collector.configtypes import Duration, Secret, SecretSection, Section, TimeZoneName
 from collector.endpoints import ENDPOINTS
 from collector.endpoints.base import EndpointSpec
+from collector.logs import redact_url
 from collector.platform.wire import AUTH_CODES, NOT_FOUND_CODES, RATE_LIMITED_CODES, TRANSIENT_CODES
 from collector.sinks.config import SinksConfig
 
@@ -35,6 +36,19 @@ class ConfigError(Exception):
         self.source = source
         where = f"{source}: " if source else ""
         super().__init__(where + "invalid configuration\n  " + "\n  ".join(problems))
+
+
+class SettingError(ConfigError):
+    """One problem the operator fixes in one setting or on the host, said in one line that names the
+    setting (`http.port: 127.0.0.1:9108 is in use`): start-up failures, an empty file. Exit code 2 like
+    any ConfigError, and never a traceback."""
+
+    def __init__(self, problem: str, source: str = "") -> None:
+        super().__init__([problem], source)
+        self.args = ((f"{source}: " if source else "") + problem,)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 # --- platform -------------------------------------------------------------------------------------
@@ -221,7 +235,18 @@ def _job(interval: float, enabled: bool = True) -> Any:
 
 
 class _Jobs(Section):
-    """One poll job per read endpoint (its module names the job and its default interval)."""
+    """One poll job per read endpoint (its module names the job and its default interval): a job
+    given without an interval (`{enabled: false}`) keeps its endpoint's default one."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_intervals(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        defaults = {endpoint.job: endpoint.interval for endpoint in ENDPOINTS.values()}
+        return {name: {**job, "interval": defaults[name]}
+                if isinstance(job, dict) and "interval" not in job and name in defaults else job
+                for name, job in data.items()}
 
     def job(self, name: str) -> JobConfig:
         """The settings of job `name`."""
@@ -251,14 +276,68 @@ class ShardingConfig(Section):
 # --- the rest -----------------------------------------------------------------------------------------
 
 
-class HttpConfig(Section):
-    """The loopback HTTP server: /metrics, /healthz, /readyz and the status API the CLI reads."""
+def host_name(value: str) -> str:
+    """A host as the Host header names it, compared case-blind: `[::1]` -> `::1`, `Example.COM.` ->
+    `example.com`."""
+    value = value.strip().lower().rstrip(".")
+    return value[1:-1] if value.startswith("[") and value.endswith("]") else value
+
+
+class HttpConfig(SecretSection):
+    """The loopback HTTP server: /metrics, /healthz, /readyz and the status API the CLI reads. Requests
+    to anything but /metrics, /healthz and /readyz must name the collector in `Host` (its listen
+    address, localhost, or one of `allowed_hosts`); requests that change something (silences) need the
+    API token: `api_token` (or `_file` / `_credential`), else the one the collector keeps in its state
+    directory."""
+
+    secret_fields = ("api_token",)
 
     enabled: bool = True
     listen: str = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)
     entity_metrics: bool = True
     entity_metrics_limit: int = Field(default=10000, ge=0)
+    allowed_hosts: list[str] = Field(default=[], description="more names or addresses clients reach the API by")
+    api_token: Secret | None = None
+
+    def url(self, port: int | None = None) -> str:
+        """Where a client on this host reaches the server: `http://listen:port`, an IPv6 address in
+        brackets, a wildcard listen address as loopback. `port`: the bound port when `port` is 0."""
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.listen, self.listen)
+        port = self.port if port is None else port
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            host = host_name(value)
+            plain = host and not any(c in host for c in "/@*?# \t") and (":" not in host or _is_ip(host))
+            if not plain:
+                raise ValueError(f"{value!r} is not a host name or IP address (like collector.example.com or "
+                                 "10.0.0.5: no scheme, port, path or wildcard)")
+            out.append(host)
+        return out
+
+    @field_validator("api_token")
+    @classmethod
+    def _strong_token(cls, value: Any) -> Any:
+        token = value.get_secret_value() if value is not None else None
+        if token is not None and (len(token) < 16 or any(c.isspace() for c in token)):
+            raise ValueError("must be at least 16 characters without spaces (for example the output of "
+                             "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        return value
+
+
+def _is_ip(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 class LoggingConfig(Section):
@@ -366,7 +445,7 @@ _SECRET_WORDS = ("secret", "token", "password", "pass")
 def _describe(error: Any) -> str:
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     loc = _format_loc(error["loc"])
-    shown = "<redacted>" if any(w in loc.lower() for w in _SECRET_WORDS) else repr(value)
+    shown = "<redacted>" if any(w in loc.lower() for w in _SECRET_WORDS) else redact_url(repr(value))
     if kind == "extra_forbidden":
         return f"{loc}: unknown key"
     if kind == "missing":
@@ -378,10 +457,10 @@ def _describe(error: Any) -> str:
             limit = int(limit)
         return f"{loc}: must be {bounds[kind]} {limit}, got {shown}"
     if kind == "value_error":
-        return f"{loc}: {error['msg'].removeprefix('Value error, ')}"
+        return f"{loc}: {redact_url(error['msg'].removeprefix('Value error, '))}"
     if kind in ("literal_error", "enum"):
         return f"{loc}: must be {ctx.get('expected')}, got {shown}"
-    return f"{loc}: {error['msg'][0].lower()}{error['msg'][1:]}, got {shown}"
+    return f"{loc}: {redact_url(error['msg'][0].lower() + error['msg'][1:])}, got {shown}"
 
 
 def validation_problems(exc: ValidationError) -> list[str]:
@@ -405,8 +484,8 @@ def parse_config(data: Any, source: str = "", env: dict[str, str] | None = None)
         raise ConfigError(validation_problems(exc), source) from None
 
 
-def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
-    """Read and validate a YAML configuration file. Raises ConfigError."""
+def _read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The YAML document of a configuration file, which must hold settings. Raises ConfigError."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -418,8 +497,55 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError([f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"], source) from None
-    config = parse_config(data, source, env)
+    if data is None or data == {}:
+        raise SettingError("the configuration file is empty (it holds no settings; deploy/collector.yaml is a "
+                           "complete example, docs/configuration.md describes every key)", source)
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): must be a mapping of sections"], source)
+    return data
+
+
+def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+    """Read and validate a YAML configuration file. Raises ConfigError."""
+    config = parse_config(_read_document(path), str(path), env)
     return _resolve_paths(config, Path(path).resolve().parent)
+
+
+API_TOKEN_KEYS = ("api_token", "api_token_file", "api_token_credential")
+
+
+class ClientSettings(Section):
+    """What a command talking to a running collector needs from its configuration file: the HTTP
+    settings, the state directory and how the API token is given (`api_token`, `api_token_file` or
+    `api_token_credential`, as written). Read by `load_client_settings` without the rest of the file, so
+    that a secret the client cannot read (the app secret's systemd credential) does not stop it."""
+
+    http: HttpConfig = HttpConfig()
+    state_dir: str = Config.model_fields["state_dir"].default
+    api_token: dict[str, str] = {}
+    source: str = ""
+
+
+def load_client_settings(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> ClientSettings:
+    """The `http` section and `state_dir` of a configuration file. Raises ConfigError."""
+    source = str(path)
+    data = _read_document(path)
+    problems: list[str] = []
+    wanted = {"http": data.get("http") or {}, "state_dir": data.get("state_dir", ClientSettings().state_dir)}
+    wanted = _substitute(wanted, "", dict(os.environ) if env is None else env, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    http = dict(wanted["http"]) if isinstance(wanted["http"], dict) else wanted["http"]
+    token = {key: str(http.pop(key)) for key in API_TOKEN_KEYS
+             if isinstance(http, dict) and http.get(key) not in (None, "")}
+    try:
+        settings = ClientSettings.model_validate({"http": http, "state_dir": wanted["state_dir"],
+                                                  "api_token": token, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(validation_problems(exc), source) from None
+    base = Path(path).resolve().parent
+    state_dir = settings.state_dir if os.path.isabs(settings.state_dir) else str(base / settings.state_dir)
+    return settings.model_copy(update={"state_dir": state_dir})
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:

@@ -10,23 +10,27 @@ WATCHDOG=1 from the event loop and STOPPING=1.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import signal
+import socket
 import time
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import structlog
 
 from collector import __version__, metrics
 from collector.alerts.rules import compile_rules
-from collector.config import Config, ConfigError, load_config
+from collector.apitoken import provision_token
+from collector.config import Config, ConfigError, SettingError, load_config
 from collector.endpoints import ENDPOINTS
 from collector.inventory import Inventory, InventoryError, file_mtime, load_inventory
-from collector.logs import register_secret
+from collector.logs import redact_urls, register_secret, url_secrets
 from collector.pipeline import Pipeline
 from collector.platform.client import PlatformClient
 from collector.report.ledger import Ledger
@@ -51,9 +55,37 @@ RUNTIME_FILE = "collector.json"
 
 
 def register_config_secrets(config: Config) -> None:
-    for secret in (config.platform.app_secret, config.sinks.influxdb_v2.token, config.sinks.influxdb_v1.password):
+    for secret in (config.platform.app_secret, config.sinks.influxdb_v2.token, config.sinks.influxdb_v1.password,
+                   config.http.api_token):
         if secret is not None:
             register_secret(secret.get_secret_value())
+    for password in url_secrets(config.model_dump(mode="json")):  # `http://user:PASSWORD@host` anywhere
+        register_secret(password)
+
+
+def state_dir_problem(state_dir: Path, exc: OSError) -> str:
+    """One line naming `state_dir` and what is wrong with it (a file on its path, read-only, ...)."""
+    for path in (state_dir, *state_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "" if path == state_dir else f" (state_dir is {state_dir})"
+                return f"state_dir: {path} is a file, not a directory{where}"
+            break
+    return f"state_dir: cannot keep the spool in {state_dir}: {exc.strerror or exc}"
+
+
+def listen_problem(section: str, host: str, port: int, exc: OSError) -> str:
+    """One line naming the setting (`http.port`, `http.listen`) a listening socket failed for, and why."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return f"{section}.listen: cannot resolve {host!r} ({exc.strerror or exc})"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{section}.port: {address} is in use (another collector or program listens there)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{section}.listen: {host} is not an address of this host"
+    if exc.errno == errno.EACCES:
+        return f"{section}.port: not allowed to listen on {address} (ports below 1024 need privileges)"
+    return f"{section}.listen: cannot listen on {address}: {exc.strerror or exc}"
 
 
 class UpstreamHealth:
@@ -119,7 +151,10 @@ class Daemon:
         sim_cfg = self.config.simulator
         self.simulator = Simulator(devices=sim_cfg.devices, seed=sim_cfg.seed, speed=sim_cfg.speed,
                                    platform=self.config.platform)
-        base_url = await self.simulator.start("127.0.0.1", sim_cfg.port)
+        try:
+            base_url = await self.simulator.start("127.0.0.1", sim_cfg.port)
+        except OSError as exc:
+            raise SettingError(listen_problem("simulator", "127.0.0.1", sim_cfg.port, exc)) from None
         log.info("embedded simulator started", url=base_url, devices=sim_cfg.devices, speed=sim_cfg.speed)
         return base_url
 
@@ -131,6 +166,8 @@ class Daemon:
             devices = {no: {**common, "customer": DEMO_CUSTOMERS[i % len(DEMO_CUSTOMERS)]}
                        for i, no in enumerate(self.simulator.device_numbers())}
             inventory = Inventory(devices=devices, cards={})
+        for warning in inventory.warnings:
+            log.warning("duplicate ids in the inventory", problem=warning)
         return inventory
 
     def apply_inventory(self, inventory: Inventory) -> None:
@@ -153,7 +190,7 @@ class Daemon:
             state_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
             await self.sinks.start()
         except OSError as exc:  # read-only, not a directory...: the operator's to fix, not a crash
-            raise ConfigError([f"state_dir: cannot keep the spool in {state_dir}: {exc.strerror or exc}"]) from None
+            raise SettingError(state_dir_problem(state_dir, exc)) from None
         self.ledger.load(state_dir)
         base_url = await self._start_simulator()
         self.client = PlatformClient(self.config.platform, self.config.privacy, base_url=base_url)
@@ -170,9 +207,17 @@ class Daemon:
                                    first_cycle_done=self.first_cycle.add)
         self._log_budget()
         if self.config.http.enabled:
+            token = provision_token(self.config.http, state_dir)
+            register_secret(token)
+            # Links in notifications (`<external_url>/api/alerts?id=...`) name the collector by that host.
+            link_hosts = [urlsplit(self.alerts.external_url).hostname or ""] if self.alerts is not None else []
             self.http = HttpServer(self.config.http, status=self.status, ready=self.ready,
-                                   routes=self._extra_routes())
-            await self.http.start()
+                                   routes=self._extra_routes(), api_token=token, extra_hosts=link_hosts)
+            try:
+                await self.http.start()
+            except OSError as exc:
+                http = self.config.http
+                raise SettingError(listen_problem("http", http.listen, http.port, exc)) from None
             self._write_runtime_file()
         self._collector = FleetCollector(lambda: self.state, self._spool_state, lambda: self.config.http)
         metrics.REGISTRY.register(self._collector)
@@ -203,7 +248,7 @@ class Daemon:
         tmp = path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps({"pid": os.getpid(),
-                                       "url": f"http://{self.config.http.listen}:{self.http.port}",
+                                       "url": self.config.http.url(self.http.port),
                                        "started_at": self.started_at}))
             tmp.replace(path)
         except OSError as exc:  # a full disk must not stop the collector: only the CLI needs this file
@@ -345,6 +390,10 @@ class Daemon:
         return True, "ok"
 
     def status(self) -> dict[str, Any]:
+        """What the collector is doing (/api/status, `iot-collector status`), with no URL's password."""
+        return redact_urls(self._status())
+
+    def _status(self) -> dict[str, Any]:
         now = time.time()
         failing = sorted((d for d in self.state.devices.values() if d.consecutive_failures),
                          key=lambda d: -d.consecutive_failures)

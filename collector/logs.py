@@ -1,7 +1,8 @@
 """structlog set-up: JSON lines when stdout is not a terminal (journald), colours on a terminal, and
-a processor that redacts secrets from every event before it is rendered. On journald's stream each
-line starts with its syslog priority (`<4>` for a warning), which journald strips and records as
-PRIORITY, so `journalctl -p warning` finds the warnings."""
+a processor that redacts secrets (registered values, secret keys, the user-info of URLs) from every
+event before it is rendered. On journald's stream each line starts with its syslog priority (`<4>`
+for a warning), which journald strips and records as PRIORITY, so `journalctl -p warning` finds the
+warnings. Also the one place that says how a URL is shown (`redact_url`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, TextIO
+from urllib.parse import unquote
 
 import structlog
 
@@ -31,6 +33,11 @@ _INLINE = re.compile(
 )
 
 
+# A URL's user-info (`scheme://user:password@host`): up to the last `@` before the path, as URL parsers
+# read it, so a password with a stray `@` is still hidden whole.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/\s?#\"'<>]*)@")
+
+
 def register_secret(value: str | None) -> None:
     """Make a secret value redactable from any log line (no-op for empty values)."""
     global _pattern
@@ -39,10 +46,54 @@ def register_secret(value: str | None) -> None:
         _pattern = re.compile("|".join(re.escape(s) for s in sorted(_known_secrets, key=len, reverse=True)))
 
 
+def _hide_userinfo(match: re.Match[str]) -> str:
+    user, colon, _password = match.group(2).partition(":")
+    return f"{match.group(1)}{user}:{REDACTED}@" if colon else f"{match.group(1)}{REDACTED}@"
+
+
+def redact_url(url: str) -> str:
+    """`url` with its user-info hidden: `http://admin:<redacted>@host`, and `https://<redacted>@host`
+    (a lone user name is often a token). In longer text, every URL is treated the same way."""
+    if "://" not in url or "@" not in url:
+        return url
+    return _USERINFO.sub(_hide_userinfo, url)
+
+
+def url_secrets(value: Any) -> set[str]:
+    """The passwords (and lone user names) of the URLs anywhere in `value` (strings, mappings,
+    sequences), as written and percent-decoded: what `register_secret` should learn from a configuration."""
+    found: set[str] = set()
+    if isinstance(value, str):
+        if "://" in value and "@" in value:
+            for match in _USERINFO.finditer(value):
+                user, colon, password = match.group(2).partition(":")
+                found.add(password if colon else user)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            found |= url_secrets(item)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            found |= url_secrets(item)
+    found |= {unquote(s) for s in found}
+    return {s for s in found if s and s != REDACTED}
+
+
+def redact_urls(value: Any) -> Any:
+    """A copy of a JSON-like document (an API answer) with the user-info of every URL in it hidden."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, Mapping):
+        return {k: redact_urls(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_urls(v) for v in value]
+    return value
+
+
 def redact_text(text: str) -> str:
-    """Remove registered secret values and `secretField=value` pairs from free text."""
+    """Remove registered secret values, URL passwords and `secretField=value` pairs from free text."""
     if _pattern is not None:
         text = _pattern.sub(REDACTED, text)
+    text = redact_url(text)
     return _INLINE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
 
 
@@ -129,3 +180,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         cache_logger_on_first_use=cache,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
+    for handler in logging.getLogger().handlers:  # libraries' own log lines (and their tracebacks) too
+        handler.setFormatter(_RedactingFormatter(logging.BASIC_FORMAT))
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))

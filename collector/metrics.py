@@ -79,3 +79,8 @@ ALERT_EVALUATION_ERRORS = Counter(f"{P}_alert_evaluation_errors_total",
 # --- process -------------------------------------------------------------------------------------------
 CONFIG_RELOADS = Counter(f"{P}_config_reloads_total", "Configuration reloads by outcome", ["outcome"],
                          registry=REGISTRY)
+
+# --- HTTP API --------------------------------------------------------------------------------------------
+HTTP_REFUSED = Counter(f"{P}_http_requests_refused_total",
+                       "Requests to the HTTP API refused (host, origin, cross_site, no_token, bad_token, "
+                       "no_api_token, content_type)", ["reason"], registry=REGISTRY)

@@ -1,13 +1,29 @@
 """The loopback HTTP server of a running collector: /metrics (self-metrics plus fleet gauges read
 from the fleet state at scrape time), /healthz (alive), /readyz (first cycle done, sink writable),
-and the JSON API that `iot-collector status` and `alerts list` read."""
+and the JSON API that `iot-collector status` and `alerts list` read; and who may use that API
+(`ApiGuard`):
+
+- `GET`/`HEAD` of /metrics, /healthz and /readyz: anyone who can connect (Prometheus, probes), by
+  any name or address.
+- Every other request: its `Host` must name the collector (the listen address, `localhost`,
+  `127.0.0.1`, `[::1]`, one of `http.allowed_hosts`, or the host of the links notifications carry,
+  `alerts.external_url`), an `Origin` must be the collector's own, and
+  a browser's `Sec-Fetch-Site` must not say the request comes from another site: else 403. This is
+  what stops a web page (DNS rebinding, a cross-site form) from reaching the API through a browser.
+- Requests that change something (POST, PUT, PATCH, DELETE) also need `Authorization: Bearer
+  <token>` (401; see `collector.apitoken`) and, with a body, `Content-Type: application/json` (415).
+
+Refusals are counted by reason (`iot_collector_http_requests_refused_total`) and logged at most once a
+minute, never with the token."""
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -16,7 +32,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from collector import metrics
-from collector.config import HttpConfig
+from collector.config import HttpConfig, host_name
 from collector.state import FleetState
 
 log = structlog.get_logger("collector.telemetry")
@@ -83,15 +99,134 @@ class FleetCollector(Collector):
         yield from (rssi, battery, online, used, total, truncated)
 
 
+OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between two "http request refused" lines; the rest are counted
+MAX_BODY_BYTES = 64 * 1024  # a silence is a few hundred bytes
+
+
+def allowed_hosts(config: HttpConfig, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The names a request's Host may give for the API: loopback, the listen address, `allowed_hosts`
+    and `extra` (the host of the links the collector sends in notifications)."""
+    hosts = set(LOOPBACK_HOSTS) | set(config.allowed_hosts) | {host_name(h) for h in extra if h}
+    listen = host_name(config.listen)
+    if listen not in ("", "0.0.0.0", "::"):
+        hosts.add(listen)
+    return frozenset(hosts)
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """`Host` header -> (host, port or None): `[::1]:9108` -> ('::1', 9108). A bad port is -1."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    else:
+        host, port_text = value, ""
+    if not port_text:
+        return host_name(host), None
+    return host_name(host), int(port_text) if port_text.isdigit() else -1
+
+
+class Refused(Exception):
+    """A request the API does not serve: its HTTP status, the reason label and what to say."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+class ApiGuard:
+    """The aiohttp middleware deciding who may use the API (see the module's docstring). `token` None
+    means there is no token to compare with: every change is refused."""
+
+    def __init__(self, config: HttpConfig, token: str | None, extra_hosts: Iterable[str] = ()) -> None:
+        self.hosts = allowed_hosts(config, extra_hosts)
+        self._token = token.encode() if token else None
+        self._last_logged = -REFUSAL_LOG_INTERVAL
+        self._unlogged = 0
+
+    @web.middleware
+    async def middleware(self, request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
+            return await handler(request)
+        try:
+            self.check(request)
+        except Refused as refused:
+            return self._refuse(request, refused)
+        return await handler(request)
+
+    def check(self, request: web.Request) -> None:
+        """Raises Refused for a request the API must not serve."""
+        host_header = request.headers.get("Host", "")
+        host, port = split_host(host_header)
+        if host not in self.hosts:
+            raise Refused(403, "host", f"Host {host_header!r} is not this collector: use http://127.0.0.1:PORT, "
+                                       "or add the name to http.allowed_hosts")
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._same_origin(origin, host, port):
+            raise Refused(403, "origin", f"Origin {origin!r} is not this collector")
+        if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
+            raise Refused(403, "cross_site", "requests from another site are refused")
+        if request.method in READ_METHODS:
+            return
+        self._check_token(request.headers.get("Authorization", ""))
+        if (request.method != "DELETE" or request.body_exists) and request.content_type != "application/json":
+            raise Refused(415, "content_type", "send the body as JSON (Content-Type: application/json)")
+
+    def _same_origin(self, origin: str, host: str, port: int | None) -> bool:
+        try:
+            parts = urlsplit(origin)
+            origin_port = parts.port
+        except ValueError:
+            return False
+        default = _DEFAULT_PORTS.get(parts.scheme)
+        if default is None or not parts.hostname:
+            return False
+        return host_name(parts.hostname) == host and (origin_port or default) == (port or default)
+
+    def _check_token(self, authorization: str) -> None:
+        if self._token is None:
+            raise Refused(503, "no_api_token", "the collector has no API token (see its log): changes are refused")
+        scheme, _, given = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise Refused(401, "no_token", "this request needs the API token (Authorization: Bearer TOKEN); "
+                                           "`iot-collector silence` sends it by itself")
+        if not hmac.compare_digest(given.strip().encode(), self._token):
+            raise Refused(401, "bad_token", "wrong API token")
+
+    def _refuse(self, request: web.Request, refused: Refused) -> web.Response:
+        metrics.HTTP_REFUSED.labels(refused.reason).inc()
+        now = time.monotonic()
+        if now - self._last_logged >= REFUSAL_LOG_INTERVAL:
+            log.warning("http request refused", peer=request.remote, method=request.method, path=request.path,
+                        host=request.headers.get("Host", ""), origin=request.headers.get("Origin"),
+                        status=refused.status, reason=refused.reason, refused_since_last_line=self._unlogged)
+            self._last_logged, self._unlogged = now, 0
+        else:
+            self._unlogged += 1
+        headers = {"WWW-Authenticate": 'Bearer realm="iot-collector"'} if refused.status == 401 else None
+        return web.json_response({"error": refused.message}, status=refused.status, headers=headers)
+
+
 class HttpServer:
-    """aiohttp server on the configured loopback address. `port` is the bound port (for port 0)."""
+    """aiohttp server on the configured loopback address. `port` is the bound port (for port 0).
+    `api_token` is what requests that change something must carry (None: they are all refused);
+    `extra_hosts` more names the API answers to (see `allowed_hosts`)."""
 
     def __init__(self, config: HttpConfig, *, status: Callable[[], dict[str, Any]],
-                 ready: Callable[[], tuple[bool, str]], routes: list[web.RouteDef] | None = None) -> None:
+                 ready: Callable[[], tuple[bool, str]], routes: list[web.RouteDef] | None = None,
+                 api_token: str | None = None, extra_hosts: Iterable[str] = ()) -> None:
         self.config = config
         self._status = status
         self._ready = ready
-        self.app = web.Application()
+        self.guard = ApiGuard(config, api_token, extra_hosts)
+        self.app = web.Application(middlewares=[self.guard.middleware], client_max_size=MAX_BODY_BYTES)
         self.app.add_routes([
             web.get("/metrics", self._metrics),
             web.get("/healthz", self._healthz),

@@ -394,12 +394,12 @@ async def test_the_daemon_alerts_end_to_end_with_cli(tmp_path: Path, receiver: H
 
             # (A silence over the firing alert, lifted, would announce it again, as Alertmanager does.)
             added = await asyncio.to_thread(_cli, "silence", "add", "device_no=0000", "--duration", "1h",
-                                            "--comment", "e2e", "--url", daemon.url)
+                                            "--comment", "e2e", "-c", str(daemon.config_path))
             assert added.returncode == 0, added.stderr
             sid = added.stdout.strip()
             silences = await asyncio.to_thread(_cli, "silence", "list", "--url", daemon.url, "--json")
             assert [s["id"] for s in json.loads(silences.stdout)] == [sid]
-            removed = await asyncio.to_thread(_cli, "silence", "remove", sid, "--url", daemon.url)
+            removed = await asyncio.to_thread(_cli, "silence", "remove", sid, "-c", str(daemon.config_path))
             assert removed.returncode == 0, removed.stderr
 
             assert (await admin.post(f"/_sim/devices/{device}/online")).status_code < 300

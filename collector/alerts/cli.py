@@ -4,10 +4,13 @@
 - `alerts test` evaluates the rules once (ignoring `for`) against a snapshot of the fleet: an
   observation file, or the built-in simulator polled with the real platform client, and prints what
   would fire.
-- `silence add|list|remove` manage silences of a running collector.
+- `silence add|list|remove` manage silences of a running collector. Adding and removing send the API
+  token (`collector.apitoken.client_token`: `--token-file`, else the configuration's `http.api_token`,
+  else the one the collector keeps in its state directory).
 
 The daemon's address comes from `--url`, else from the configuration file (`http.listen`/`http.port`);
-`iot-collector` hands over how it reads the configuration and finds the daemon (`add_arguments`).
+`iot-collector` hands over how it reads the configuration, finds the daemon and its token
+(`add_arguments`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collector.configtypes import parse_duration
 AddConfigArg = Callable[[argparse.ArgumentParser], None]
 ReadConfig = Callable[[argparse.Namespace], tuple[Any, str]]  # -> (Config, its path)
 DaemonUrl = Callable[[argparse.Namespace], str]
+ApiToken = Callable[[argparse.Namespace], tuple[str, str]]  # -> (token, where it was found)
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -40,12 +44,18 @@ class DaemonUnreachable(Exception):
     """The running collector cannot be reached or refused the request (exit code 1)."""
 
 
-def _request(url: str, method: str, path: str, body: Any = None) -> Any:
+class TokenMissing(Exception):
+    """The command cannot send the API token; the message says what to do (exit code 2)."""
+
+
+def _request(url: str, method: str, path: str, body: Any = None, token: tuple[str, str] | None = None) -> Any:
+    """`token` is (the API token, where it was found), sent on changes."""
     import httpx
 
     url += path
+    headers = {"Authorization": f"Bearer {token[0]}"} if token else {}
     try:
-        response = httpx.request(method, url, json=body, timeout=5.0)
+        response = httpx.request(method, url, json=body, headers=headers, timeout=5.0)
     except httpx.HTTPError as exc:
         raise DaemonUnreachable(f"cannot reach the collector at {url}: {exc or type(exc).__name__} "
                                 "(is it running, with alerts.enabled and http.enabled?)") from None
@@ -56,19 +66,45 @@ def _request(url: str, method: str, path: str, body: Any = None) -> Any:
             reason = response.json().get("error") or response.text
         except ValueError:
             reason = response.text
+        if response.status_code == 401 and token:
+            reason += f" (the token sent came from {token[1]}; is it the running collector's?)"
         raise DaemonUnreachable(f"{url} answered HTTP {response.status_code}: {reason}")
     return None if response.status_code == 204 else response.json()
 
 
 def _daemon_command(command: Callable[[argparse.Namespace, str], int], daemon_url: DaemonUrl) -> Command:
-    """A command talking to the daemon at `daemon_url(args)`; unreachable: one line, exit code 1."""
+    """A command talking to the daemon at `daemon_url(args)`; unreachable: one line, exit code 1;
+    no token to send: one line saying what to do, exit code 2."""
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args, daemon_url(args))
         except DaemonUnreachable as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 1
+        except TokenMissing as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 2
     return run
+
+
+def _change(url: str, method: str, path: str, api_token: ApiToken, args: argparse.Namespace,
+            body: Any = None) -> Any:
+    """A request that changes something, with the API token. Without a token to send, a collector
+    that is not there is still the first thing to say (exit code 1), else what to do (TokenMissing)."""
+    import httpx
+
+    from collector.apitoken import TokenUnavailable
+
+    try:
+        token = api_token(args)
+    except TokenUnavailable as exc:
+        try:
+            httpx.get(url + "/healthz", timeout=5.0)
+        except httpx.HTTPError as unreachable:
+            raise DaemonUnreachable(f"cannot reach the collector at {url}{path}: {unreachable} "
+                                    "(is it running, with alerts.enabled and http.enabled?)") from None
+        raise TokenMissing(str(exc)) from None
+    return _request(url, method, path, body, token)
 
 
 def _age(iso_time: str | None, now: float) -> str:
@@ -113,7 +149,7 @@ def cmd_alerts_list(args: argparse.Namespace, url: str) -> int:
     return 0
 
 
-def cmd_silence_add(args: argparse.Namespace, url: str) -> int:
+def cmd_silence_add(args: argparse.Namespace, url: str, api_token: ApiToken) -> int:
     body: dict[str, Any] = {"matchers": args.matchers, "comment": args.comment,
                             "created_by": args.author or getpass.getuser()}
     if args.starts_at:
@@ -122,7 +158,7 @@ def cmd_silence_add(args: argparse.Namespace, url: str) -> int:
         body["ends_at"] = args.ends_at
     else:
         body["duration"] = parse_duration(args.duration)
-    result = _request(url, "POST", "/api/silences", body)
+    result = _change(url, "POST", "/api/silences", api_token, args, body)
     sys.stdout.write(f"{result['id']}\n")
     return 0
 
@@ -148,8 +184,8 @@ def cmd_silence_list(args: argparse.Namespace, url: str) -> int:
     return 0
 
 
-def cmd_silence_remove(args: argparse.Namespace, url: str) -> int:
-    _request(url, "DELETE", f"/api/silences/{args.id}")
+def cmd_silence_remove(args: argparse.Namespace, url: str, api_token: ApiToken) -> int:
+    _change(url, "DELETE", f"/api/silences/{args.id}", api_token, args)
     sys.stdout.write(f"removed {args.id}\n")
     return 0
 
@@ -303,13 +339,19 @@ def _help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int
     return show
 
 
-def add_arguments(sub: Any, add_config_arg: AddConfigArg, read_config: ReadConfig, daemon_url: DaemonUrl) -> None:
+def add_arguments(sub: Any, add_config_arg: AddConfigArg, read_config: ReadConfig, daemon_url: DaemonUrl,
+                  api_token: ApiToken) -> None:
     """Add the `alerts` and `silence` commands to the `iot-collector` subparsers: `read_config` reads
-    the configuration named by the arguments, `daemon_url` finds the running collector."""
+    the configuration named by the arguments, `daemon_url` finds the running collector and
+    `api_token` the token its changes need."""
 
-    def daemon_args(p: argparse.ArgumentParser) -> None:
+    def daemon_args(p: argparse.ArgumentParser, changes: bool = False) -> None:
         add_config_arg(p)
         p.add_argument("--url", help="the collector's HTTP address (default: from the configuration)")
+        if changes:
+            p.add_argument("--token-file", metavar="FILE",
+                           help="read the API token from FILE (default: http.api_token of the configuration, "
+                                "else api-token in the collector's state directory)")
 
     alerts = sub.add_parser("alerts", help="active alerts of the running collector; test the rules")
     alerts.set_defaults(func=_help(alerts))
@@ -330,7 +372,7 @@ def add_arguments(sub: Any, add_config_arg: AddConfigArg, read_config: ReadConfi
     silence.set_defaults(func=_help(silence))
     actions = silence.add_subparsers(dest="silence_command", metavar="ACTION")
     p = actions.add_parser("add", help="add a silence; prints its id")
-    daemon_args(p)
+    daemon_args(p, changes=True)
     p.add_argument("matchers", nargs="+", metavar="MATCHER",
                    help="label matchers: customer=acme alertname=~'Weak.*' severity!=critical")
     when = p.add_mutually_exclusive_group()
@@ -339,13 +381,13 @@ def add_arguments(sub: Any, add_config_arg: AddConfigArg, read_config: ReadConfi
     p.add_argument("--starts-at", help="start time (default now)")
     p.add_argument("--comment", required=True, help="why (shown in `silence list`)")
     p.add_argument("--author", help="who (default: the current user)")
-    p.set_defaults(func=_daemon_command(cmd_silence_add, daemon_url))
+    p.set_defaults(func=_daemon_command(functools.partial(cmd_silence_add, api_token=api_token), daemon_url))
     p = actions.add_parser("list", help="silences and maintenance windows")
     daemon_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_daemon_command(cmd_silence_list, daemon_url))
     p = actions.add_parser("remove", help="remove a silence by id")
-    daemon_args(p)
+    daemon_args(p, changes=True)
     p.add_argument("id")
-    p.set_defaults(func=_daemon_command(cmd_silence_remove, daemon_url))
+    p.set_defaults(func=_daemon_command(functools.partial(cmd_silence_remove, api_token=api_token), daemon_url))
 

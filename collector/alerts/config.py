@@ -244,6 +244,8 @@ class AlertsConfig(Section):
     rule_files: list[str] = []
     notifiers: list[NotifierConfig] = Field(default_factory=lambda: [_default_log()])
     silences: list[SilenceConfig] = []
+    max_silence_duration: Duration = Field(default=30 * 86400.0, gt=0,
+                                           description="the longest silence the API and the CLI accept")
     maintenance_windows: list[MaintenanceWindowConfig] = []
     external_url: str = Field(default="", description="base of generatorURL (default http://<hostname>:9108)")
     write_points: bool = True

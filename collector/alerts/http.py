@@ -6,6 +6,10 @@
   "comment", "created_by"}` -> 201 `{"id": ...}`; times are Unix seconds or RFC 3339, durations like
   `2h` or seconds
 - `DELETE /api/silences/{id}` -> 204, 404 unknown, 409 defined in the configuration
+
+Who may call them is the server's business (`collector.telemetry.ApiGuard`: the Host and Origin
+checks, the API token for changes). Here: a silence lasts at most `alerts.max_silence_duration`, and
+every change is logged at warning with the peer's address (the audit trail of who muted what).
 """
 
 from __future__ import annotations
@@ -14,13 +18,17 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import structlog
 from aiohttp import web
 
-from collector.alerts.silences import SilenceError
+from collector.alerts.alert import iso
+from collector.alerts.silences import SilenceError, check_length
 from collector.configtypes import parse_duration
 
 if TYPE_CHECKING:
     from collector.alerts.engine import AlertEngine
+
+log = structlog.get_logger("collector.alerts.http")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -83,12 +91,18 @@ def alert_routes(engine: AlertEngine) -> list[web.RouteDef]:
         matchers = body.get("matchers")
         if not isinstance(matchers, list) or not all(isinstance(m, str) for m in matchers):
             return _error("matchers must be a list of strings like customer=acme")
+        comment, created_by = str(body.get("comment") or ""), str(body.get("created_by") or "")
         try:
             starts, ends = silence_times(body, engine.clock())
-            sid = engine.add_silence(matchers, starts, ends, str(body.get("comment") or ""),
-                                     str(body.get("created_by") or ""))
+            check_length(starts, ends, engine.config.max_silence_duration)
+            when = {"starts_at": iso(starts), "ends_at": iso(ends)}
+            sid = engine.add_silence(matchers, starts, ends, comment, created_by)
+        except (OverflowError, OSError):
+            return _error("starts_at or ends_at is out of range")
         except (ValueError, SilenceError) as exc:
             return _error(str(exc))
+        log.warning("silence added through the API", peer=request.remote, id=sid, matchers=matchers, **when,
+                    created_by=created_by, comment=comment)
         return _json({"id": sid}, 201)
 
     async def remove_silence(request: web.Request) -> web.Response:
@@ -99,6 +113,7 @@ def alert_routes(engine: AlertEngine) -> list[web.RouteDef]:
             return _error(str(exc), 409)
         except KeyError:
             return _error(f"no silence {sid}", 404)
+        log.warning("silence removed through the API", peer=request.remote, id=sid)
         return web.Response(status=204)
 
     return [

@@ -18,6 +18,7 @@ from typing import Any
 from collector.alerts.alert import iso
 from collector.alerts.config import WEEKDAYS, MaintenanceWindowConfig, SilenceConfig
 from collector.alerts.matchers import Matcher, matches_all, parse_matchers
+from collector.formats import short_duration
 
 # Expired API silences stay listed this long, then are forgotten.
 EXPIRED_RETENTION = 24 * 3600.0
@@ -25,6 +26,14 @@ EXPIRED_RETENTION = 24 * 3600.0
 
 class SilenceError(ValueError):
     """A silence that cannot be added or removed."""
+
+
+def check_length(starts_at: float, ends_at: float, max_duration: float) -> None:
+    """Refuse a run-time silence longer than `alerts.max_silence_duration`: a silence set through the
+    API (by a person, or by whoever got hold of the token) must run out by itself. Raises SilenceError."""
+    if ends_at - starts_at > max_duration:
+        raise SilenceError(f"a silence may last at most {short_duration(max_duration)} "
+                           f"(alerts.max_silence_duration); this one would last {short_duration(ends_at - starts_at)}")
 
 
 @dataclass(slots=True)
