@@ -72,7 +72,10 @@ def _field_value(raw: str) -> tuple[str, Any]:
 
 def parse_line(line: str) -> Line:
     series, rest = _split(line, " ", limit=1)
-    fields_text, *ts = _split(rest, " ", quotes=True)
+    # As InfluxDB's scanner: a backslash escapes the next character whatever it is, and the
+    # sections are separated by one or more spaces (a tag value ending in a backslash is written
+    # with a space after it, which the backslash escapes).
+    fields_text, *ts = _split(rest.lstrip(" "), " ", quotes=True)
     name, *tag_parts = _split(series, ",")
     tags = {}
     for part in tag_parts:
