@@ -100,6 +100,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.inventory = Inventory()
         self._collector: FleetCollector | None = None
+        self._health: FieldRecord | None = None  # the collector's own alert entity, refreshed every 5 s
         self._inventory_mtime: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -179,11 +180,14 @@ class Daemon:
                  cards=len(self.inventory.cards), jobs=[j for j in self.scheduler.jobs])
 
     def _extra_routes(self) -> list[RouteDef]:
+        from collector.alerts.entities import entity_routes
+
+        routes = entity_routes(lambda: self.state, lambda: self._health)  # for `alerts test`, alerts on or off
         if self.alerts is None:
-            return []
+            return routes
         from collector.alerts.http import alert_routes
 
-        return list(alert_routes(self.alerts))
+        return routes + list(alert_routes(self.alerts))
 
     def _write_runtime_file(self) -> None:
         assert self.http is not None
@@ -229,10 +233,10 @@ class Daemon:
             now = time.time()
             try:
                 self._watch_inventory()
+                spool_bytes, oldest = self._spool_state()
+                ratio = self.rate_ratio()
+                health = self._health = FieldRecord("collector", self.health.fields(now, spool_bytes, oldest, ratio))
                 if self.alerts is not None:
-                    spool_bytes, oldest = self._spool_state()
-                    ratio = self.rate_ratio()
-                    health = FieldRecord("collector", self.health.fields(now, spool_bytes, oldest, ratio))
                     self.alerts.evaluate("collector", "collector", health, now)
             except Exception as exc:  # housekeeping must survive anything
                 log.error("housekeeping failed", error=f"{type(exc).__name__}: {exc}")
