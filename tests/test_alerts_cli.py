@@ -54,7 +54,7 @@ def test_alerts_test_with_an_observation_file_of_entity_fields(tmp_path: Path) -
     assert "evaluated against 2 devices, 1 sim, 1 account (ignoring `for`)" in out
     assert "Device d1 is offline" in out
     assert "Weak signal on device d2: -111 dBm" in out
-    assert "SIM 8986A (device d2) has 5% of its data left" in out
+    assert "SIM 8986A (device d2) has 5 B (5%) of its data left" in out
     assert "Reseller account balance is low: 12.5" in out
     code, out, _ = run("alerts", "test", "-c", str(config), "--observations", str(observations), "--json")
     result = json.loads(out)
@@ -71,7 +71,7 @@ def test_alerts_test_speaks_the_configured_language(tmp_path: Path) -> None:
                                                  "remaining_bytes": 5 * 2**20, "total_bytes": 100 * 2**20}]}))
     code, out, err = run("alerts", "test", "-c", str(write_config(tmp_path)), "--observations", str(observations))
     assert code == 0, err
-    assert "SIM 8986A（设备 d2）剩余流量 5%" in out
+    assert "SIM 8986A（设备 d2）剩余流量 5 MiB（5%）" in out
 
 
 def test_alerts_test_with_a_saved_platform_answer(tmp_path: Path) -> None:

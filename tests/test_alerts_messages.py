@@ -109,7 +109,7 @@ def test_the_default_rules_speak_chinese_with_chinese_durations_and_binary_units
                      "description": "轮询时，平台已有 1天2小时 未刷新设备 d1（超过 3 个轮询周期，每个周期 5分钟0秒）。"}
     low = render("zh", "SimDataLow", "sim", iccid="8986A", device_no="d1", remaining_ratio=0.05,
                  remaining_bytes=512 * 2**20, total_bytes=10 * 2**30)
-    assert low["summary"] == "SIM 8986A（设备 d1）剩余流量 5%"
+    assert low["summary"] == "SIM 8986A（设备 d1）剩余流量 512 MiB（5%）"
     assert low["description"] == "剩余 512 MiB，套餐共 10 GiB（设备 d1）。"
     assert render("zh", "SimSuspended", "sim", iccid="8986A", device_no="")["description"] == \
         "SIM 8986A（设备 无）的卡状态为 未知，上网状态为 未知。"
