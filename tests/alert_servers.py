@@ -58,9 +58,10 @@ route:
   repeat_interval: 1h
   routes:
     # Alerts whose startsAt is older than group_wait are flushed at once, as they arrive: a batch
-    # of hundreds needs a group_wait longer than its own age to land in one notification.
+    # of hundreds needs a group_wait longer than its own age to land in one notification (on a busy
+    # host the post of a batch can come seconds after its alerts fired).
     - matchers: [bulk="yes"]
-      group_wait: 2s
+      group_wait: 10s
 receivers:
   - name: hook
     webhook_configs:

@@ -116,7 +116,8 @@ class Rig:
             "simulator": {"embedded": True},
             "platform": {"rate_limit": 2000, "burst": 200, "max_concurrency": 64},
             "alerts": {
-                "enabled": True, "default_rules": False, "rules": rules,
+                "enabled": True, "default_rules": False, "rules": rules, "language": "en",
+                "external_url": "https://collector.example.net/iot",
                 "notifiers": [
                     {"type": "alertmanager", "url": am.url, "resend_interval": "1s"},
                     {"type": "apprise", "name": "apprise", **grouping, "min_interval": 0,
@@ -208,10 +209,10 @@ class Rig:
             "webhook": tuple(b["status"] for b in self.webhook()),
         }
 
-    async def expect(self, statuses: tuple[str, ...], settle: float = 0.8) -> None:
+    async def expect(self, statuses: tuple[str, ...], settle: float = 0.8, within: float = 15.0) -> None:
         """Wait until every receiver got exactly `statuses`, then check nothing more arrives."""
         expected = dict.fromkeys(("alertmanager", "apprise-json", "smtp", "webhook"), statuses)
-        await wait_for(lambda: self.counts() == expected, within=15.0)
+        await wait_for(lambda: self.counts() == expected, within=within)
         await asyncio.sleep(settle)
         assert self.counts() == expected
 
@@ -258,7 +259,7 @@ async def test_offline_device_fires_once_and_resolves_once_at_every_receiver(rig
     [am_alert] = _am_active(rig, device)
     assert am_alert["labels"]["severity"] == "critical" and am_alert["labels"]["kind"] == "device"
     assert am_alert["annotations"]["summary"] == f"Device {device} is offline"
-    assert am_alert["generatorURL"].endswith(f"/api/alerts?id=DeviceOffline/{device}")
+    assert am_alert["generatorURL"] == f"https://collector.example.net/iot/api/alerts?id=DeviceOffline/{device}"
     [hook] = rig.receiver.requests(f"/hook-{rig.customer}")
     headers = {k.lower(): v for k, v in hook[0].items()}
     expected_sig = "sha256=" + hmac.new(SECRET.encode(), hook[1], hashlib.sha256).hexdigest()
@@ -339,7 +340,7 @@ async def test_300_devices_offline_at_once_make_one_message_per_receiver(rig_fac
 
     await asyncio.gather(*(offline(no) for no in devices))
     await rig.poll()
-    await rig.expect(("firing",))
+    await rig.expect(("firing",), within=30.0)  # Alertmanager's group_wait for bulk alerts: 10 s
     [am] = rig.am_notifications()
     assert len(am["alerts"]) == 300
     [apprise_message] = rig.apprise_json()
@@ -385,7 +386,7 @@ async def test_the_daemon_alerts_end_to_end_with_cli(tmp_path: Path, receiver: H
         tmp_path, simulator={"embedded": True, "devices": 10, "seed": 7, "speed": 1, "port": sim_port},
         jobs={"device_status": {"interval": "1s"}},
         alerts={"enabled": True, "default_rules": False, "evaluation_interval": "1s", "rules": [OFFLINE],
-                "notifiers": [
+                "language": "en", "notifiers": [
                     {"type": "alertmanager", "url": alertmanager.url, "resend_interval": "1s",
                      "match": [f"customer={customer}"]},
                     {"type": "apprise", "name": "apprise", "min_interval": 0, "match": [f"customer={customer}"],
@@ -540,7 +541,14 @@ async def test_the_daemon_tells_chat_robots_webhooks_and_alertmanager_in_chinese
 
             assert await wait_for(lambda: set(sim_of.values()) <= low_data_alerts(), within=30.0), \
                 receiver.bodies(hook)
-            await asyncio.sleep(2.5)  # the robots' throttled deliveries of the same messages
+
+            def delivered_everywhere() -> bool:  # the robots' deliveries are throttled: 1 s apart per URL
+                count = len(receiver.bodies(hook))
+                return (len(receiver.bodies(f"/apprise-zh-{customer}")) >= count
+                        and all(len([m for m in chat.messages if m.service == service and customer in m.text])
+                                >= count for service in ("dingtalk", "wecom", "feishu")))
+
+            assert await wait_for(delivered_everywhere, within=30.0), [(m.service, m.errmsg) for m in chat.messages]
         finally:
             assert await asyncio.to_thread(daemon.stop) == 0
 

@@ -5,6 +5,7 @@ public one: `alerts list`, notifications) and its link (`alert_link`, from `aler
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import string
 import urllib.parse
 from collections.abc import Mapping
@@ -34,8 +35,9 @@ def alert_id(rule: str, key: str) -> str:
     return f"{rule}/{key}"
 
 
-def _placeholders(url: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(url) if name is not None]
+@functools.lru_cache(maxsize=8)
+def _placeholders(url: str) -> tuple[str, ...]:
+    return tuple(name for _, name, _, _ in string.Formatter().parse(url) if name is not None)
 
 
 def alert_link(external_url: str, labels: Mapping[str, str], alert_id_: str) -> str | None:
