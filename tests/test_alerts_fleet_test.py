@@ -132,3 +132,11 @@ def test_alerts_test_poll_polls_the_configured_platform_once(platform: tuple[str
     assert "warning: 1 of 5 devices could not be polled" in result.stderr
     assert result.stderr.count("\n") <= 3, result.stderr
     assert httpx.get(f"{base_url}/_sim/stats").json()["total"] > 0
+
+    # A wrong secret: the platform refuses the first request, nothing more is sent, one clear error.
+    path.write_text(yaml.safe_dump({**config, "platform": {**config["platform"], "app_secret": "wrong"}}))
+    refused = cli("alerts", "test", "-c", str(path), "--poll")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "warning: 5 of 5 devices could not be polled" in refused.stderr
+    assert f"error: no device of the inventory could be polled from the platform at {base_url}/" in refused.stderr
+    assert "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) <= 4, refused.stderr

@@ -233,6 +233,7 @@ class PollReport:
     entities: dict[str, dict[str, Any]]
     devices: int
     failed: dict[str, str]
+    cards_failed: list[tuple[int, str]]  # (cards in the request, error) per failed card request
 
 
 async def entities_from_poll(config: Any, progress: TextIO | None = None) -> PollReport:
@@ -245,7 +246,7 @@ async def entities_from_poll(config: Any, progress: TextIO | None = None) -> Pol
     from collector.inventory import load_inventory
     from collector.once import poll_devices
     from collector.platform.client import PlatformClient
-    from collector.platform.errors import PlatformError
+    from collector.platform.errors import AuthError, PlatformError
     from collector.state import FleetState
 
     inventory = load_inventory(config.inventory, config.sharding)
@@ -265,6 +266,7 @@ async def entities_from_poll(config: Any, progress: TextIO | None = None) -> Pol
         state = FleetState(device_interval=config.jobs.device_status.interval)
         state.sync_inventory(devices, inventory.cards)
         failed: dict[str, str] = {}
+        cards_failed: list[tuple[int, str]] = []
         async with PlatformClient(config.platform, config.privacy, base_url=base_url) as client:
             numbers = list(devices)
             results = await poll_devices(client, numbers, workers=config.platform.max_concurrency,
@@ -275,12 +277,15 @@ async def entities_from_poll(config: Any, progress: TextIO | None = None) -> Pol
                     state.record_device_failure(no, result.message, time.time())
                 else:
                     state.observe_device(result)
-            if inventory.cards and not any(m.startswith("not polled") for m in failed.values()):
+            refused = any(isinstance(r, AuthError) for r in results)  # every other request would be refused too
+            if inventory.cards and not refused:
                 batch = await client.fetch(card_info.ENDPOINT, list(inventory.cards))
                 card_info.ENDPOINT.observe(state, batch.items)
-            with contextlib.suppress(PlatformError):  # the account is one entity among many here
-                state.observe_account(await client.account_assets())
-        return PollReport(_fleet_entities(state), len(numbers), failed)
+                cards_failed = [(len(ids), error.message) for ids, error in batch.failed]
+            if not refused:
+                with contextlib.suppress(PlatformError):  # the account is one entity among many here
+                    state.observe_account(await client.account_assets())
+        return PollReport(_fleet_entities(state), len(numbers), failed, cards_failed)
     finally:
         if sim is not None:
             await sim.stop()
@@ -306,6 +311,8 @@ def print_would_fire(found: list[dict[str, Any]], entities: Mapping[str, Mapping
 
 def _failures(report: PollReport, out: TextIO) -> None:
     """One line for the devices that failed, then their errors counted (not one line each)."""
+    for cards, message in report.cards_failed:
+        out.write(f"warning: a request for {cards} standalone cards failed: {message}\n")
     if not report.failed:
         return
     by_error: dict[str, int] = {}
@@ -322,8 +329,8 @@ def cmd_alerts_test(args: argparse.Namespace, read_config: ReadConfig, daemon_ur
 
     config, path = read_config(args)
     rules = compile_rules(config.alerts, path)
-    # Per-request failures are summed up below, not logged one by one.
-    configure_logging("error", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
+    # Failed requests are summed up below, not logged one by one.
+    configure_logging("critical", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
     now = time.time()
     if args.observations:
         from collector.platform.errors import PlatformError
@@ -339,6 +346,9 @@ def cmd_alerts_test(args: argparse.Namespace, read_config: ReadConfig, daemon_ur
         progress = sys.stderr if sys.stderr.isatty() else None
         report = asyncio.run(entities_from_poll(config, progress))
         _failures(report, sys.stderr)
+        if report.devices and len(report.failed) == report.devices:
+            sys.stderr.write(f"error: no device of the inventory could be polled from {where}\n")
+            return 1
         entities = report.entities
         source = f"one poll of {where}"
     else:
