@@ -138,6 +138,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.inventory = Inventory()
         self._collector: FleetCollector | None = None
+        self._health: FieldRecord | None = None  # the collector's own alert entity, refreshed every 5 s
         self._inventory_mtime: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -233,9 +234,12 @@ class Daemon:
     def _extra_routes(self) -> list[RouteDef]:
         from aiohttp import web
 
+        from collector.alerts.entities import entity_routes
         from collector.report.http import report_route
 
-        routes = [web.get("/api/report", report_route(lambda: (self.state, self.ledger, self.config)))]
+        routes = [web.get("/api/report", report_route(lambda: (self.state, self.ledger, self.config))),
+                  # for `alerts test`, alerts on or off
+                  *entity_routes(lambda: self.state, lambda: self._health)]
         if self.alerts is None:
             return routes
         from collector.alerts.http import alert_routes
@@ -289,10 +293,10 @@ class Daemon:
                     self._ledger_saved = time.monotonic()
                     self.ledger.save(self.config.state_dir)
                 self._watch_inventory()
+                spool_bytes, oldest = self._spool_state()
+                ratio = self.rate_ratio()
+                health = self._health = FieldRecord("collector", self.health.fields(now, spool_bytes, oldest, ratio))
                 if self.alerts is not None:
-                    spool_bytes, oldest = self._spool_state()
-                    ratio = self.rate_ratio()
-                    health = FieldRecord("collector", self.health.fields(now, spool_bytes, oldest, ratio))
                     self.alerts.evaluate("collector", "collector", health, now)
             except Exception as exc:  # housekeeping must survive anything
                 log.error("housekeeping failed", error=f"{type(exc).__name__}: {exc}")

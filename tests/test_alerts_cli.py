@@ -39,25 +39,39 @@ def write_config(tmp_path: Path, **alerts: Any) -> Path:
 
 
 def test_alerts_test_with_an_observation_file_of_entity_fields(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, language="en")
     observations = tmp_path / "obs.json"
     observations.write_text(json.dumps({
         "device": [{"device_no": "d1", "online": False, "labels": {"customer": "acme"}},
                    {"device_no": "d2", "online": True, "rssi_dbm": -111, "battery_percent": 80}],
-        "sim": [{"iccid": "8986A", "remaining_ratio": 0.05, "remaining_bytes": 5, "total_bytes": 100}],
+        "sim": [{"iccid": "8986A", "device_no": "d2", "remaining_ratio": 0.05, "remaining_bytes": 5,
+                 "total_bytes": 100}],
         "account": {"balance": 12.5},
     }))
     code, out, err = run("alerts", "test", "-c", str(config), "--observations", str(observations))
     assert code == 0, err
+    assert f"fleet: observations in {observations}" in out
     assert "evaluated against 2 devices, 1 sim, 1 account (ignoring `for`)" in out
     assert "Device d1 is offline" in out
     assert "Weak signal on device d2: -111 dBm" in out
-    assert "SIM 8986A has 5% of its data left" in out
+    assert "SIM 8986A (device d2) has 5 B (5%) of its data left" in out
     assert "Reseller account balance is low: 12.5" in out
     code, out, _ = run("alerts", "test", "-c", str(config), "--observations", str(observations), "--json")
-    found = {(f["rule"], f["entity"]) for f in json.loads(out)["would_fire"]}
+    result = json.loads(out)
+    found = {(f["rule"], f["entity"]) for f in result["would_fire"]}
     assert found == {("DeviceOffline", "d1"), ("WeakSignal", "d2"), ("SimDataLow", "8986A"),
                      ("AccountBalanceLow", "account")}
+    [sim] = [f for f in result["would_fire"] if f["kind"] == "sim"]
+    assert sim["labels"]["device_no"] == "d2" and sim["labels"]["iccid"] == "8986A"
+
+
+def test_alerts_test_speaks_the_configured_language(tmp_path: Path) -> None:
+    observations = tmp_path / "obs.json"
+    observations.write_text(json.dumps({"sim": [{"iccid": "8986A", "device_no": "d2", "remaining_ratio": 0.05,
+                                                 "remaining_bytes": 5 * 2**20, "total_bytes": 100 * 2**20}]}))
+    code, out, err = run("alerts", "test", "-c", str(write_config(tmp_path)), "--observations", str(observations))
+    assert code == 0, err
+    assert "SIM 8986A（设备 d2）剩余流量 5 MiB（5%）" in out
 
 
 def test_alerts_test_with_a_saved_platform_answer(tmp_path: Path) -> None:
@@ -70,14 +84,29 @@ def test_alerts_test_with_a_saved_platform_answer(tmp_path: Path) -> None:
     assert {f["rule"] for f in result["would_fire"]} >= {"SimPackageExpiring"}
 
 
-def test_alerts_test_against_the_simulator(tmp_path: Path) -> None:
+def test_alerts_test_poll_polls_the_embedded_simulator_only_when_configured(tmp_path: Path) -> None:
     config = write_config(tmp_path, params={"low_battery_percent": 101, "low_battery_clear_percent": 101})
-    code, out, err = run("alerts", "test", "-c", str(config), "--json")
+    code, out, err = run("alerts", "test", "-c", str(config), "--poll", "--json")
     assert code == 0, err
     result = json.loads(out)
+    assert result["source"] == "one poll of the built-in simulator"
     assert result["entities"]["device"] == 6 and result["entities"]["sim"] >= 6
     low = [f for f in result["would_fire"] if f["rule"] == "LowBattery"]
     assert len(low) == 6 and all(f["labels"]["customer"] for f in low)
+
+
+def test_alerts_test_without_a_running_collector_says_so_and_suggests_poll(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    code, out, err = run("alerts", "test", "-c", str(config), "--url", "http://127.0.0.1:9")
+    assert code == 1 and out == ""
+    assert err.startswith("error: cannot reach the collector at http://127.0.0.1:9/api/entities")
+    assert f"iot-collector alerts test -c {config} --poll" in err
+    # No --url and no runtime file of a collector that took a free port: not running either.
+    path = tmp_path / "port0.yaml"
+    path.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "http": {"port": 0}}))
+    code, _out, err = run("alerts", "test", "-c", str(path))
+    assert code == 1 and "cannot find the running collector" in err and "--poll" in err
+    assert "Traceback" not in err
 
 
 def test_alerts_test_reports_an_unreadable_observation_file(tmp_path: Path) -> None:
@@ -164,3 +193,31 @@ def test_parse_time() -> None:
     assert parse_time("2025-01-01T00:00:00") == 1735689600.0
     with pytest.raises(ValueError):
         parse_time("soon")
+
+
+async def test_the_entities_route_serves_the_fields_rules_read() -> None:
+    from collector.alerts.entities import entity_routes, records_from_document
+    from collector.platform.models import DeviceObservation
+    from collector.state import FleetState
+
+    state = FleetState(device_interval=60.0)
+    state.sync_inventory({"d1": {"customer": "acme"}, "d2": {}}, {})
+    state.observe_device(DeviceObservation(device_no="d1", polled_at=1000.0, online_status=2, rssi_dbm=-99))
+    collector = FieldRecord("collector", {"upstream_requests": 12, "upstream_error_ratio": 0.5})
+    app = web.Application()
+    app.add_routes(entity_routes(lambda: state, lambda: collector))
+    async with TestClient(TestServer(app)) as client:
+        doc = await (await client.get("/api/entities")).json()
+        devices = doc["entities"]["device"]
+        assert [d["device_no"] for d in devices] == ["d1"]  # d2 was never polled: it says nothing
+        assert devices[0]["online"] is False and devices[0]["rssi_dbm"] == -99
+        assert devices[0]["labels"] == {"customer": "acme"} and devices[0]["poll_age_seconds"] > 0
+        assert doc["entities"]["collector"] == [{**{k: None for k in doc["entities"]["collector"][0]},
+                                                 "upstream_requests": 12, "upstream_error_ratio": 0.5,
+                                                 "labels": {}}]
+        only = await (await client.get("/api/entities?kind=sim,account")).json()
+        assert set(only["entities"]) == {"sim", "account"}
+        bad = await client.get("/api/entities?kind=devices")
+        assert bad.status == 400 and "unknown kind 'devices'" in (await bad.json())["error"]
+    records = records_from_document(doc)
+    assert set(records["device"]) == {"d1"} and records["collector"]["collector"].upstream_requests == 12

@@ -1,21 +1,25 @@
 """End to end, on loopback: the simulator's fault injection, the real platform client feeding the
 fleet state, the alert engine, and real receivers: Debian's Alertmanager (checked through its API v2
 and through the notifications it sends on), a JSON webhook reached through an Apprise `json://` URL,
-an SMTP server (aiosmtpd) reached through an Apprise `mailto://` URL, and the generic signed webhook.
+an SMTP server (aiosmtpd) reached through an Apprise `mailto://` URL, the generic signed webhook, and
+DingTalk, WeCom and Feishu robots reached through Apprise's own URLs (behind an HTTPS proxy).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import hmac
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
 import uuid
+import zoneinfo
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,15 @@ from collector.config import Config, parse_config
 from collector.platform.client import PlatformClient
 from collector.simulator import Simulator
 from collector.state import FleetState
-from tests.alert_servers import AlertmanagerServer, HttpReceiver, SmtpReceiver, start_alertmanager, wait_for
+from tests.alert_servers import (
+    AlertmanagerServer,
+    ChatRobots,
+    HttpReceiver,
+    SmtpReceiver,
+    make_robot_certificates,
+    start_alertmanager,
+    wait_for,
+)
 from tests.conftest import server_unavailable
 from tests.daemon_run import DaemonProcess, demo_config
 from tests.daemon_run import wait_for as wait_until
@@ -69,6 +81,26 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory, receiver: HttpReceive
     server.stop()
 
 
+DINGTALK_SECRET = "SEC" + "5f0c1e" * 10 + "abcd"  # the form DingTalk shows for 加签
+DINGTALK_TOKEN = "7d3e" * 16
+WECOM_KEY = "693a91f6-7xxx-4bc4-97a0-0ec2sifa5aaa"
+FEISHU_TOKEN = "b1a2c3d4-0000-4e5f-8a9b-0c1d2e3f4a5b"
+
+
+@pytest.fixture(scope="module")
+def robots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChatRobots, Path]]:
+    """The chat robots (signed DingTalk with the keyword 告警, WeCom, Feishu) and the CA to trust."""
+    try:
+        ca, cert, key = make_robot_certificates(tmp_path_factory.mktemp("robots"))
+    except ServerUnavailable as exc:
+        server_unavailable(exc)
+        raise
+    server = ChatRobots(cert, key, dingtalk_secret=DINGTALK_SECRET, keywords=("告警",))
+    server.start()
+    yield server, ca
+    server.stop()
+
+
 class Rig:
     """Simulator + client + fleet state + alert engine, with notifiers pointing at the receivers. Each
     rig has its own `customer` label, so Alertmanager groups and receivers' paths never mix tests."""
@@ -84,7 +116,8 @@ class Rig:
             "simulator": {"embedded": True},
             "platform": {"rate_limit": 2000, "burst": 200, "max_concurrency": 64},
             "alerts": {
-                "enabled": True, "default_rules": False, "rules": rules,
+                "enabled": True, "default_rules": False, "rules": rules, "language": "en",
+                "external_url": "https://collector.example.net/iot",
                 "notifiers": [
                     {"type": "alertmanager", "url": am.url, "resend_interval": "1s"},
                     {"type": "apprise", "name": "apprise", **grouping, "min_interval": 0,
@@ -226,7 +259,7 @@ async def test_offline_device_fires_once_and_resolves_once_at_every_receiver(rig
     [am_alert] = _am_active(rig, device)
     assert am_alert["labels"]["severity"] == "critical" and am_alert["labels"]["kind"] == "device"
     assert am_alert["annotations"]["summary"] == f"Device {device} is offline"
-    assert am_alert["generatorURL"].endswith(f"/api/alerts?id=DeviceOffline/{device}")
+    assert am_alert["generatorURL"] == f"https://collector.example.net/iot/api/alerts?id=DeviceOffline/{device}"
     [hook] = rig.receiver.requests(f"/hook-{rig.customer}")
     headers = {k.lower(): v for k, v in hook[0].items()}
     expected_sig = "sha256=" + hmac.new(SECRET.encode(), hook[1], hashlib.sha256).hexdigest()
@@ -353,7 +386,7 @@ async def test_the_daemon_alerts_end_to_end_with_cli(tmp_path: Path, receiver: H
         tmp_path, simulator={"embedded": True, "devices": 10, "seed": 7, "speed": 1, "port": sim_port},
         jobs={"device_status": {"interval": "1s"}},
         alerts={"enabled": True, "default_rules": False, "evaluation_interval": "1s", "rules": [OFFLINE],
-                "notifiers": [
+                "language": "en", "notifiers": [
                     {"type": "alertmanager", "url": alertmanager.url, "resend_interval": "1s",
                      "match": [f"customer={customer}"]},
                     {"type": "apprise", "name": "apprise", "min_interval": 0, "match": [f"customer={customer}"],
@@ -453,3 +486,134 @@ async def test_a_rule_that_always_errors_shows_on_metrics_and_a_bad_rule_is_refu
                                 30, "the running rule still evaluated")
     finally:
         assert await asyncio.to_thread(daemon.stop) == 0
+
+
+GRAFANA = "https://grafana.example.com/d/iot-device-detail/iot-device-detail?var-deviceNo={device_no}"
+
+
+async def test_the_daemon_tells_chat_robots_webhooks_and_alertmanager_in_chinese(
+        tmp_path: Path, receiver: HttpReceiver, alertmanager: AlertmanagerServer,
+        robots: tuple[ChatRobots, Path]) -> None:
+    """The default rules in Chinese, two SIMs running out of data: one grouped message reaches the
+    robots through `dingtalk://SECRET@TOKEN/` (signed as DingTalk checks, with its keyword),
+    `wecombot://` and `feishu://` (URLs from a systemd credential), an Apprise `json://` receiver and
+    the webhook, as readable UTF-8, with Beijing times, binary units, the SIMs' devices and links to
+    the device dashboard; Alertmanager gets the same Chinese annotations."""
+    chat, ca = robots
+    customer = f"z{uuid.uuid4().hex[:8]}"
+    sim_port = free_port()
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "iot-collector.chat_urls").write_text(
+        f"# the group's robots\ndingtalk://{DINGTALK_SECRET}@{DINGTALK_TOKEN}/\nwecombot://{WECOM_KEY}\n"
+        f"feishu://{FEISHU_TOKEN}\n")
+    grouping = {"group_by": ["alertname", "customer"], "group_wait": "2s", "group_interval": "2s",
+                "match": [f"customer={customer}"]}
+    config = demo_config(
+        tmp_path, simulator={"embedded": True, "devices": 10, "seed": 7, "speed": 60, "port": sim_port},
+        jobs={"device_status": {"interval": "1s"}, "device_flow": {"interval": "1s"}},
+        alerts={"enabled": True, "evaluation_interval": "1s", "external_url": GRAFANA,
+                "disabled_rules": ["DataStale", "SimPackageExpiring", "AccountBalanceLow"],
+                "notifiers": [
+                    {"type": "apprise", "name": "chat", "urls_credential": "iot-collector.chat_urls",
+                     "min_interval": "1s", "max_alerts": 10, **grouping},
+                    {"type": "apprise", "name": "json", "min_interval": 0, **grouping,
+                     "urls": [f"json://127.0.0.1:{receiver.port}/apprise-zh-{customer}"]},
+                    {"type": "webhook", "name": "hook", "url": f"{receiver.url}/hook-zh-{customer}", **grouping},
+                    {"type": "alertmanager", "url": alertmanager.url, "resend_interval": "1s",
+                     "match": [f"customer={customer}"]}]})
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sim_port}") as admin:
+        devices = await _devices_with_sims(parse_config({**config, "alerts": {"enabled": False}}, env={}), 3)
+        config["inventory"] = {"devices": [{"device_no": no, "labels": {"customer": customer}} for no in devices]}
+        daemon = DaemonProcess(tmp_path, config, env={
+            "HTTPS_PROXY": chat.proxy_url, "NO_PROXY": "127.0.0.1,localhost", "REQUESTS_CA_BUNDLE": str(ca),
+            "CREDENTIALS_DIRECTORY": str(credentials)})
+        await asyncio.to_thread(daemon.start)
+        try:
+            inventory = (await admin.get("/_sim/inventory")).json()["devices"]
+            sim_of = {d["deviceNo"]: d["iccids"][0] for d in inventory if d["deviceNo"] in devices[:2]}
+            for iccid in sim_of.values():
+                assert (await admin.post(f"/_sim/sims/{iccid}/exhaust")).status_code < 300
+            hook = f"/hook-zh-{customer}"
+
+            def low_data_alerts() -> set[str]:
+                return {a["entity"] for b in receiver.bodies(hook) for a in b["alerts"] if a["rule"] == "SimDataLow"}
+
+            assert await wait_for(lambda: set(sim_of.values()) <= low_data_alerts(), within=30.0), \
+                receiver.bodies(hook)
+
+            def delivered_everywhere() -> bool:  # the robots' deliveries are throttled: 1 s apart per URL
+                count = len(receiver.bodies(hook))
+                return (len(receiver.bodies(f"/apprise-zh-{customer}")) >= count
+                        and all(len([m for m in chat.messages if m.service == service and customer in m.text])
+                                >= count for service in ("dingtalk", "wecom", "feishu")))
+
+            assert await wait_for(delivered_everywhere, within=30.0), [(m.service, m.errmsg) for m in chat.messages]
+        finally:
+            assert await asyncio.to_thread(daemon.stop) == 0
+
+    messages = [m for m in receiver.bodies(hook) if m["commonLabels"].get("alertname") == "SimDataLow"]
+    device_of = {iccid: no for no, iccid in sim_of.items()}
+    beijing = zoneinfo.ZoneInfo("Asia/Shanghai")
+    for message in messages:
+        assert re.fullmatch(rf"\[告警:\d+\] 流量不足 \(customer={customer}\)", message["title"]), message["title"]
+        lines = message["text"].splitlines()
+        assert lines[0] == f"告警中（{message['firingCount']}）："
+        for alert in message["alerts"]:
+            iccid = alert["entity"]
+            if iccid not in device_of:
+                continue  # a SIM the platform itself had run low
+            assert alert["labels"]["device_no"] == device_of[iccid]
+            assert alert["generatorURL"] == GRAFANA.format(device_no=device_of[iccid])
+            fired = dt.datetime.fromisoformat(alert["fired_at"].replace("Z", "+00:00")).astimezone(beijing)
+            line = next(line for line in lines if iccid in line)
+            assert re.fullmatch(rf"- SIM {iccid}（设备 {device_of[iccid]}）剩余流量 [\d.]+ (B|KiB|MiB|GiB)（[\d.]+%）"
+                                rf"（{fired.month}月{fired.day}日 {fired:%H:%M} 起）", line), line
+    # Readable UTF-8 on the wire, not \u escapes.
+    raw = b"".join(body for _h, body, _p in receiver.requests(hook))
+    assert "流量不足".encode() in raw and b"\\u" not in raw
+
+    # Apprise's json:// carries the same title and text.
+    sent = sorted((m["title"], m["text"]) for m in receiver.bodies(hook))
+    via_json = sorted((b["title"], b["message"]) for b in receiver.bodies(f"/apprise-zh-{customer}"))
+    assert via_json == sent
+
+    # The robots: DingTalk accepted every signed message (its keyword is in every title), WeCom and
+    # Feishu too; each got the same text; none was refused for size or rate.
+    assert not [m for m in chat.messages if m.errcode], [(m.service, m.errmsg) for m in chat.messages if m.errcode]
+    for service in ("dingtalk", "wecom", "feishu"):
+        got = sorted(m.text for m in chat.of(service) if customer in m.text)
+        assert got == sorted(f"{title}\r\n{text}" for title, text in sent), service
+    ding = [m for m in chat.of("dingtalk") if customer in m.text]
+    assert all(m.query["access_token"] == DINGTALK_TOKEN and m.query["sign"] for m in ding)
+    assert all(b - a >= 0.95 for a, b in zip([m.at for m in ding], [m.at for m in ding][1:], strict=False))
+    assert all(len(m.text.encode()) <= 2048 for m in chat.of("wecom"))
+    # The robots' URLs are secrets: never in the log.
+    assert DINGTALK_SECRET not in daemon.logs() and WECOM_KEY not in daemon.logs()
+
+    # Alertmanager: the same Chinese annotations, the SIM's device, the dashboard link.
+    am = [a for a in alertmanager.alerts(alertname="SimDataLow", customer=customer)
+          if a["labels"]["iccid"] in device_of]
+    assert {a["labels"]["iccid"] for a in am} == set(device_of)
+    for alert in am:
+        no = device_of[alert["labels"]["iccid"]]
+        assert alert["labels"]["device_no"] == no and alert["generatorURL"] == GRAFANA.format(device_no=no)
+        assert alert["annotations"]["title"] == "流量不足"
+        assert alert["annotations"]["summary"].startswith(f"SIM {alert['labels']['iccid']}（设备 {no}）剩余流量 ")
+
+
+async def _devices_with_sims(config: Config, count: int) -> list[str]:
+    """`count` simulated devices that have at least one SIM."""
+    sim = Simulator(devices=config.simulator.devices, seed=config.simulator.seed, speed=1.0, platform=config.platform)
+    base_url = await sim.start("127.0.0.1", 0)
+    try:
+        async with PlatformClient(config.platform, config.privacy, base_url=base_url) as client:
+            found = []
+            for no in sim.device_numbers():
+                if (await client.device_flow(no)).sims:
+                    found.append(no)
+                    if len(found) == count:
+                        return found
+    finally:
+        await sim.stop()
+    raise AssertionError("not enough simulated devices with SIMs")

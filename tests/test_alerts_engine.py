@@ -194,7 +194,7 @@ async def test_keep_firing_for_holds_a_firing_alert_after_the_condition_clears(m
 
 async def test_300_devices_offline_at_once_make_one_grouped_message(make: Make) -> None:
     clock = Clock()
-    engine, rec = await make(alerts_config(OFFLINE), clock)
+    engine, rec = await make(alerts_config(OFFLINE, language="en"), clock)
     for i in range(300):
         engine.evaluate("device", f"d{i:03}", device(f"d{i:03}", online=False), clock.t + i * 0.01)
     engine.evaluate("device", "other", device("other", customer="globex", online=False), clock.t)

@@ -1,10 +1,13 @@
 """One alert: a (rule, entity) pair that is pending or firing, with the labels frozen when it became
-active, its rendered annotations and its timers. Also its JSON forms: the persisted one and the
-public one (`alerts list`, notifications)."""
+active, its rendered annotations and its timers. Also its JSON forms (the persisted one and the
+public one: `alerts list`, notifications) and its link (`alert_link`, from `alerts.external_url`)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import string
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +25,47 @@ def iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_iso(text: str | None) -> float | None:
+    """The Unix time of an `iso` string (None stays None)."""
+    return None if not text else dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 def alert_id(rule: str, key: str) -> str:
     """The stable id (fingerprint) of the alert of `rule` on entity `key`: rule names never hold '/'."""
     return f"{rule}/{key}"
+
+
+@functools.lru_cache(maxsize=8)
+def _placeholders(url: str) -> tuple[str, ...]:
+    return tuple(name for _, name, _, _ in string.Formatter().parse(url) if name is not None)
+
+
+def alert_link(external_url: str, labels: Mapping[str, str], alert_id_: str) -> str | None:
+    """Where an alert links to (its generatorURL) under `alerts.external_url`:
+
+    - empty: no link;
+    - a base URL (a reverse proxy in front of the collector's API): `<base>/api/alerts?id=<id>`;
+    - a template with label placeholders (a Grafana dashboard): the alert's label values filled in,
+      URL-quoted; an alert without one of those labels (the account's, for a device link) has none.
+    """
+    if not external_url:
+        return None
+    names = _placeholders(external_url)
+    if not names:
+        base = external_url.format_map({}).rstrip("/")
+        return f"{base}/api/alerts?id={urllib.parse.quote(alert_id_, safe='/')}"
+    if any(not labels.get(name) for name in names):
+        return None
+    return external_url.format_map({name: urllib.parse.quote(labels[name], safe="") for name in names})
+
+
+def external_base(external_url: str) -> str:
+    """The link of a whole message (`externalURL`): the base URL, or a template's site
+    (`https://grafana.example`); empty without `alerts.external_url`."""
+    if not external_url or not _placeholders(external_url):
+        return external_url.format_map({}).rstrip("/")
+    parts = urllib.parse.urlsplit(external_url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 @dataclass(slots=True, eq=False)

@@ -1,9 +1,11 @@
 """The `alerts` and `silence` commands of `iot-collector`.
 
 - `alerts list` reads the active alerts of a running collector through its loopback HTTP API.
-- `alerts test` evaluates the rules once (ignoring `for`) against a snapshot of the fleet: an
-  observation file, or the built-in simulator polled with the real platform client, and prints what
-  would fire.
+- `alerts test` evaluates the rules of a configuration once (ignoring `for`) and prints what would
+  fire, against the fleet of the running collector (its `/api/entities`), or with `--poll` against
+  one fresh poll of the configured platform (the inventory's devices with their SIMs, its standalone
+  cards and the account, through the real client; the built-in simulator only when the configuration
+  says `simulator.embedded: true`), or against an observation file.
 - `silence add|list|remove` manage silences of a running collector. Adding and removing send the API
   token (`collector.apitoken.client_token`: `--token-file`, else the configuration's `http.api_token`,
   else the one the collector keeps in its state directory).
@@ -23,11 +25,14 @@ import functools
 import getpass
 import json
 import sys
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from collector.alerts.rules import Rule, compile_rules
+from collector.config import ConfigError
 from collector.configtypes import parse_duration
 
 AddConfigArg = Callable[[argparse.ArgumentParser], None]
@@ -48,19 +53,22 @@ class TokenMissing(Exception):
     """The command cannot send the API token; the message says what to do (exit code 2)."""
 
 
-def _request(url: str, method: str, path: str, body: Any = None, token: tuple[str, str] | None = None) -> Any:
+def _request(url: str, method: str, path: str, body: Any = None, token: tuple[str, str] | None = None,
+             timeout: float = 5.0) -> Any:
     """`token` is (the API token, where it was found), sent on changes."""
     import httpx
 
     url += path
     headers = {"Authorization": f"Bearer {token[0]}"} if token else {}
     try:
-        response = httpx.request(method, url, json=body, headers=headers, timeout=5.0)
+        response = httpx.request(method, url, json=body, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
         raise DaemonUnreachable(f"cannot reach the collector at {url}: {exc or type(exc).__name__} "
-                                "(is it running, with alerts.enabled and http.enabled?)") from None
+                                "(is it running, with http.enabled?)") from None
     if response.status_code == 404 and path.startswith("/api/alerts"):
         raise DaemonUnreachable(f"{url}: not found (is alerts.enabled true in the running collector?)")
+    if response.status_code == 404 and path.startswith("/api/entities"):
+        raise DaemonUnreachable(f"{url}: not found (the running collector is older than this command: restart it)")
     if response.status_code >= 400:
         try:
             reason = response.json().get("error") or response.text
@@ -212,21 +220,15 @@ def would_fire(rules: list[Rule], entities: Mapping[str, Mapping[str, Any]], now
 
 def entities_from_file(path: str, config: Any, now: float) -> dict[str, dict[str, Any]]:
     """Observations from a file: queryDeviceFlow answers (one envelope, or a list of them), or entity
-    fields by kind: `{"device": [{"device_no": ..., "rssi_dbm": ...}], "sim": [...], "account": {...}}`."""
+    fields by kind: `{"device": [{"device_no": ..., "rssi_dbm": ...}], "sim": [...], "account": {...}}`
+    (what `/api/entities` answers, too)."""
+    from collector.alerts.entities import records_from_document
     from collector.platform.parse import ParseContext, parse_device
-    from collector.state import FieldRecord, FleetState
+    from collector.state import FleetState
 
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    if isinstance(doc, dict) and {"device", "sim", "account", "collector"} & set(doc):
-        out: dict[str, dict[str, Any]] = {}
-        ids = {"device": "device_no", "sim": "iccid"}
-        for kind in ("device", "sim", "account", "collector"):
-            items = doc.get(kind) or []
-            items = [items] if isinstance(items, dict) else items
-            for i, item in enumerate(items):
-                key = str(item.get(ids[kind], i)) if kind in ids else kind
-                out.setdefault(kind, {})[key] = FieldRecord(kind, item)
-        return out
+    if isinstance(doc, dict) and ({"device", "sim", "account", "collector"} & set(doc) or "entities" in doc):
+        return dict(records_from_document(doc))
     envelopes = doc if isinstance(doc, list) else [doc]
     ctx = ParseContext.from_config(config.platform, config.privacy, polled_at=now)
     state = FleetState(device_interval=config.jobs.device_status.interval)
@@ -248,45 +250,89 @@ def _fleet_entities(state: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-async def entities_from_simulator(config: Any, now_fn: Callable[[], float]) -> dict[str, dict[str, Any]]:
-    """Start the simulator, poll every device (and the account) once with the real client."""
+def entities_from_daemon(url: str, kinds: set[str]) -> dict[str, dict[str, Any]]:
+    """The entities of the running collector at `url` (those of `kinds`), as it last polled them.
+    Raises DaemonUnreachable."""
+    from collector.alerts.entities import records_from_document
+
+    query = ",".join(k for k in ("device", "sim", "account", "collector") if k in kinds)
+    doc = _request(url, "GET", f"/api/entities?kind={query}", timeout=120.0)
+    try:
+        return dict(records_from_document(doc))
+    except (ValueError, AttributeError) as exc:
+        raise DaemonUnreachable(f"{url}/api/entities: unexpected answer ({exc})") from None
+
+
+@dataclass
+class PollReport:
+    """What `--poll` polled: its entities, and the devices whose poll failed, with their errors."""
+
+    entities: dict[str, dict[str, Any]]
+    devices: int
+    failed: dict[str, str]
+    cards_failed: list[tuple[int, str]]  # (cards in the request, error) per failed card request
+
+
+async def entities_from_poll(config: Any, progress: TextIO | None = None) -> PollReport:
+    """One poll of the configured platform through the real client, as the daemon would do it: every
+    device of the inventory (queryDeviceFlow: the device and its SIMs), the inventory's standalone
+    cards (card info) and the account's assets. The built-in simulator is started and polled
+    instead only when `simulator.embedded` is true (then, with no inventory, its whole fleet)."""
     from collector.daemon import DEMO_CUSTOMERS
+    from collector.endpoints import card_info
     from collector.inventory import load_inventory
+    from collector.once import poll_devices
     from collector.platform.client import PlatformClient
-    from collector.simulator import Simulator
+    from collector.platform.errors import AuthError, PlatformError
     from collector.state import FleetState
 
-    sim_cfg = config.simulator
-    sim = Simulator(devices=sim_cfg.devices, seed=sim_cfg.seed, speed=sim_cfg.speed, platform=config.platform)
-    base_url = await sim.start("127.0.0.1", 0)
-    try:
-        inventory = load_inventory(config.inventory, config.sharding)
-        devices = dict(inventory.devices)
+    inventory = load_inventory(config.inventory, config.sharding)
+    devices = dict(inventory.devices)
+    sim = None
+    base_url: str | None = None
+    if config.simulator.embedded:
+        from collector.simulator import Simulator
+
+        sim_cfg = config.simulator
+        sim = Simulator(devices=sim_cfg.devices, seed=sim_cfg.seed, speed=sim_cfg.speed, platform=config.platform)
+        base_url = await sim.start("127.0.0.1", 0)
         if not devices and not inventory.cards:
-            devices = {no: {"customer": DEMO_CUSTOMERS[i % len(DEMO_CUSTOMERS)]}
+            devices = {no: {**config.inventory.labels, "customer": DEMO_CUSTOMERS[i % len(DEMO_CUSTOMERS)]}
                        for i, no in enumerate(sim.device_numbers())}
+    try:
         state = FleetState(device_interval=config.jobs.device_status.interval)
         state.sync_inventory(devices, inventory.cards)
+        failed: dict[str, str] = {}
+        cards_failed: list[tuple[int, str]] = []
         async with PlatformClient(config.platform, config.privacy, base_url=base_url) as client:
-            gate = asyncio.Semaphore(16)
-
-            async def poll(no: str) -> None:
-                async with gate:
-                    try:
-                        state.observe_device(await client.device_flow(no))
-                    except Exception as exc:
-                        state.record_device_failure(no, str(exc), now_fn())
-
-            await asyncio.gather(*(poll(no) for no in devices))
-            with contextlib.suppress(Exception):  # the account is optional for this preview
-                state.observe_account(await client.account_assets())
-        return _fleet_entities(state)
+            numbers = list(devices)
+            results = await poll_devices(client, numbers, workers=config.platform.max_concurrency,
+                                         progress=progress) if numbers else []
+            for no, result in zip(numbers, results, strict=True):
+                if isinstance(result, PlatformError):
+                    failed[no] = result.message
+                    state.record_device_failure(no, result.message, time.time())
+                else:
+                    state.observe_device(result)
+            refused = any(isinstance(r, AuthError) for r in results)  # every other request would be refused too
+            if inventory.cards and not refused:
+                batch = await client.fetch(card_info.ENDPOINT, list(inventory.cards))
+                card_info.ENDPOINT.observe(state, batch.items)
+                cards_failed = [(len(ids), error.message) for ids, error in batch.failed]
+            if not refused:
+                with contextlib.suppress(PlatformError):  # the account is one entity among many here
+                    state.observe_account(await client.account_assets())
+        return PollReport(_fleet_entities(state), len(numbers), failed, cards_failed)
     finally:
-        await sim.stop()
+        if sim is not None:
+            await sim.stop()
 
 
-def print_would_fire(found: list[dict[str, Any]], entities: Mapping[str, Mapping[str, Any]], out: TextIO) -> None:
+def print_would_fire(found: list[dict[str, Any]], entities: Mapping[str, Mapping[str, Any]], out: TextIO,
+                     source: str = "") -> None:
     counted = ", ".join(f"{len(v)} {k}{'s' if len(v) != 1 else ''}" for k, v in entities.items() if v)
+    if source:
+        out.write(f"fleet: {source}\n")
     out.write(f"evaluated against {counted or 'nothing'} (ignoring `for`)\n")
     if not found:
         out.write("nothing would fire\n")
@@ -300,14 +346,28 @@ def print_would_fire(found: list[dict[str, Any]], entities: Mapping[str, Mapping
     out.write("\n" + "  ".join(f"{rule}: {n}" for rule, n in sorted(by_rule.items())) + "\n")
 
 
-def cmd_alerts_test(args: argparse.Namespace, read_config: ReadConfig) -> int:
-    import time
+def _failures(report: PollReport, out: TextIO) -> None:
+    """One line for the devices that failed, then their errors counted (not one line each)."""
+    for cards, message in report.cards_failed:
+        out.write(f"warning: a request for {cards} standalone cards failed: {message}\n")
+    if not report.failed:
+        return
+    by_error: dict[str, int] = {}
+    for message in report.failed.values():
+        by_error[message] = by_error.get(message, 0) + 1
+    out.write(f"warning: {len(report.failed)} of {report.devices} devices could not be polled "
+              "(their rules are not evaluated):\n")
+    for message, n in sorted(by_error.items(), key=lambda item: -item[1])[:10]:
+        out.write(f"  {n} x {message}\n")
 
+
+def cmd_alerts_test(args: argparse.Namespace, read_config: ReadConfig, daemon_url: DaemonUrl) -> int:
     from collector.logs import configure_logging
 
     config, path = read_config(args)
     rules = compile_rules(config.alerts, path)
-    configure_logging("warning", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
+    # Failed requests are summed up below, not logged one by one.
+    configure_logging("critical", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
     now = time.time()
     if args.observations:
         from collector.platform.errors import PlatformError
@@ -317,15 +377,40 @@ def cmd_alerts_test(args: argparse.Namespace, read_config: ReadConfig) -> int:
         except (OSError, ValueError, AttributeError, PlatformError) as exc:
             sys.stderr.write(f"error: cannot use {args.observations}: {exc}\n")
             return 2
+        source = f"observations in {args.observations}"
+    elif args.poll:
+        where = "the built-in simulator" if config.simulator.embedded else f"the platform at {config.platform.base_url}"
+        progress = sys.stderr if sys.stderr.isatty() else None
+        report = asyncio.run(entities_from_poll(config, progress))
+        _failures(report, sys.stderr)
+        if report.devices and len(report.failed) == report.devices:
+            sys.stderr.write(f"error: no device of the inventory could be polled from {where}\n")
+            return 1
+        entities = report.entities
+        source = f"one poll of {where}"
     else:
-        entities = asyncio.run(entities_from_simulator(config, time.time))
+        if not config.http.enabled and not args.url:
+            sys.stderr.write("error: http.enabled is false in this configuration: the running collector serves no "
+                             "API to read its fleet from; use --poll to poll the platform once instead\n")
+            return 1
+        try:
+            url = daemon_url(args)
+            entities = entities_from_daemon(url, {rule.kind for rule in rules})
+        except (DaemonUnreachable, ConfigError) as exc:
+            reason = (f"cannot find the running collector: {'; '.join(exc.problems)}" if isinstance(exc, ConfigError)
+                      else str(exc))
+            sys.stderr.write(f"error: {reason}\n  alerts test reads the fleet of the running collector; to poll the "
+                             "platform once instead (it costs requests of its budget): "
+                             f"iot-collector alerts test -c {path} --poll\n")
+            return 1
+        source = f"the running collector at {url}"
     found = would_fire(rules, entities, time.time())
     if args.json:
-        json.dump({"entities": {k: len(v) for k, v in entities.items()}, "would_fire": found}, sys.stdout,
-                  indent=2, ensure_ascii=False)
+        json.dump({"source": source, "entities": {k: len(v) for k, v in entities.items()}, "would_fire": found},
+                  sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        print_would_fire(found, entities, sys.stdout)
+        print_would_fire(found, entities, sys.stdout, source)
     return 0
 
 
@@ -361,12 +446,17 @@ def add_arguments(sub: Any, add_config_arg: AddConfigArg, read_config: ReadConfi
     p.add_argument("--state", choices=["firing", "pending"], help="only alerts in this state")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_daemon_command(cmd_alerts_list, daemon_url))
-    p = actions.add_parser("test", help="evaluate the rules once and print what would fire (ignoring `for`)")
-    add_config_arg(p)
-    p.add_argument("--observations", metavar="FILE.json",
-                   help="queryDeviceFlow answers or entity fields (default: poll the built-in simulator)")
+    p = actions.add_parser("test", help="evaluate the rules of a configuration once against the running "
+                                        "collector's fleet and print what would fire (ignoring `for`)")
+    daemon_args(p)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--poll", action="store_true",
+                        help="poll the configured platform once instead (the inventory's devices, their SIMs, "
+                             "standalone cards and the account; costs requests of the platform's budget)")
+    source.add_argument("--observations", metavar="FILE.json",
+                        help="evaluate saved queryDeviceFlow answers or entity fields instead")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=functools.partial(cmd_alerts_test, read_config=read_config))
+    p.set_defaults(func=functools.partial(cmd_alerts_test, read_config=read_config, daemon_url=daemon_url))
 
     silence = sub.add_parser("silence", help="silence alerts of the running collector")
     silence.set_defaults(func=_help(silence))

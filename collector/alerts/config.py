@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import string
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, HttpUrl, field_validator, model_validator
 
 from collector.alerts.matchers import parse_matcher
 from collector.configtypes import Duration, Secret, SecretSection, Section, TimeZoneName, read_secret_sources
+from collector.formats import Language
 
 KINDS = ("device", "sim", "account", "collector")
 Kind = Literal["device", "sim", "account", "collector"]
@@ -58,8 +60,15 @@ class RuleConfig(Section):
     severity: Severity = "warning"
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
+    translations: dict[Language, dict[str, str]] = Field(
+        default={}, description="annotations by language (`zh`, `en`): under `alerts.language`, they "
+                                "replace the annotations of the same name")
 
     _labels = field_validator("labels")(_check_label_names)
+
+    def annotations_in(self, language: Language) -> dict[str, str]:
+        """The annotation templates a reader of `language` gets."""
+        return {**self.annotations, **self.translations.get(language, {})}
 
 
 # --- notifiers ---------------------------------------------------------------------------------------------
@@ -231,10 +240,31 @@ def _default_log() -> NotifierConfig:
 ParamValue = bool | int | float | str | list[int | float | str]
 
 
+def _check_external_url(value: str) -> str:
+    """A base URL, or a link template whose `{placeholders}` are alert label names."""
+    if not value:
+        return value
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(value) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a valid link template: {exc} (write a literal brace as {{{{ or }}}})") from None
+    for name, spec, conv in fields:
+        if not _LABEL.match(name):
+            raise ValueError(f"{{{name}}}: a placeholder must be a label name, like {{device_no}} or {{iccid}}")
+        if spec or conv:
+            raise ValueError(f"{{{name}}}: placeholders take no format spec or conversion")
+    return value
+
+
 class AlertsConfig(Section):
     """The `alerts:` section."""
 
-    enabled: bool = False
+    enabled: bool = True
+    language: Language = Field(default="zh", description="language of the default rules' text, message titles "
+                                                          "and bodies: zh or en")
+    timezone: TimeZoneName = Field(default="Asia/Shanghai", description="zone of the times in notifications")
     evaluation_interval: Duration = Field(default=30.0, gt=0,
                                           description="how often time-based transitions are swept")
     default_rules: bool = True
@@ -247,8 +277,13 @@ class AlertsConfig(Section):
     max_silence_duration: Duration = Field(default=30 * 86400.0, gt=0,
                                            description="the longest silence the API and the CLI accept")
     maintenance_windows: list[MaintenanceWindowConfig] = []
-    external_url: str = Field(default="", description="base of generatorURL (default http://<hostname>:9108)")
+    external_url: str = Field(default="", description="the link of an alert (generatorURL, messages): a base URL "
+                                                       "(`/api/alerts?id=...` is appended) or a template with label "
+                                                       "placeholders, `https://grafana.example/d/iot-device?var-device="
+                                                       "{device_no}`; empty: no link")
     write_points: bool = True
+
+    _external_url = field_validator("external_url")(_check_external_url)
 
     @field_validator("notifiers")
     @classmethod

@@ -25,7 +25,6 @@ import contextlib
 import itertools
 import operator
 import os
-import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -35,8 +34,9 @@ import orjson
 import structlog
 
 from collector import metrics
-from collector.alerts.alert import FIRING, INACTIVE, PENDING, RESOLVED, Alert, alert_id
+from collector.alerts.alert import FIRING, INACTIVE, PENDING, RESOLVED, Alert, alert_id, alert_link, external_base
 from collector.alerts.config import AlertsConfig
+from collector.alerts.i18n import Locale
 from collector.alerts.notifiers import Receiver, build_receiver
 from collector.alerts.rules import Rule, compile_rules
 from collector.alerts.silences import SilenceBook
@@ -53,8 +53,11 @@ TICK_SECONDS = 0.25  # how often due groups are flushed and points handed to the
 FLUSH_SECONDS = 1.0
 SAVE_MIN_INTERVAL = 1.0  # at most one state write per this many seconds while things change
 MAX_BUFFERED_POINTS = 100_000
-# Alert labels already carried by the point's own tags (rule, kind, severity, entity).
-_POINT_TAGS_SKIPPED = frozenset({"alertname", "kind", "severity", "device_no", "iccid"})
+# Alert labels already carried by the point's own tags (rule, kind, severity, entity): the entity's
+# own id label (a SIM alert's `device_no`, the device it sits in, stays a tag).
+_POINT_TAGS_SKIPPED = {kind: frozenset({"alertname", "kind", "severity", *({label} if label else ())})
+                       for kind, label in (("device", "device_no"), ("sim", "iccid"), ("account", ""),
+                                           ("collector", ""))}
 WritePoints = Callable[[list[str]], Awaitable[None]]
 Lookup = Callable[[str, str], Any]  # (kind, key) -> the entity's record, or None
 
@@ -96,10 +99,6 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.close(fd)
 
 
-def _external_url(config: AlertsConfig) -> str:
-    return (config.external_url or f"http://{socket.gethostname()}:9108").rstrip("/")
-
-
 class AlertEngine:
     """Rules, alert state, silences and notifiers of one collector. Raises ConfigError for bad rules."""
 
@@ -110,7 +109,8 @@ class AlertEngine:
         self.write_points = write_points if config.write_points else None
         self.lookup = lookup
         self.clock = clock
-        self.external_url = _external_url(config)
+        self.external_url = external_base(config.external_url)
+        self.locale = Locale(config.language, config.timezone)
         self.silences = SilenceBook(config.silences, config.maintenance_windows)
         self._rules: dict[str, _RuleAlerts] = {}
         self._by_kind: dict[str, list[_RuleAlerts]] = {}
@@ -169,6 +169,10 @@ class AlertEngine:
 
     def silenced_by(self, labels: Mapping[str, str], now: float) -> str | None:
         return self.silences.silenced_by(labels, now)
+
+    def link(self, labels: Mapping[str, str], alert_id_: str) -> str | None:
+        """The alert's generatorURL under `alerts.external_url` (None: no link)."""
+        return alert_link(self.config.external_url, labels, alert_id_)
 
     # --- evaluation ------------------------------------------------------------------------------------------
 
@@ -346,9 +350,10 @@ class AlertEngine:
 
     @staticmethod
     def _lines(records: list[tuple[Any, ...]]) -> list[str]:
+        skipped = _POINT_TAGS_SKIPPED
         return [alert_point(rule=rule, state=to, at=at, severity=labels.get("severity", ""), kind=kind, entity=key,
-                            labels={k: v for k, v in labels.items() if k not in _POINT_TAGS_SKIPPED}, value=value,
-                            summary=summary)
+                            labels={k: v for k, v in labels.items() if k not in skipped[kind]},
+                            value=value, summary=summary)
                 for rule, to, at, kind, key, labels, value, summary in records]
 
     # --- timers ---------------------------------------------------------------------------------------------
@@ -449,7 +454,8 @@ class AlertEngine:
         old_receivers = self.receivers
         self.config = config
         self.write_points = self.write_points if config.write_points else None
-        self.external_url = _external_url(config)
+        self.external_url = external_base(config.external_url)
+        self.locale = Locale(config.language, config.timezone)
         self.silences.configure(config.silences, config.maintenance_windows)
         self._build_receivers(config, old_receivers)
         for name, receiver in old_receivers.items():

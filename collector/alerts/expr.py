@@ -16,7 +16,8 @@ Semantics (documented in docs/alerts.md):
   `x != None`, `x is not None`); arithmetic with None gives None, and so does a division by zero;
 - `and`, `or`, `not` and `a if c else b` follow Python (None is falsy);
 - helpers: abs, min, max, round, coalesce(a, b, ...) (first non-None), and for annotation templates
-  human_bytes, human_duration, percent (`collector.formats`).
+  human_bytes, human_duration, percent (`collector.formats`); `helpers(language)` is the table whose
+  human_duration speaks that language (`1d 2h`, `1天2小时`).
 
 An expression that fails at run time (a string compared with a number) raises; the engine counts
 that as an evaluation error and reads it as false.
@@ -25,6 +26,7 @@ that as an evaluation error and reads it as false.
 from __future__ import annotations
 
 import ast
+import functools
 import operator as op
 import warnings
 from collections.abc import Callable, Mapping
@@ -89,6 +91,12 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "human_duration": formats.human_duration,
     "percent": formats.percent,
 }
+
+
+@functools.cache
+def helpers(language: formats.Language = "en") -> Mapping[str, Callable[..., Any]]:
+    """The helper functions of expressions whose words are in `language`."""
+    return {**HELPERS, "human_duration": functools.partial(formats.human_duration, language=language)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +187,12 @@ def _both(left: _Node, right: _Node, fn: Callable[[Any, Any], Any], missing: Any
 class _Compiler:
     """Walks the parsed tree once; each `_<NodeType>` method returns a closure or a constant."""
 
-    def __init__(self, kind: str, fields: Mapping[str, str], params: Mapping[str, Any]) -> None:
+    def __init__(self, kind: str, fields: Mapping[str, str], params: Mapping[str, Any],
+                 functions: Mapping[str, Callable[..., Any]] = HELPERS) -> None:
         self.kind = kind
         self.fields = fields
         self.params = params
+        self.functions = functions
         self.used: set[str] = set()
 
     def compile(self, node: ast.AST) -> _Node:
@@ -213,7 +223,7 @@ class _Compiler:
         if name in self.params:
             value = self.params[name]
             return _Const(frozenset(value) if isinstance(value, list | tuple | set) else value)
-        if name in HELPERS:
+        if name in self.functions:
             raise ExprError(f"{name} is a function: call it, e.g. {name}(...)")
         raise ExprError(f"unknown field {name!r} for kind {self.kind}")
 
@@ -352,14 +362,14 @@ class _Compiler:
         return lambda r, now: body(r, now) if test(r, now) else orelse(r, now)
 
     def _Call(self, node: ast.Call) -> _Node:
-        if not isinstance(node.func, ast.Name) or node.func.id not in HELPERS:
+        if not isinstance(node.func, ast.Name) or node.func.id not in self.functions:
             name = node.func.id if isinstance(node.func, ast.Name) else _describe(node.func)
-            raise ExprError(f"unknown function {name!r}; allowed: {', '.join(sorted(HELPERS))}")
+            raise ExprError(f"unknown function {name!r}; allowed: {', '.join(sorted(self.functions))}")
         if node.keywords:
             raise ExprError(f"{node.func.id}() takes no keyword arguments")
         if not node.args:
             raise ExprError(f"{node.func.id}() needs arguments")
-        helper = HELPERS[node.func.id]
+        helper = self.functions[node.func.id]
         args = [self.compile(a) for a in node.args]
         if all(isinstance(a, _Const) for a in args):
             try:  # the helpers take None themselves (coalesce(None, 1) is 1)
@@ -404,9 +414,11 @@ def parse(text: str) -> ast.expr:
     return node.value
 
 
-def compile_expr(text: str, kind: str, fields: Mapping[str, str], params: Mapping[str, Any] | None = None) -> Compiled:
+def compile_expr(text: str, kind: str, fields: Mapping[str, str], params: Mapping[str, Any] | None = None,
+                 functions: Mapping[str, Callable[..., Any]] = HELPERS) -> Compiled:
     """Compile `text` for records of entities of `kind`, whose fields are `fields` (name -> attribute
-    path on the record, `collector.state.FIELDS[kind]`). Raises ExprError."""
-    compiler = _Compiler(kind, fields, params or {})
+    path on the record, `collector.state.FIELDS[kind]`), calling `functions` (default: the English
+    `HELPERS`; `helpers(language)` for another language). Raises ExprError."""
+    compiler = _Compiler(kind, fields, params or {}, functions)
     node = compiler.compile(parse(text))
     return Compiled(text=text, fn=_closure(node), fields=frozenset(compiler.used))

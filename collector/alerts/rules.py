@@ -8,7 +8,9 @@ ConfigError naming the key's dotted path: `alerts.rules[2] (WeakSignal).conditio
 
 Templates are plain text with `{{ expression }}` placeholders; each placeholder is an expression of
 the same language as conditions (so `{{ labels.customer }}` and `{{ human_bytes(remaining_bytes) }}`
-work), compiled with the rule: an unknown field in a template is a configuration error too.
+work), compiled with the rule: an unknown field in a template is a configuration error too. They are
+compiled in `alerts.language`: a rule's `translations` for it replace its annotations of the same
+name, `human_duration` and unknown values speak it (`1天2小时`, `未知`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import yaml
 from pydantic import ValidationError
 
 from collector.alerts.config import AlertsConfig, RuleConfig
-from collector.alerts.expr import Compiled, ExprError, Fn, compile_expr, parse
+from collector.alerts.expr import Compiled, ExprError, Fn, compile_expr, helpers, parse
+from collector.alerts.i18n import WORDS, Words
 from collector.config import ConfigError, validation_problems
+from collector.formats import Language
 from collector.state import FIELDS, TIME_FIELDS
 
 # The label naming the entity of each kind (account and collector are singletons).
@@ -37,12 +41,12 @@ ID_LABEL = {"device": "device_no", "sim": "iccid"}
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 
 
-def format_value(value: Any) -> str:
-    """How a value shows in an annotation: None as `unknown`, floats rounded to 2 decimals."""
+def format_value(value: Any, words: Words = WORDS["en"]) -> str:
+    """How a value shows in an annotation: None as `unknown` (`未知`), floats rounded to 2 decimals."""
     if value is None:
-        return "unknown"
+        return words.unknown
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return words.yes if value else words.no
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.2f}".rstrip("0")
     return str(value)
@@ -54,6 +58,7 @@ class Template:
 
     text: str
     parts: tuple[str | Fn, ...]
+    words: Words = WORDS["en"]
 
     def render(self, record: Any, now: float) -> str:
         out: list[str] = []
@@ -62,25 +67,27 @@ class Template:
                 out.append(part)
                 continue
             try:
-                out.append(format_value(part(record, now)))
+                out.append(format_value(part(record, now), self.words))
             except Exception:  # a template never breaks a notification
                 out.append("?")
         return "".join(out)
 
 
-def compile_template(text: str, kind: str, params: Mapping[str, Any]) -> Template:
+def compile_template(text: str, kind: str, params: Mapping[str, Any], language: Language = "en") -> Template:
+    """A template whose helpers and unknown values speak `language`."""
+    functions = helpers(language)
     parts: list[str | Fn] = []
     pos = 0
     for match in _PLACEHOLDER.finditer(text):
         if match.start() > pos:
             parts.append(text[pos:match.start()])
-        parts.append(compile_expr(match.group(1), kind, FIELDS[kind], params).fn)
+        parts.append(compile_expr(match.group(1), kind, FIELDS[kind], params, functions).fn)
         pos = match.end()
     if pos < len(text):
         parts.append(text[pos:])
     if "{{" in "".join(p for p in parts if isinstance(p, str)):
         raise ExprError("unclosed {{ placeholder")
-    return Template(text, tuple(parts))
+    return Template(text, tuple(parts), WORDS[language])
 
 
 @dataclass(eq=False, slots=True)
@@ -104,7 +111,8 @@ class Rule:
     config: dict[str, Any] = field(default_factory=dict)
 
     def alert_labels(self, key: str, record: Any) -> dict[str, str]:
-        """Rule labels, then the entity's labels, then alertname, kind, entity id and severity."""
+        """Rule labels, then the entity's labels, then alertname, kind, entity id and severity. A
+        SIM's alerts also name the device it sits in (`device_no`, when it is in one)."""
         labels = dict(self.labels)
         entity = getattr(record, "labels", None) or {}
         labels.update({k: str(v) for k, v in entity.items()})
@@ -113,6 +121,8 @@ class Rule:
         id_label = ID_LABEL.get(self.kind)
         if id_label:
             labels[id_label] = key
+        if self.kind == "sim":
+            labels["device_no"] = str(getattr(record, "device_no", None) or "")
         labels["severity"] = self.severity
         return {k: v for k, v in labels.items() if v != ""}
 
@@ -173,8 +183,9 @@ def fallback_value(condition: str, kind: str) -> str | None:
 
 
 def _compile_one(cfg: RuleConfig, params: Mapping[str, Any], source: str, where: str,
-                 problems: list[str]) -> Rule | None:
-    """Compile one rule; each problem is reported as `<where><key>: <reason>`."""
+                 problems: list[str], language: Language = "en") -> Rule | None:
+    """Compile one rule, its annotations in `language` (the translations into other languages are
+    checked too); each problem is reported as `<where><key>: <reason>`."""
     kind, fields = cfg.kind, FIELDS[cfg.kind]
     before = len(problems)
 
@@ -188,11 +199,18 @@ def _compile_one(cfg: RuleConfig, params: Mapping[str, Any], source: str, where:
     condition = expr(cfg.condition, "condition")
     clear = expr(cfg.clear, "clear") if cfg.clear is not None else None
     annotations: dict[str, Template] = {}
-    for name, text in cfg.annotations.items():
+    for name, text in cfg.annotations_in(language).items():
         try:
-            annotations[name] = compile_template(text, kind, params)
+            annotations[name] = compile_template(text, kind, params, language)
         except ExprError as exc:
-            problems.append(f"{where}annotations.{name}: {exc}")
+            translated = name in cfg.translations.get(language, {})
+            problems.append(f"{where}{f'translations.{language}' if translated else 'annotations'}.{name}: {exc}")
+    for other, texts in cfg.translations.items():
+        for name, text in texts.items() if other != language else ():
+            try:
+                compile_template(text, kind, params, other)
+            except ExprError as exc:
+                problems.append(f"{where}translations.{other}.{name}: {exc}")
     if cfg.value is not None:
         value = expr(cfg.value, "value")
     else:
@@ -284,9 +302,10 @@ def compile_rules(config: AlertsConfig, source: str = "") -> list[Rule]:
     for cfg, origin, where in chosen.values():
         if cfg.name in disabled:
             continue
-        for text in (cfg.condition, cfg.clear or "", cfg.value or "", *cfg.annotations.values()):
+        translated = [text for texts in cfg.translations.values() for text in texts.values()]
+        for text in (cfg.condition, cfg.clear or "", cfg.value or "", *cfg.annotations.values(), *translated):
             used_params.update(p for p in params if re.search(rf"\b{re.escape(p)}\b", text))
-        rule = _compile_one(cfg, params, origin, where, problems)
+        rule = _compile_one(cfg, params, origin, where, problems, config.language)
         if rule is not None:
             rules.append(rule)
     for name in unknown_overrides:

@@ -60,13 +60,16 @@ class AlertmanagerReceiver(Receiver):
         self.dirty = True
 
     def _payload(self, alert: Alert, ends_at: float) -> dict[str, Any]:
-        return {
+        payload = {
             "labels": alert.labels,
             "annotations": alert.annotations,
             "startsAt": iso(alert.fired_at or alert.active_since),
             "endsAt": iso(ends_at),
-            "generatorURL": f"{self.ctx.external_url}/api/alerts?id={alert.id}",
         }
+        link = self.ctx.link(alert.labels, alert.id)
+        if link:  # optional in the API: Alertmanager shows it as the alert's source
+            payload["generatorURL"] = link
+        return payload
 
     def _batch(self, now: float) -> tuple[list[dict[str, Any]], list[str], list[str], bool]:
         """What to post now: (payload, firing ids in it, resolved ids in it, is a full resend)."""

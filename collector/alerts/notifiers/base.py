@@ -14,6 +14,9 @@ Alertmanager-style aggregation groups:
 Retries wait as `collector.retry.Backoff` says, at least as long as a `Retry-After` in the refusal
 asks (`DeliveryError.retry_after`).
 
+A grouped message's title and text are written in `alerts.language`, its times on the clock of
+`alerts.timezone` (`Context.locale`); each alert in it carries its link (`generatorURL`).
+
 Outcomes counted: `sent` (a message accepted by one target), `failed` (one failed attempt, to be
 retried), `dropped` (given up: attempts exhausted or the queue full).
 """
@@ -31,7 +34,8 @@ from typing import Any, Protocol
 import structlog
 
 from collector import metrics
-from collector.alerts.alert import Alert, iso
+from collector.alerts.alert import Alert, iso, parse_iso
+from collector.alerts.i18n import ENGLISH, Locale
 from collector.alerts.matchers import matches_all, parse_matchers
 from collector.logs import redact_text
 from collector.retry import Backoff
@@ -42,9 +46,12 @@ log = structlog.get_logger("collector.alerts.notify")
 class Context(Protocol):
     """What a notifier needs from the engine."""
 
-    external_url: str
+    external_url: str  # the link of a whole message; "" for none
+    locale: Locale
 
     def get_alert(self, alert_id: str) -> Alert | None: ...
+
+    def link(self, labels: Mapping[str, str], alert_id: str) -> str | None: ...
 
     def silenced_by(self, labels: Mapping[str, str], now: float) -> str | None: ...
 
@@ -186,46 +193,61 @@ def _common(items: list[Mapping[str, str]]) -> dict[str, str]:
     return common
 
 
-def _line(alert: Mapping[str, Any]) -> str:
+def _line(alert: Mapping[str, Any], locale: Locale) -> str:
     annotations = alert.get("annotations") or {}
-    text = annotations.get("summary") or f"{alert.get('rule')} on {alert.get('entity')}"
-    return f"- {text}"
+    text = annotations.get("summary") or f"{alert.get('rule')}: {alert.get('entity')}"
+    words = locale.words
+    if alert.get("state") == "resolved":
+        when = words.resolved_at.format(time=locale.time(parse_iso(alert.get("resolved_at"))))
+    else:
+        when = words.since.format(time=locale.time(parse_iso(alert.get("fired_at") or alert.get("active_since"))))
+    return f"- {text}{when}"
 
 
-def render_text(message: Mapping[str, Any]) -> str:
-    """The plain-text body of a grouped message (email, chat, log)."""
+def render_text(message: Mapping[str, Any], locale: Locale = ENGLISH) -> str:
+    """The plain-text body of a grouped message (email, chat, log) in the locale's language, times on
+    its clock: each alert's summary and since when it fires (or when it resolved); a message about
+    one alert adds its description; the link of the one alert, else of the message, ends it."""
+    words = locale.words
     lines: list[str] = []
     firing = [a for a in message["alerts"] if a["state"] != "resolved"]
     resolved = [a for a in message["alerts"] if a["state"] == "resolved"]
     if message["firingCount"]:
-        lines.append(f"Firing ({message['firingCount']}):")
-        lines += [_line(a) for a in firing]
+        lines.append(words.firing_header.format(n=message["firingCount"]))
+        lines += [_line(a, locale) for a in firing]
         hidden = message["firingCount"] - len(firing)
         if hidden:
-            lines.append(f"- ... and {hidden} more")
+            lines.append(words.more.format(n=hidden))
     if message["resolvedCount"]:
         if lines:
             lines.append("")
-        lines.append(f"Resolved ({message['resolvedCount']}):")
-        lines += [_line(a) for a in resolved]
+        lines.append(words.resolved_header.format(n=message["resolvedCount"]))
+        lines += [_line(a, locale) for a in resolved]
         hidden = message["resolvedCount"] - len(resolved)
         if hidden:
-            lines.append(f"- ... and {hidden} more")
+            lines.append(words.more.format(n=hidden))
     if len(firing) == 1 and not resolved and firing[0]["annotations"].get("description"):
         lines += ["", firing[0]["annotations"]["description"]]
-    if message.get("externalURL"):
-        lines += ["", f"Alerts: {message['externalURL']}"]
+    shown = firing + resolved
+    link = shown[0].get("generatorURL") if len(shown) == 1 else None
+    link = link or message.get("externalURL")
+    if link:
+        lines += ["", words.link.format(url=link)]
     return "\n".join(lines)
 
 
-def title_of(message: Mapping[str, Any]) -> str:
+def title_of(message: Mapping[str, Any], locale: Locale = ENGLISH) -> str:
+    """`[FIRING:3] DeviceOffline (customer=acme)`, `[告警:3] 设备离线 (customer=acme)`: the rule's
+    `title` annotation when its alerts share one, else its name."""
+    words = locale.words
     counts = []
     if message["firingCount"]:
-        counts.append(f"FIRING:{message['firingCount']}")
+        counts.append(words.firing_count.format(n=message["firingCount"]))
     if message["resolvedCount"]:
-        counts.append(f"RESOLVED:{message['resolvedCount']}")
+        counts.append(words.resolved_count.format(n=message["resolvedCount"]))
     group = " ".join(f"{k}={v}" for k, v in message["groupLabels"].items() if k != "alertname")
-    name = message["groupLabels"].get("alertname") or message["commonLabels"].get("alertname") or "alerts"
+    name = (message["commonAnnotations"].get("title") or message["groupLabels"].get("alertname")
+            or message["commonLabels"].get("alertname") or words.alerts)
     return f"[{', '.join(counts)}] {name}" + (f" ({group})" if group else "")
 
 
@@ -313,8 +335,10 @@ class GroupingReceiver(Receiver):
     def message(self, group: Group, firing: list[Alert], resolved: list[dict[str, Any]], now: float) -> dict[str, Any]:
         """The JSON document of one grouped notification (the webhook payload, documented)."""
         limit = self.config.max_alerts
-        shown_firing = [a.public() for a in firing[:limit]]
-        shown_resolved = resolved[:max(limit - len(shown_firing), 0)]
+        link = self.ctx.link
+        shown_firing = [{**a.public(), "generatorURL": link(a.labels, a.id)} for a in firing[:limit]]
+        shown_resolved = [{**a, "generatorURL": link(a["labels"], a["id"])}
+                          for a in resolved[:max(limit - len(shown_firing), 0)]]
         all_labels = [a.labels for a in firing] + [a["labels"] for a in resolved]
         all_annotations = [a.annotations for a in firing] + [a["annotations"] for a in resolved]
         message: dict[str, Any] = {
@@ -332,8 +356,8 @@ class GroupingReceiver(Receiver):
             "sentAt": iso(now),
             "alerts": shown_firing + shown_resolved,
         }
-        message["title"] = title_of(message)
-        message["text"] = render_text(message)
+        message["title"] = title_of(message, self.ctx.locale)
+        message["text"] = render_text(message, self.ctx.locale)
         return message
 
     # --- queue ---
