@@ -1,5 +1,6 @@
-"""docs/operations.md covers what the issue asks for, and its numbers are the ones the code and the
-tools give: the exposure score of the unit, the request budget table, the shipped file names."""
+"""docs/operations.md covers what an operator installing the collector needs, and its numbers are the
+ones the code and the tools give: the exposure score of the unit, the request budget table, the
+shipped file names."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ RULES = PROMETHEUS / "iot-collector.rules.yml"
 RULE_TESTS = PROMETHEUS / "iot-collector.rules.test.yml"
 ALERTMANAGER = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 
-# The list: down, upstream error rate high, rate limited, spool growing, writes failing,
+# What an operator must hear about: down, upstream error rate high, rate limited, spool growing, writes failing,
 # notifications failing.
 REQUIRED_ALERTS = {"IotCollectorDown", "IotCollectorUpstreamErrorRateHigh", "IotCollectorRateLimited",
                    "IotCollectorSpoolGrowing", "IotCollectorSinkWritesFailing", "IotCollectorNotificationsFailing"}

@@ -3,7 +3,7 @@ Grafana's import page takes them (`__inputs` for the data source and the currenc
 variable every panel follows) and as file provisioning reads them (grafana/provision-dashboards.sh:
 the provisioned data sources' uids in place of the inputs). Every PromQL expression parses with
 promtool and only uses metrics the collector exports, status codes read as words, and each dashboard
-has the panels the issue asks for. (The InfluxQL of every panel runs against a real InfluxDB in
+has the panels an operator looks for. (The InfluxQL of every panel runs against a real InfluxDB in
 tests/test_grafana_influxql.py.)
 """
 
