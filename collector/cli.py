@@ -51,10 +51,12 @@ def read_config(args: argparse.Namespace) -> tuple[Config, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from collector.alerts.rules import compile_rules
     from collector.daemon import run_daemon
     from collector.logs import configure_logging
 
     config, path = read_config(args)
+    compile_rules(config.alerts, path)  # a bad rule stops the start here, with its path (exit 2)
     configure_logging(args.log_level or config.logging.level, config.logging.format, cache=True)
     return asyncio.run(run_daemon(config, path))
 
@@ -142,7 +144,10 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from collector.alerts.rules import compile_rules
+
     config, path = read_config(args)
+    compile_rules(config.alerts, path)
     summary = budget_summary(config)
     if args.json:
         json.dump({"config": path, "ok": True, **summary}, sys.stdout, indent=2)
@@ -239,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # pragma: no cover - alerting not installed
         alerts_cli = None  # type: ignore[assignment]
     if alerts_cli is not None:
-        alerts_cli.add_arguments(sub, add_config_arg)
+        alerts_cli.add_arguments(sub, add_config_arg, read_config, daemon_url)
     return parser
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, HttpUrl, ValidationError, create_model, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from collector.alerts.config import AlertsConfig, rule_files_relative_to
+from collector.alerts.config import AlertsConfig
 from collector.configfile import ConfigError as ConfigError
 from collector.configfile import id_text as id_text
 from collector.configfile import read_yaml_file
@@ -314,10 +314,8 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
     """Read and validate a YAML configuration file. Raises ConfigError."""
     source = str(path)
     data = read_yaml_file(path)
-    base = Path(path).resolve().parent
-    with rule_files_relative_to(base):  # alert rule files are compiled during validation
-        config = parse_config(data, source, env)
-    return _resolve_paths(config, base)
+    config = parse_config(data, source, env)
+    return _resolve_paths(config, Path(path).resolve().parent)
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
@@ -328,5 +326,6 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     inventory = config.inventory.model_copy(update={"file": rel(config.inventory.file)})
     file_sink = config.sinks.file.model_copy(update={"path": rel(config.sinks.file.path)})
     sinks = config.sinks.model_copy(update={"file": file_sink})
-    return config.model_copy(update={"inventory": inventory, "sinks": sinks,
+    alerts = config.alerts.model_copy(update={"rule_files": [str(rel(f)) for f in config.alerts.rule_files]})
+    return config.model_copy(update={"inventory": inventory, "sinks": sinks, "alerts": alerts,
                                      "state_dir": rel(config.state_dir)})

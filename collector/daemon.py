@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from collector import __version__, metrics
+from collector.alerts.rules import compile_rules
 from collector.config import Config, ConfigError, load_config
 from collector.endpoints import ENDPOINTS
 from collector.inventory import Inventory, InventoryError, file_mtime, load_inventory
@@ -152,7 +153,8 @@ class Daemon:
         if self.config.alerts.enabled:
             from collector.alerts.engine import AlertEngine
 
-            self.alerts = AlertEngine(self.config.alerts, state_dir, write_points=self.sinks.submit)
+            self.alerts = AlertEngine(self.config.alerts, state_dir, write_points=self.sinks.submit,
+                                      lookup=self.state.record)
             await self.alerts.start()
         self.apply_inventory(self._load_inventory())
         self._inventory_mtime = file_mtime(self.config.inventory)
@@ -217,11 +219,10 @@ class Daemon:
     # --- running --------------------------------------------------------------------------------------------
 
     async def _housekeeping(self) -> None:
-        """Alert sweeps, the collector's own alert entity, and the inventory file watch."""
-        interval = self.config.alerts.evaluation_interval
+        """The collector's own alert entity, and the inventory file watch (the engine sweeps its rules)."""
         while not self.stop_event.is_set():
             try:
-                await asyncio.wait_for(self.stop_event.wait(), timeout=min(interval, 5.0))
+                await asyncio.wait_for(self.stop_event.wait(), timeout=5.0)
                 return
             except TimeoutError:
                 pass
@@ -233,7 +234,6 @@ class Daemon:
                     ratio = self.rate_ratio()
                     health = FieldRecord("collector", self.health.fields(now, spool_bytes, oldest, ratio))
                     self.alerts.evaluate("collector", "collector", health, now)
-                    self.alerts.sweep(now, self.state.record)
             except Exception as exc:  # housekeeping must survive anything
                 log.error("housekeeping failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -260,6 +260,7 @@ class Daemon:
             return
         try:
             new = load_config(self.config_path)
+            compile_rules(new.alerts, self.config_path)
         except ConfigError as exc:
             metrics.CONFIG_RELOADS.labels("rejected").inc()
             log.error("configuration rejected, keeping the old one", problems=exc.problems)

@@ -70,8 +70,11 @@ NOTIFICATIONS = Counter(f"{P}_notifications_total", "Notifications by notifier a
                         ["notifier", "outcome"], registry=REGISTRY)
 ALERT_TRANSITIONS = Counter(f"{P}_alert_transitions_total", "Alert state changes", ["rule", "to"],
                             registry=REGISTRY)
-ALERT_EVAL_DURATION = Histogram(f"{P}_alert_evaluation_duration_seconds", "Time spent evaluating alert rules",
+ALERT_EVAL_DURATION = Histogram(f"{P}_alert_evaluation_duration_seconds", "Time spent in each sweep of alert rules",
                                 registry=REGISTRY, buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5))
+ALERT_EVALUATION_ERRORS = Counter(f"{P}_alert_evaluation_errors_total",
+                                  "Rule conditions that failed to evaluate for an entity (read as false)", ["rule"],
+                                  registry=REGISTRY)
 
 # --- process -------------------------------------------------------------------------------------------
 CONFIG_RELOADS = Counter(f"{P}_config_reloads_total", "Configuration reloads by outcome", ["outcome"],

@@ -47,9 +47,10 @@ route:
   repeat_interval: 1h
   routes:
     # Alerts whose startsAt is older than group_wait are flushed at once, as they arrive: a batch
-    # of hundreds needs a group_wait longer than its own age to land in one notification.
+    # of hundreds needs a group_wait longer than its own age to land in one notification (its
+    # polls' answers may be seconds old by the time they are evaluated on a busy host).
     - matchers: [bulk="yes"]
-      group_wait: 2s
+      group_wait: 10s
 receivers:
   - name: hook
     webhook_configs:

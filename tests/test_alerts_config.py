@@ -1,5 +1,6 @@
-"""The `alerts:` section: rules compiled at validation, errors with the rule's path and name (what
-check-config prints), rule files, default rules and their parameters, notifiers, silences."""
+"""The `alerts:` section: validated as data, rules compiled by `compile_rules` with errors naming the
+rule's path and name (what check-config and `run` print), rule files, default rules and their
+parameters, notifiers, silences."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from collector.alerts.config import AlertsConfig, rule_files_relative_to
-from collector.alerts.rules import default_params, default_rule_configs
+from collector.alerts.config import AlertsConfig
+from collector.alerts.rules import Rule, compile_rules, default_params, default_rule_configs
 from collector.alerts.silences import SilenceBook, SilenceError
-from collector.config import ConfigError, parse_config
+from collector.config import ConfigError, load_config, parse_config
 from collector.state import FieldRecord
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,9 +27,15 @@ def config_of(alerts: dict[str, Any]) -> Any:
     return parse_config({"simulator": {"embedded": True}, "alerts": alerts}, env={})
 
 
+def rules_of(alerts: dict[str, Any]) -> list[Rule]:
+    return compile_rules(config_of(alerts).alerts)
+
+
 def problems_of(alerts: dict[str, Any]) -> list[str]:
+    """What check-config reports for this `alerts:` section: a bad shape at load, a bad rule when the
+    rules are compiled."""
     with pytest.raises(ConfigError) as info:
-        config_of(alerts)
+        rules_of(alerts)
     return info.value.problems
 
 
@@ -57,9 +64,8 @@ def test_every_bad_rule_is_reported_at_once() -> None:
     assert problems == ["alerts.rules[1].kind: must be 'device', 'sim', 'account' or 'collector', got 'gizmo'"]
 
 
-def test_default_rules_compile_and_cover_the_issue() -> None:
-    config = config_of({"enabled": True})
-    names = {r.name: r for r in config.alerts.compiled_rules()}
+def test_default_rules_compile_and_cover_every_kind() -> None:
+    names = {r.name: r for r in rules_of({"enabled": True})}
     assert set(names) == {"DeviceOffline", "WeakSignal", "LowBattery", "DataStale", "SimDataLow",
                           "SimDataExhaustionForecast", "SimPackageExpiring", "SimSuspended",
                           "AccountBalanceLow", "UpstreamErrorRateHigh"}
@@ -68,10 +74,9 @@ def test_default_rules_compile_and_cover_the_issue() -> None:
 
 
 def test_default_thresholds_are_overridable_and_rules_replaceable_by_name() -> None:
-    config = config_of({"params": {"weak_signal_dbm": -110},
-                        "rules": [rule("LowBattery", "battery_percent < 5", severity="critical")],
-                        "disabled_rules": ["DataStale"]})
-    rules = {r.name: r for r in config.alerts.compiled_rules()}
+    rules = {r.name: r for r in rules_of({"params": {"weak_signal_dbm": -110},
+                                          "rules": [rule("LowBattery", "battery_percent < 5", severity="critical")],
+                                          "disabled_rules": ["DataStale"]})}
     assert "DataStale" not in rules
     assert rules["LowBattery"].severity == "critical" and rules["LowBattery"].source == "alerts.rules[0]"
     weak = rules["WeakSignal"].condition.fn
@@ -85,13 +90,16 @@ def test_unknown_parameters_and_disabled_rules_are_errors() -> None:
     assert problems[1].startswith("alerts.params.weak_signal_dmb: not used by any rule")
 
 
-def test_rule_files_are_read_relative_to_the_configuration(tmp_path: Path) -> None:
+def test_rule_files_are_read_relative_to_the_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "extra.yaml").write_text(
         "rules:\n  - name: Hot\n    kind: device\n    condition: wifi_clients > 8\n    for: 5m\n")
-    with rule_files_relative_to(tmp_path):
-        config = config_of({"rule_files": ["rules/extra.yaml"], "default_rules": False})
-    [hot] = config.alerts.compiled_rules()
+    (tmp_path / "collector.yaml").write_text(
+        "simulator: {embedded: true}\nalerts: {rule_files: [rules/extra.yaml], default_rules: false}\n")
+    monkeypatch.chdir(REPO)  # not the configuration's directory
+    config = load_config(tmp_path / "collector.yaml")
+    assert config.alerts.rule_files == [str(tmp_path / "rules" / "extra.yaml")]
+    [hot] = compile_rules(config.alerts)
     assert hot.name == "Hot" and hot.for_ == 300 and hot.source == str(tmp_path / "rules" / "extra.yaml")
 
 
@@ -207,4 +215,52 @@ def test_the_defaults_file_documents_every_parameter() -> None:
 
 def test_alerts_config_alone_validates() -> None:
     config = AlertsConfig.model_validate({"enabled": True})
-    assert config.notifiers[0].type == "log" and len(config.compiled_rules()) == 10
+    assert config.notifiers[0].type == "log" and len(compile_rules(config)) == 10
+
+
+def test_loading_a_configuration_does_not_compile_rules() -> None:
+    """Configuration is data: a bad expression loads (its shape is right) and fails when compiled."""
+    config = config_of({"rules": [rule("WeakSignal", "rsi_dbm < -105")]})
+    assert config.alerts.rules[0].condition == "rsi_dbm < -105"
+    with pytest.raises(ConfigError, match=r"alerts.rules\[0\] \(WeakSignal\).condition: unknown field"):
+        compile_rules(config.alerts, "collector.yaml")
+
+
+def test_the_configuration_modules_do_not_import_the_rule_compiler() -> None:
+    code = ("import sys, collector.config, collector.alerts.config; "
+            "print(sorted(m for m in sys.modules if m.startswith(('collector.alerts.', 'numpy', 'simpleeval'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['collector.alerts.config', 'collector.alerts.matchers']"
+
+
+def test_a_rule_may_name_its_value() -> None:
+    problems = problems_of({"rules": [rule("BadValue", "online == False", value="bogus")]})
+    assert problems == ["alerts.rules[0] (BadValue).value: unknown field 'bogus' for kind device"]
+    rules = {r.name: r for r in rules_of({"default_rules": False, "rules": [
+        rule("Quiet", "wifi_clients == 0 and rssi_dbm < -100", value="rssi_dbm + 0.5"),
+        rule("Ordered", "online == True and battery_percent < 20"),
+        rule("StateOnly", "online == False")]})}
+    record = FieldRecord("device", {"online": False, "wifi_clients": 0, "rssi_dbm": -101, "battery_percent": 10})
+    assert rules["Quiet"].current_value(record, 0.0) == -100.5
+    assert rules["Ordered"].current_value(record, 0.0) == 10.0  # fallback: the field ordered first
+    assert rules["StateOnly"].current_value(record, 0.0) is None  # a state, no quantity
+
+
+def test_every_default_rule_reports_the_quantity_it_is_about() -> None:
+    rules = {r.name: r for r in rules_of({})}
+    device = FieldRecord("device", {"online": False, "rssi_dbm": -111, "battery_percent": 9,
+                                    "staleness_seconds": 5000.0, "status_age_seconds": 720.0})
+    sim = FieldRecord("sim", {"remaining_ratio": 0.05, "seconds_to_exhaustion": 86400.0, "days_to_expiry": 3.5,
+                              "sim_status": 4, "internet_status": 2})
+    suspended = FieldRecord("sim", {"sim_status": 5, "internet_status": 1})
+    account = FieldRecord("account", {"balance": 12.5})
+    collector = FieldRecord("collector", {"upstream_requests": 2846, "upstream_errors": 1431,
+                                          "upstream_error_ratio": 0.503})
+    values = {name: rule.current_value({"device": device, "sim": sim, "account": account,
+                                        "collector": collector}[rule.kind], 0.0) for name, rule in rules.items()}
+    assert values == {"DeviceOffline": 720.0, "WeakSignal": -111.0, "LowBattery": 9.0, "DataStale": 5000.0,
+                      "SimDataLow": 0.05, "SimDataExhaustionForecast": 86400.0, "SimPackageExpiring": 3.5,
+                      "SimSuspended": 2.0, "AccountBalanceLow": 12.5, "UpstreamErrorRateHigh": 0.503}
+    assert rules["SimSuspended"].current_value(suspended, 0.0) == 5.0

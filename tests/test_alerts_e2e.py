@@ -12,7 +12,9 @@ import hashlib
 import hmac
 import io
 import json
+import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from collector.alerts.engine import AlertEngine
 from collector.cli import main as cli_main
@@ -30,6 +33,7 @@ from collector.state import FleetState
 from tests.alert_servers import AlertmanagerServer, HttpReceiver, SmtpReceiver, start_alertmanager, wait_for
 from tests.conftest import server_unavailable
 from tests.daemon_run import DaemonProcess, demo_config
+from tests.daemon_run import wait_for as wait_until
 from tests.servers import ServerUnavailable, free_port
 
 pytestmark = [pytest.mark.integration,
@@ -172,10 +176,10 @@ class Rig:
             "webhook": tuple(b["status"] for b in self.webhook()),
         }
 
-    async def expect(self, statuses: tuple[str, ...], settle: float = 0.8) -> None:
+    async def expect(self, statuses: tuple[str, ...], settle: float = 0.8, within: float = 15.0) -> None:
         """Wait until every receiver got exactly `statuses`, then check nothing more arrives."""
         expected = dict.fromkeys(("alertmanager", "apprise-json", "smtp", "webhook"), statuses)
-        await wait_for(lambda: self.counts() == expected, within=15.0)
+        await wait_for(lambda: self.counts() == expected, within=within)
         await asyncio.sleep(settle)
         assert self.counts() == expected
 
@@ -303,7 +307,7 @@ async def test_300_devices_offline_at_once_make_one_message_per_receiver(rig_fac
 
     await asyncio.gather(*(offline(no) for no in devices))
     await rig.poll()
-    await rig.expect(("firing",))
+    await rig.expect(("firing",), within=30.0)  # Alertmanager holds the bulk group for its 10 s group_wait
     [am] = rig.am_notifications()
     assert len(am["alerts"]) == 300
     [apprise_message] = rig.apprise_json()
@@ -408,3 +412,44 @@ async def test_the_daemon_alerts_end_to_end_with_cli(tmp_path: Path, receiver: H
     gone = await asyncio.to_thread(_cli, "alerts", "list", "--url", daemon.url)
     assert gone.returncode == 1
     assert gone.stderr.startswith("error: cannot reach the collector at ") and "Traceback" not in gone.stderr
+
+
+def _error_count(metrics_text: str, rule: str) -> float:
+    prefix = f'iot_collector_alert_evaluation_errors_total{{rule="{rule}"}} '
+    return next((float(line[len(prefix):]) for line in metrics_text.splitlines() if line.startswith(prefix)), -1.0)
+
+
+async def test_a_rule_that_always_errors_shows_on_metrics_and_a_bad_rule_is_refused(tmp_path: Path) -> None:
+    """A running daemon exports rule evaluation errors by rule; `run` with a bad rule exits 2 with the
+    rule's path; SIGHUP with a bad rule keeps the running rules and logs the problem."""
+    broken = {"name": "AlwaysErrs", "kind": "device", "condition": "device_no < 3"}  # text against a number
+    config = demo_config(tmp_path, simulator={"embedded": True, "devices": 5, "seed": 7, "speed": 60},
+                         alerts={"enabled": True, "default_rules": False, "evaluation_interval": "1s",
+                                 "rules": [broken, OFFLINE], "notifiers": [{"type": "log"}]})
+    bad = {**config, "alerts": {**config["alerts"], "rules": [{**broken, "condition": "rsi_dbm < -105"}]}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    refused = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "collector", "run", "-c",
+                                                       str(tmp_path / "bad.yaml")],
+                                      capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert "alerts.rules[0] (AlwaysErrs).condition: unknown field 'rsi_dbm' for kind device" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    daemon = DaemonProcess(tmp_path, config)
+    await asyncio.to_thread(daemon.start)
+    try:
+        assert _error_count(daemon.get("/metrics").text, "DeviceOffline") == 0.0  # every rule, from the start
+        await asyncio.to_thread(wait_until, lambda: _error_count(daemon.get("/metrics").text, "AlwaysErrs") >= 5,
+                                30, "evaluation errors of AlwaysErrs on /metrics")
+        daemon.config_path.write_text(yaml.safe_dump(bad))
+        daemon.signal(signal.SIGHUP)
+        await asyncio.to_thread(wait_until, lambda: any(e["event"].startswith("configuration rejected")
+                                                        for e in daemon.log_events()), 15, "the reload refused")
+        rejected = next(e for e in daemon.log_events() if e["event"].startswith("configuration rejected"))
+        assert rejected["problems"] == [
+            "alerts.rules[0] (AlwaysErrs).condition: unknown field 'rsi_dbm' for kind device"]
+        seen = _error_count(daemon.get("/metrics").text, "AlwaysErrs")
+        await asyncio.to_thread(wait_until, lambda: _error_count(daemon.get("/metrics").text, "AlwaysErrs") > seen,
+                                30, "the running rule still evaluated")
+    finally:
+        assert await asyncio.to_thread(daemon.stop) == 0

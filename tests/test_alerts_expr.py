@@ -3,14 +3,19 @@ behave at run time."""
 
 from __future__ import annotations
 
+import ast
+import functools
+import math
+import operator
 from typing import Any
 
 import pytest
 import simpleeval
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.alerts.expr import ExprError, compile_expr, human_bytes, human_duration, percent
+from collector.alerts.expr import ExprError, compile_expr
+from collector.formats import human_bytes, human_duration, percent
 from collector.state import FIELDS, FieldRecord
 
 DEVICE = FIELDS["device"]
@@ -47,6 +52,7 @@ def on(kind: str, fn: Any) -> Any:
     ("'customer' in labels", {"labels": {"customer": "x"}}, True),
     ("1 if online else 2", {"online": True}, 1),
     ("coalesce(rssi_dbm, -999)", {"rssi_dbm": None}, -999),
+    ("coalesce(None, 1) == 1", {}, True),
 ])
 def test_expressions_evaluate_like_python(text: str, fields: dict[str, Any], expected: Any) -> None:
     assert run(text, fields) == expected
@@ -173,13 +179,162 @@ def test_compiled_closures_agree_with_simpleeval_on_present_values(rssi: int, ba
 
 
 def test_an_ordering_against_the_literal_none_is_false_for_any_value() -> None:
-    """Found by the vector property test: `x < None` raised for a value that was not None (counted as
-    an evaluation error, so `not (x < None)` read as false); a comparison with None is false."""
-    from collector.alerts.expr import compile_expr
-    from collector.state import FIELDS, FieldRecord
-
+    """`x < None` is false (not an error, which would make `not (x < None)` false too)."""
     for text, expected in (("rssi_dbm < None", False), ("None >= rssi_dbm", False), ("rssi_dbm in None", False),
                            ("not (rssi_dbm < None)", True), ("(rssi_dbm + 1) > None", False)):
         compiled = compile_expr(text, "device", FIELDS["device"], {})
         for value in (-90, False, 2.5, None):
             assert compiled.fn(FieldRecord("device", {"rssi_dbm": value}), 0.0) is expected, (text, value)
+
+
+def test_a_number_field_holding_nan_reads_as_missing() -> None:
+    nan = float("nan")
+    assert run("rssi_dbm", {"rssi_dbm": nan}) is None
+    assert run("rssi_dbm is None", {"rssi_dbm": nan}) is True
+    assert run("rssi_dbm != -80", {"rssi_dbm": nan}) is False
+    assert run("coalesce(rssi_dbm, 7)", {"rssi_dbm": nan}) == 7
+
+
+def test_a_field_behind_a_missing_object_reads_as_none() -> None:
+    """A path through an object the record does not have yet (`obs.rssi_dbm` before the first poll)."""
+    class NeverPolled:
+        obs = None
+        labels: dict[str, str] = {}
+
+    fields = {**DEVICE, "rssi_dbm": "obs.rssi_dbm"}
+    assert compile_expr("rssi_dbm", "device", fields).fn(NeverPolled(), 0.0) is None
+    assert compile_expr("rssi_dbm < -105 or rssi_dbm >= -105", "device", fields).fn(NeverPolled(), 0.0) is False
+    assert compile_expr("rssi_dbm is None", "device", fields).fn(NeverPolled(), 0.0) is True
+
+
+# --- property: any expression follows the documented semantics ----------------------------------------------
+#
+# `reference` below is a second, deliberately naive implementation of docs/alerts.md's rules (an
+# interpreter over the parsed tree, no closures, no folding); for random expressions over random
+# records (missing values, booleans, zeros, NaN), the compiled closures give the same value or raise
+# where it raises.
+
+NUMERIC = ["rssi_dbm", "battery_percent", "online", "wifi_clients", "staleness_seconds"]
+PARAMS = {"weak": -105, "statuses": [5, 2]}
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-130, 130),
+                    st.sampled_from([0.0, -0.0, 0.5, -2.5, 3.25, 1e9, -110.5, float("nan")]))
+_leaves = st.one_of(st.sampled_from(NUMERIC),
+                    st.sampled_from(["0", "1", "-1", "2.5", "-105", "True", "None", "weak"]))
+
+
+def _numbers(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    pair = st.tuples(inner, inner)
+    return st.one_of(
+        pair.map(lambda p: f"({p[0]} + {p[1]})"), pair.map(lambda p: f"({p[0]} - {p[1]})"),
+        pair.map(lambda p: f"({p[0]} * {p[1]})"), pair.map(lambda p: f"({p[0]} / {p[1]})"),
+        pair.map(lambda p: f"({p[0]} // {p[1]})"), pair.map(lambda p: f"({p[0]} % {p[1]})"),
+        inner.map(lambda a: f"(-{a})"), inner.map(lambda a: f"abs({a})"), inner.map(lambda a: f"round({a})"),
+        pair.map(lambda p: f"min({p[0]}, {p[1]})"), pair.map(lambda p: f"max({p[0]}, {p[1]})"),
+        pair.map(lambda p: f"coalesce({p[0]}, {p[1]})"),
+        st.tuples(inner, _conditions(_leaves), inner).map(lambda t: f"({t[0]} if {t[1]} else {t[2]})"),
+    )
+
+
+def _conditions(num: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    ops = st.sampled_from(["<", "<=", ">", ">=", "==", "!="])
+    return st.one_of(
+        st.tuples(num, ops, num).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        st.tuples(num, ops, num, ops, num).map(lambda t: f"({t[0]} {t[1]} {t[2]} {t[3]} {t[4]})"),
+        num.map(lambda a: f"({a} in [1, 2, -105, True])"), num.map(lambda a: f"({a} not in statuses)"),
+        num.map(lambda a: f"({a} is None)"), num.map(lambda a: f"({a} is not None)"),
+        num.map(lambda a: f"({a} == None)"), num.map(lambda a: f"(None != {a})"),
+        num, num.map(lambda a: f"(not {a})"),
+    )
+
+
+_expressions = st.recursive(_conditions(st.recursive(_leaves, _numbers, max_leaves=6)),
+                            lambda inner: st.one_of(
+                                st.tuples(inner, inner).map(lambda p: f"({p[0]} and {p[1]})"),
+                                st.tuples(inner, inner).map(lambda p: f"({p[0]} or {p[1]})"),
+                                inner.map(lambda a: f"(not {a})")),
+                            max_leaves=4)
+
+
+def reference(node: ast.AST, fields: dict[str, Any]) -> Any:
+    """docs/alerts.md's semantics, spelled out node by node."""
+    ev = functools.partial(reference, fields=fields)
+    if isinstance(node, ast.Expression):
+        return ev(node.body)
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id in fields:
+            value = fields[node.id]
+            return None if isinstance(value, float) and math.isnan(value) else value
+        value = PARAMS[node.id]
+        return frozenset(value) if isinstance(value, list) else value
+    if isinstance(node, ast.List):
+        return frozenset(ev(e) for e in node.elts)
+    if isinstance(node, ast.BoolOp):
+        value: Any = isinstance(node.op, ast.And)
+        for part in node.values:
+            value = ev(part)
+            if bool(value) != isinstance(node.op, ast.And):
+                return value
+        return value
+    if isinstance(node, ast.UnaryOp):
+        value = ev(node.operand)
+        if isinstance(node.op, ast.Not):
+            return not value
+        return None if value is None else -value
+    if isinstance(node, ast.BinOp):
+        a, b = ev(node.left), ev(node.right)
+        if a is None or b is None:
+            return None
+        try:
+            return {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+                    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}[type(node.op)](a, b)
+        except ZeroDivisionError:
+            return None
+    if isinstance(node, ast.IfExp):
+        return ev(node.body) if ev(node.test) else ev(node.orelse)
+    if isinstance(node, ast.Call):
+        assert isinstance(node.func, ast.Name)
+        args = [ev(a) for a in node.args]
+        if node.func.id == "coalesce":
+            return next((a for a in args if a is not None), None)
+        return None if None in args else {"abs": abs, "round": round, "min": min, "max": max}[node.func.id](*args)
+    assert isinstance(node, ast.Compare)
+    sides = [node.left, *node.comparators]
+    for i, opnode in enumerate(node.ops):
+        left, right = sides[i], sides[i + 1]
+        literal_none = any(isinstance(s, ast.Constant) and s.value is None for s in (left, right))
+        if isinstance(opnode, ast.Is | ast.IsNot) or (literal_none and isinstance(opnode, ast.Eq | ast.NotEq)):
+            other = ev(right if isinstance(left, ast.Constant) and left.value is None else left)
+            holds = (other is None) == isinstance(opnode, ast.Is | ast.Eq)
+        else:
+            a, b = ev(left), ev(right)
+            holds = a is not None and b is not None and {
+                ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+                ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.In: lambda x, y: x in y,
+                ast.NotIn: lambda x, y: x not in y}[type(opnode)](a, b)
+        if not holds:
+            return False
+    return True
+
+
+def _outcome(fn: Any) -> Any:
+    try:
+        value = fn()
+    except Exception as exc:
+        return type(exc).__name__
+    return "nan" if isinstance(value, float) and math.isnan(value) else value
+
+
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")
+@settings(max_examples=400, deadline=None)
+@given(text=_expressions, records=st.lists(st.fixed_dictionaries({n: _values for n in NUMERIC}), min_size=1,
+                                           max_size=6))
+def test_compiled_expressions_follow_the_documented_semantics(text: str, records: list[dict[str, Any]]) -> None:
+    fn = compile_expr(text, "device", DEVICE, PARAMS).fn
+    tree = ast.parse(text, mode="eval")
+    for fields in records:
+        expected = _outcome(lambda f=fields: reference(tree, f))
+        got = _outcome(lambda f=fields: fn(FieldRecord("device", f), 0.0))
+        assert got == expected, (text, fields)

@@ -6,7 +6,8 @@
   would fire.
 - `silence add|list|remove` manage silences of a running collector.
 
-The daemon's address comes from `--url`, else from the configuration file (`http.listen`/`http.port`).
+The daemon's address comes from `--url`, else from the configuration file (`http.listen`/`http.port`);
+`iot-collector` hands over how it reads the configuration and finds the daemon (`add_arguments`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import getpass
 import json
 import sys
@@ -22,21 +24,26 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from collector.alerts.rules import Rule
+from collector.alerts.rules import Rule, compile_rules
 from collector.configtypes import parse_duration
 
 AddConfigArg = Callable[[argparse.ArgumentParser], None]
+ReadConfig = Callable[[argparse.Namespace], tuple[Any, str]]  # -> (Config, its path)
+DaemonUrl = Callable[[argparse.Namespace], str]
+Command = Callable[[argparse.Namespace], int]
 
 
 # --- talking to the daemon ---------------------------------------------------------------------------------
 
 
-def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+class DaemonUnreachable(Exception):
+    """The running collector cannot be reached or refused the request (exit code 1)."""
+
+
+def _request(url: str, method: str, path: str, body: Any = None) -> Any:
     import httpx
 
-    from collector.cli import DaemonUnreachable, daemon_url
-
-    url = daemon_url(args) + path
+    url += path
     try:
         response = httpx.request(method, url, json=body, timeout=5.0)
     except httpx.HTTPError as exc:
@@ -51,6 +58,17 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
             reason = response.text
         raise DaemonUnreachable(f"{url} answered HTTP {response.status_code}: {reason}")
     return None if response.status_code == 204 else response.json()
+
+
+def _daemon_command(command: Callable[[argparse.Namespace, str], int], daemon_url: DaemonUrl) -> Command:
+    """A command talking to the daemon at `daemon_url(args)`; unreachable: one line, exit code 1."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args, daemon_url(args))
+        except DaemonUnreachable as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 1
+    return run
 
 
 def _age(iso_time: str | None, now: float) -> str:
@@ -84,9 +102,9 @@ def print_alerts(alerts: list[dict[str, Any]], out: TextIO, now: float | None = 
     _table(rows, out)
 
 
-def cmd_alerts_list(args: argparse.Namespace) -> int:
+def cmd_alerts_list(args: argparse.Namespace, url: str) -> int:
     query = f"?state={args.state}" if args.state else ""
-    alerts = _request(args, "GET", "/api/alerts" + query)["alerts"]
+    alerts = _request(url, "GET", "/api/alerts" + query)["alerts"]
     if args.json:
         json.dump(alerts, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
@@ -95,7 +113,7 @@ def cmd_alerts_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_silence_add(args: argparse.Namespace) -> int:
+def cmd_silence_add(args: argparse.Namespace, url: str) -> int:
     body: dict[str, Any] = {"matchers": args.matchers, "comment": args.comment,
                             "created_by": args.author or getpass.getuser()}
     if args.starts_at:
@@ -104,13 +122,13 @@ def cmd_silence_add(args: argparse.Namespace) -> int:
         body["ends_at"] = args.ends_at
     else:
         body["duration"] = parse_duration(args.duration)
-    result = _request(args, "POST", "/api/silences", body)
+    result = _request(url, "POST", "/api/silences", body)
     sys.stdout.write(f"{result['id']}\n")
     return 0
 
 
-def cmd_silence_list(args: argparse.Namespace) -> int:
-    silences = _request(args, "GET", "/api/silences")["silences"]
+def cmd_silence_list(args: argparse.Namespace, url: str) -> int:
+    silences = _request(url, "GET", "/api/silences")["silences"]
     if args.json:
         json.dump(silences, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
@@ -130,8 +148,8 @@ def cmd_silence_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_silence_remove(args: argparse.Namespace) -> int:
-    _request(args, "DELETE", f"/api/silences/{args.id}")
+def cmd_silence_remove(args: argparse.Namespace, url: str) -> int:
+    _request(url, "DELETE", f"/api/silences/{args.id}")
     sys.stdout.write(f"removed {args.id}\n")
     return 0
 
@@ -246,15 +264,14 @@ def print_would_fire(found: list[dict[str, Any]], entities: Mapping[str, Mapping
     out.write("\n" + "  ".join(f"{rule}: {n}" for rule, n in sorted(by_rule.items())) + "\n")
 
 
-def cmd_alerts_test(args: argparse.Namespace) -> int:
+def cmd_alerts_test(args: argparse.Namespace, read_config: ReadConfig) -> int:
     import time
 
-    from collector.cli import read_config
     from collector.logs import configure_logging
 
-    config, _path = read_config(args)
+    config, path = read_config(args)
+    rules = compile_rules(config.alerts, path)
     configure_logging("warning", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
-    rules = config.alerts.compiled_rules()
     now = time.time()
     if args.observations:
         from collector.platform.errors import PlatformError
@@ -286,8 +303,9 @@ def _help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int
     return show
 
 
-def add_arguments(sub: Any, add_config_arg: AddConfigArg) -> None:
-    """Add the `alerts` and `silence` commands to the `iot-collector` subparsers."""
+def add_arguments(sub: Any, add_config_arg: AddConfigArg, read_config: ReadConfig, daemon_url: DaemonUrl) -> None:
+    """Add the `alerts` and `silence` commands to the `iot-collector` subparsers: `read_config` reads
+    the configuration named by the arguments, `daemon_url` finds the running collector."""
 
     def daemon_args(p: argparse.ArgumentParser) -> None:
         add_config_arg(p)
@@ -300,13 +318,13 @@ def add_arguments(sub: Any, add_config_arg: AddConfigArg) -> None:
     daemon_args(p)
     p.add_argument("--state", choices=["firing", "pending"], help="only alerts in this state")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_alerts_list)
+    p.set_defaults(func=_daemon_command(cmd_alerts_list, daemon_url))
     p = actions.add_parser("test", help="evaluate the rules once and print what would fire (ignoring `for`)")
     add_config_arg(p)
     p.add_argument("--observations", metavar="FILE.json",
                    help="queryDeviceFlow answers or entity fields (default: poll the built-in simulator)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_alerts_test)
+    p.set_defaults(func=functools.partial(cmd_alerts_test, read_config=read_config))
 
     silence = sub.add_parser("silence", help="silence alerts of the running collector")
     silence.set_defaults(func=_help(silence))
@@ -321,13 +339,13 @@ def add_arguments(sub: Any, add_config_arg: AddConfigArg) -> None:
     p.add_argument("--starts-at", help="start time (default now)")
     p.add_argument("--comment", required=True, help="why (shown in `silence list`)")
     p.add_argument("--author", help="who (default: the current user)")
-    p.set_defaults(func=cmd_silence_add)
+    p.set_defaults(func=_daemon_command(cmd_silence_add, daemon_url))
     p = actions.add_parser("list", help="silences and maintenance windows")
     daemon_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_silence_list)
+    p.set_defaults(func=_daemon_command(cmd_silence_list, daemon_url))
     p = actions.add_parser("remove", help="remove a silence by id")
     daemon_args(p)
     p.add_argument("id")
-    p.set_defaults(func=cmd_silence_remove)
+    p.set_defaults(func=_daemon_command(cmd_silence_remove, daemon_url))
 

@@ -1,31 +1,21 @@
 """Configuration of alerting (the `alerts:` section): rules and rule files, the thresholds of the
 default rules, notifiers with their routing and grouping, silences and maintenance windows.
 
-Rules are compiled while the section is validated, so `check-config` reports a bad expression or an
-unknown field with the rule's path and name: `alerts.rules[2] (WeakSignal).condition: unknown field
-'rsi_dbm' for kind device`. Rule files named in `rule_files` are read and compiled at the same time;
-relative paths are resolved against the directory set with `rule_files_relative_to()` (the
-configuration file's directory when the loader sets it), else the working directory.
+Validation checks the shape of every key and nothing more: rules are compiled by the engine and by
+`check-config` (`collector.alerts.rules.compile_rules`), which report a bad expression with the rule's
+path and name.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import datetime as dt
-import os
 import re
-from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, HttpUrl, PrivateAttr, field_validator, model_validator
+from pydantic import ConfigDict, Field, HttpUrl, field_validator, model_validator
 
 from collector.alerts.matchers import parse_matcher
 from collector.configtypes import Duration, Secret, SecretSection, Section, TimeZoneName, read_secret_sources
-
-if TYPE_CHECKING:
-    from collector.alerts.rules import Rule
 
 KINDS = ("device", "sim", "account", "collector")
 Kind = Literal["device", "sim", "account", "collector"]
@@ -34,19 +24,6 @@ _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _LABEL = re.compile(_NAME)
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-_rules_base: contextvars.ContextVar[Path | None] = contextvars.ContextVar("alert_rules_base", default=None)
-
-
-@contextlib.contextmanager
-def rule_files_relative_to(base: str | os.PathLike[str]) -> Iterator[None]:
-    """Resolve relative `alerts.rule_files` against `base` while validating inside this block."""
-    token = _rules_base.set(Path(base))
-    try:
-        yield
-    finally:
-        _rules_base.reset(token)
-
 
 def _check_matchers(values: list[str]) -> list[str]:
     for text in values:
@@ -74,6 +51,8 @@ class RuleConfig(Section):
     condition: str
     clear: str | None = Field(default=None, description="hysteresis: once active, the alert stays active "
                                                          "until this holds (default: until condition stops)")
+    value: str | None = Field(default=None, description="the quantity the alert reports (an expression); "
+                                                         "default: the field the condition orders first")
     for_: Duration = Field(default=0.0, ge=0, alias="for")
     keep_firing_for: Duration = Field(default=0.0, ge=0)
     severity: Severity = "warning"
@@ -269,8 +248,6 @@ class AlertsConfig(Section):
     external_url: str = Field(default="", description="base of generatorURL (default http://<hostname>:9108)")
     write_points: bool = True
 
-    _compiled: list[Rule] | None = PrivateAttr(default=None)
-
     @field_validator("notifiers")
     @classmethod
     def _names(cls, values: list[Any]) -> list[Any]:
@@ -283,21 +260,3 @@ class AlertsConfig(Section):
             seen.add(name)
             out.append(value if value.name else value.model_copy(update={"name": name}))
         return out
-
-    @model_validator(mode="after")
-    def _compile(self) -> AlertsConfig:
-        from collector.alerts.rules import RuleError, compile_rules
-
-        try:
-            self._compiled = compile_rules(self, _rules_base.get())
-        except RuleError as exc:
-            raise exc.validation_error() from None
-        return self
-
-    def compiled_rules(self) -> list[Rule]:
-        """The effective rules (defaults, inline, files), compiled once at validation."""
-        if self._compiled is None:  # a copy made without validation
-            from collector.alerts.rules import compile_rules
-
-            self._compiled = compile_rules(self, _rules_base.get())
-        return self._compiled

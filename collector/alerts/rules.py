@@ -1,10 +1,14 @@
 """Compiled alert rules: the shipped default rules (default_rules.yaml), inline rules and rule files,
-merged and compiled once into `Rule` objects, plus the annotation templates.
+merged and compiled into `Rule` objects, with their annotation templates and value expressions.
+
+`compile_rules(config)` is called by the engine (at start and at each reload), by `check-config`
+and by `alerts test`; loading the configuration only validates its shape. A bad rule raises
+ConfigError naming the key's dotted path: `alerts.rules[2] (WeakSignal).condition: unknown field
+'rsi_dbm' for kind device`.
 
 Templates are plain text with `{{ expression }}` placeholders; each placeholder is an expression of
-the same language as conditions (so `{{ labels.customer }}`, `{{ human_bytes(remaining_bytes) }}` and
-`{{ round(remaining_ratio * 100, 1) }}` work), compiled at load: an unknown field in a template is a
-configuration error too.
+the same language as conditions (so `{{ labels.customer }}` and `{{ human_bytes(remaining_bytes) }}`
+work), compiled with the rule: an unknown field in a template is a configuration error too.
 """
 
 from __future__ import annotations
@@ -17,36 +21,20 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import yaml
 from pydantic import ValidationError
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from collector.alerts.config import AlertsConfig, RuleConfig
 from collector.alerts.expr import Compiled, ExprError, Fn, compile_expr, parse
+from collector.config import ConfigError, validation_problems
 from collector.state import FIELDS, TIME_FIELDS
-
-if TYPE_CHECKING:
-    from collector.alerts.config import AlertsConfig, RuleConfig
 
 # The label naming the entity of each kind (account and collector are singletons).
 ID_LABEL = {"device": "device_no", "sim": "iccid"}
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
-
-
-class RuleError(ValueError):
-    """Problems found while compiling rules: (pydantic-style location, message, input) triples."""
-
-    def __init__(self, problems: list[tuple[tuple[str | int, ...], str, Any]]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg, _ in problems))
-
-    def validation_error(self, title: str = "AlertsConfig") -> ValidationError:
-        details = [InitErrorDetails(type=PydanticCustomError("value_error", "Value error, {reason}",
-                                                             {"reason": msg}),
-                                    loc=loc, input=value) for loc, msg, value in self.problems]
-        return ValidationError.from_exception_data(title, details)
 
 
 def format_value(value: Any) -> str:
@@ -72,11 +60,11 @@ class Template:
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
-            else:
-                try:
-                    out.append(format_value(part(record, now)))
-                except Exception:  # a template never breaks a notification
-                    out.append("?")
+                continue
+            try:
+                out.append(format_value(part(record, now)))
+            except Exception:  # a template never breaks a notification
+                out.append("?")
         return "".join(out)
 
 
@@ -132,13 +120,14 @@ class Rule:
         return {name: t.render(record, now) for name, t in self.annotations.items()}
 
     def current_value(self, record: Any, now: float) -> float | None:
+        """The rule's value for the record (`value:`, else its fallback), when it is a number."""
         if self.value is None:
             return None
         try:
             v = self.value(record, now)
         except Exception:
             return None
-        return float(v) if isinstance(v, int | float) else None
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
 # --- default rules ------------------------------------------------------------------------------------
@@ -164,37 +153,36 @@ def default_rule_configs() -> list[dict[str, Any]]:
 # --- compilation ----------------------------------------------------------------------------------------
 
 
-def _default_value_expr(condition: str, kind: str) -> str | None:
-    """The field a condition compares first (Prometheus' $value, roughly): `rssi_dbm < -105` -> rssi_dbm."""
+def fallback_value(condition: str, kind: str) -> str | None:
+    """The value of a rule that names none: the first field its condition orders against a threshold
+    (`rssi_dbm < -105` -> rssi_dbm). A condition that only tests states (`online == False`, a status
+    `in` a list) has no quantity: None."""
     try:
         tree = parse(condition)
     except ExprError:
         return None
     for node in ast.walk(tree):
         if isinstance(node, ast.Compare):
-            for side in (node.left, *node.comparators):
-                if isinstance(side, ast.Name) and side.id in FIELDS[kind] and side.id != "labels":
-                    return side.id
+            sides = (node.left, *node.comparators)
+            for i, opnode in enumerate(node.ops):
+                if isinstance(opnode, ast.Lt | ast.LtE | ast.Gt | ast.GtE):
+                    for side in (sides[i], sides[i + 1]):
+                        if isinstance(side, ast.Name) and side.id in FIELDS[kind] and side.id != "labels":
+                            return side.id
     return None
 
 
-def _compile_one(cfg: RuleConfig, params: Mapping[str, Any], source: str,
-                 where: tuple[str | int, ...], problems: list[tuple[tuple[str | int, ...], str, Any]],
-                 prefix: str = "") -> Rule | None:
+def _compile_one(cfg: RuleConfig, params: Mapping[str, Any], source: str, where: str,
+                 problems: list[str]) -> Rule | None:
+    """Compile one rule; each problem is reported as `<where><key>: <reason>`."""
     kind, fields = cfg.kind, FIELDS[cfg.kind]
     before = len(problems)
 
-    def report(attr: str, exc: Exception, text: str) -> None:
-        if prefix:
-            problems.append((where, f"{prefix}{attr}: {exc}", text))
-        else:
-            problems.append(((*where, *attr.split(".")), str(exc), text))
-
-    def expr(text: str, attr: str) -> Compiled | None:
+    def expr(text: str, key: str) -> Compiled | None:
         try:
             return compile_expr(text, kind, fields, params)
         except ExprError as exc:
-            report(attr, exc, text)
+            problems.append(f"{where}{key}: {exc}")
             return None
 
     condition = expr(cfg.condition, "condition")
@@ -204,9 +192,12 @@ def _compile_one(cfg: RuleConfig, params: Mapping[str, Any], source: str,
         try:
             annotations[name] = compile_template(text, kind, params)
         except ExprError as exc:
-            report(f"annotations.{name}", exc, text)
-    value_text = _default_value_expr(cfg.condition, kind)
-    value = expr(value_text, "condition") if value_text else None
+            problems.append(f"{where}annotations.{name}: {exc}")
+    if cfg.value is not None:
+        value = expr(cfg.value, "value")
+    else:
+        fallback = fallback_value(cfg.condition, kind)
+        value = expr(fallback, "condition") if fallback else None
     if len(problems) > before or condition is None:
         return None
     used = condition.fields | (clear.fields if clear else frozenset())
@@ -221,15 +212,8 @@ def _compile_one(cfg: RuleConfig, params: Mapping[str, Any], source: str,
                 identity=identity, time_based=bool(used & TIME_FIELDS), config=dump)
 
 
-def _validation_messages(exc: ValidationError) -> list[str]:
-    from collector.config import validation_problems
-
-    return validation_problems(exc)
-
-
 def _read_rule_file(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
-    doc = yaml.safe_load(text)
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     if doc is None:
         return []
     if isinstance(doc, list):
@@ -239,80 +223,76 @@ def _read_rule_file(path: Path) -> list[Any]:
     raise ValueError("must be a list of rules or a mapping with a `rules:` list")
 
 
-def compile_rules(config: AlertsConfig, base: Path | None = None) -> list[Rule]:
-    """Merge and compile the effective rules of `config`. Raises RuleError naming each bad rule.
+def compile_rules(config: AlertsConfig, source: str = "") -> list[Rule]:
+    """Merge and compile the effective rules of `config`. Raises ConfigError (with `source`, the
+    configuration file, in its message) listing every bad rule by its dotted path.
 
-    Order: default rules (unless `default_rules: false`), then inline rules, then rule files. A rule
+    Order: default rules (unless `default_rules: false`), then inline rules, then rule files (a
+    relative path is relative to the working directory; `load_config` makes them absolute). A rule
     named like a default rule replaces it; any other duplicate name is an error. `disabled_rules`
     removes rules by name."""
-    from collector.alerts.config import RuleConfig
-
-    problems: list[tuple[tuple[str | int, ...], str, Any]] = []
+    problems: list[str] = []
     defaults = default_params()
     unknown_overrides = [k for k in config.params if k not in defaults]
     params = {**defaults, **config.params}
     for name in params:
         if any(name in FIELDS[k] for k in FIELDS):
-            problems.append((("params", name), "a parameter may not be named like an entity field", name))
+            problems.append(f"alerts.params.{name}: a parameter may not be named like an entity field")
 
-    candidates: list[tuple[RuleConfig, str, tuple[str | int, ...], str]] = []
+    # (rule, where it comes from, prefix of its problems)
+    candidates: list[tuple[RuleConfig, str, str]] = []
     if config.default_rules:
         for raw in default_rule_configs():
             cfg = RuleConfig.model_validate(raw)
-            candidates.append((cfg, "default", ("default_rules",), f"{cfg.name}."))
+            candidates.append((cfg, "default", f"alerts.default_rules: {cfg.name}."))
     for i, cfg in enumerate(config.rules):
-        candidates.append((cfg, f"alerts.rules[{i}]", (f"rules[{i}] ({cfg.name})",), ""))
+        candidates.append((cfg, f"alerts.rules[{i}]", f"alerts.rules[{i}] ({cfg.name})."))
     for f_index, name in enumerate(config.rule_files):
         path = Path(name)
-        if not path.is_absolute():
-            path = (base or Path.cwd()) / path
-        where: tuple[str | int, ...] = ("rule_files", f_index)
+        where = f"alerts.rule_files[{f_index}]: "
         try:
             raw_rules = _read_rule_file(path)
         except OSError as exc:
-            problems.append((where, f"cannot read {path}: {exc.strerror}", name))
+            problems.append(f"{where}cannot read {path}: {exc.strerror}")
             continue
         except (yaml.YAMLError, ValueError) as exc:
-            problems.append((where, f"{path}: {exc}", name))
+            problems.append(f"{where}{path}: {exc}")
             continue
         for r_index, raw in enumerate(raw_rules):
             label = raw.get("name", "?") if isinstance(raw, dict) else "?"
             try:
                 cfg = RuleConfig.model_validate(raw)
             except ValidationError as exc:
-                for msg in _validation_messages(exc):
-                    problems.append((where, f"{path}: rules[{r_index}] ({label}).{msg}", name))
+                problems += [f"{where}{path}: rules[{r_index}] ({label}).{msg}" for msg in validation_problems(exc)]
                 continue
-            candidates.append((cfg, str(path), where, f"{path}: rules[{r_index}] ({cfg.name})."))
+            candidates.append((cfg, str(path), f"{where}{path}: rules[{r_index}] ({cfg.name})."))
 
-    chosen: dict[str, tuple[RuleConfig, str, tuple[str | int, ...], str]] = {}
-    for cand in candidates:
-        cfg, source = cand[0], cand[1]
+    chosen: dict[str, tuple[RuleConfig, str, str]] = {}
+    for cfg, origin, where in candidates:
         previous = chosen.get(cfg.name)
         if previous is not None and previous[1] != "default":
-            loc, msg = ((cand[2], f"{cand[3]}name: ") if cand[3] else ((*cand[2], "name"), ""))
-            problems.append((loc, f"{msg}rule {cfg.name!r} is already defined in {previous[1]}", cfg.name))
+            problems.append(f"{where}name: rule {cfg.name!r} is already defined in {previous[1]}")
             continue
-        chosen[cfg.name] = cand  # a user rule named like a default one replaces it
+        chosen[cfg.name] = (cfg, origin, where)  # a user rule named like a default one replaces it
     for i, name in enumerate(config.disabled_rules):
         if name not in chosen:
-            problems.append((("disabled_rules", i), f"no rule named {name!r}", name))
+            problems.append(f"alerts.disabled_rules[{i}]: no rule named {name!r}")
     disabled = set(config.disabled_rules)
 
     rules: list[Rule] = []
     used_params: set[str] = set()
-    for cfg, source, where, prefix in chosen.values():
+    for cfg, origin, where in chosen.values():
         if cfg.name in disabled:
             continue
-        for text in (cfg.condition, cfg.clear or "", *cfg.annotations.values()):
+        for text in (cfg.condition, cfg.clear or "", cfg.value or "", *cfg.annotations.values()):
             used_params.update(p for p in params if re.search(rf"\b{re.escape(p)}\b", text))
-        rule = _compile_one(cfg, params, source, where, problems, prefix)
+        rule = _compile_one(cfg, params, origin, where, problems)
         if rule is not None:
             rules.append(rule)
     for name in unknown_overrides:
         if name not in used_params:
-            problems.append((("params", name), "not used by any rule (the default rules' parameters are "
-                             f"{', '.join(sorted(defaults))})", config.params[name]))
+            problems.append(f"alerts.params.{name}: not used by any rule (the default rules' parameters are "
+                            f"{', '.join(sorted(defaults))})")
     if problems:
-        raise RuleError(problems)
+        raise ConfigError(problems, source)
     return rules

@@ -22,8 +22,9 @@ import structlog
 
 from collector import __version__
 from collector.alerts.alert import Alert, iso
-from collector.alerts.notifiers.base import Context, Receiver, backoff, count
+from collector.alerts.notifiers.base import Context, DeliveryError, Receiver, count, retry_delay
 from collector.logs import redact_text
+from collector.retry import parse_retry_after
 
 log = structlog.get_logger("collector.alerts.notify")
 
@@ -107,7 +108,8 @@ class AlertmanagerReceiver(Receiver):
         response = await self._client.post(url, content=orjson.dumps(payload),
                                            headers={"Content-Type": "application/json"})
         if response.status_code >= 300:
-            raise RuntimeError(f"HTTP {response.status_code} from Alertmanager: {response.text[:200]}")
+            raise DeliveryError(f"HTTP {response.status_code} from Alertmanager: {response.text[:200]}",
+                                parse_retry_after(response.headers.get("Retry-After")))
 
     async def run(self) -> None:
         retry = self.config.retry
@@ -142,7 +144,8 @@ class AlertmanagerReceiver(Receiver):
                     self._due = False
                     self.dirty = True
                     continue
-                await asyncio.sleep(backoff(self.attempts, retry.backoff_initial, retry.backoff_max))
+                retry_after = exc.retry_after if isinstance(exc, DeliveryError) else None
+                await asyncio.sleep(retry_delay(retry, self.attempts, retry_after))
                 continue
             finally:
                 self._busy = False

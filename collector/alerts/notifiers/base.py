@@ -11,6 +11,9 @@ Alertmanager-style aggregation groups:
   while alerts fire;
 - silenced alerts are left out, firing and resolved alike.
 
+Retries wait as `collector.retry.Backoff` says, at least as long as a `Retry-After` in the refusal
+asks (`DeliveryError.retry_after`).
+
 Outcomes counted: `sent` (a message accepted by one target), `failed` (one failed attempt, to be
 retried), `dropped` (given up: attempts exhausted or the queue full).
 """
@@ -19,10 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +34,7 @@ from collector import metrics
 from collector.alerts.alert import Alert, iso
 from collector.alerts.matchers import matches_all, parse_matchers
 from collector.logs import redact_text
+from collector.retry import Backoff
 
 log = structlog.get_logger("collector.alerts.notify")
 
@@ -48,10 +51,18 @@ class Context(Protocol):
     def clock(self) -> float: ...
 
 
-def backoff(attempt: int, initial: float, maximum: float) -> float:
-    """Delay before retry number `attempt` (1-based): doubling, capped, with 10% jitter."""
-    delay = min(maximum, initial * 2 ** max(attempt - 1, 0))
-    return delay * random.uniform(0.9, 1.1)
+class DeliveryError(Exception):
+    """A receiver refused a delivery; `retry_after`: how long it asked us to wait (its Retry-After)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_delay(retry: Any, attempt: int, retry_after: float | None) -> float:
+    """Seconds to wait after failed attempt `attempt` under a notifier's `retry` settings (the caller
+    counts attempts against `retry.max_attempts`)."""
+    return Backoff(retry.backoff_initial, retry.backoff_max).delay(attempt, retry_after) or 0.0
 
 
 def count(notifier: str, outcome: str, n: int = 1) -> None:
@@ -352,6 +363,7 @@ class GroupingReceiver(Receiver):
                 continue
             item = self._inflight = self.queue[0]
             self._busy = True
+            retry_after: float | None = None
             try:
                 failed: list[int] = []
                 for target in list(item["targets"]):
@@ -360,6 +372,8 @@ class GroupingReceiver(Receiver):
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:
+                        if isinstance(exc, DeliveryError) and exc.retry_after is not None:
+                            retry_after = max(retry_after or 0.0, exc.retry_after)
                         failed.append(target)
                         count(self.name, "failed")
                         log.warning("notification failed", notifier=self.name, attempt=item["attempts"] + 1,
@@ -380,7 +394,7 @@ class GroupingReceiver(Receiver):
             finally:
                 self._inflight = None
                 self._busy = False
-            await asyncio.sleep(backoff(item["attempts"], retry.backoff_initial, retry.backoff_max))
+            await asyncio.sleep(retry_delay(retry, item["attempts"], retry_after))
 
     # --- persistence ---
 
@@ -402,5 +416,3 @@ class GroupingReceiver(Receiver):
         if self.queue:
             self._wake.set()
 
-
-ReceiverFactory = Callable[[Any, Context], Receiver]

@@ -12,7 +12,8 @@ import httpx
 import orjson
 
 from collector import __version__
-from collector.alerts.notifiers.base import GroupingReceiver
+from collector.alerts.notifiers.base import DeliveryError, GroupingReceiver
+from collector.retry import parse_retry_after
 
 SIGNATURE_HEADER = "X-IoT-Collector-Signature"
 
@@ -36,7 +37,8 @@ class WebhookReceiver(GroupingReceiver):
             headers[SIGNATURE_HEADER] = sign(self.config.secret.get_secret_value(), body)
         response = await self._client.post(str(self.config.url), content=body, headers=headers)
         if response.status_code >= 300:
-            raise RuntimeError(f"HTTP {response.status_code} from the webhook")
+            raise DeliveryError(f"HTTP {response.status_code} from the webhook",
+                                parse_retry_after(response.headers.get("Retry-After")))
 
     async def close(self) -> None:
         if self._client is not None:
