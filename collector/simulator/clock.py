@@ -94,6 +94,8 @@ class SimClock:
         segments = self._segments
         if len(segments) == 1:
             sim0, wall0, speed = segments[0]
+            if speed == 1.0 and sim0 == wall0:  # real time from now: exactly the identity, no rounding
+                return x
             return wall0 + (x - sim0) / (speed or self._last_speed)
         i = bisect_right(self._sims, x) - 1
         if i < 0:
