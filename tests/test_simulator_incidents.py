@@ -219,12 +219,12 @@ def test_every_incident_from_the_command_line() -> None:
     others = [no for i, no in enumerate(probe.device_numbers()) if no != drained]
     frozen, weak, offline = others[:3]
     iccids = probe.iccids()
-    exhausted, topped, expiring, suspended = iccids[0], iccids[1], iccids[2], iccids[3]
+    exhausted, topped, expiring, suspended, ending = iccids[:5]
     assert fleet.find_sim(exhausted) is not None
     args = ["--devices", "40", "--seed", "6", "--speed", "0", "--start", "2025-09-18 18:40:50",
             "--battery", f"{drained}:7", "--freeze", frozen, "--rssi", f"{weak}:-117", "--offline", offline,
             "--exhaust", exhausted, "--top-up", topped, "--expire", f"{expiring}:2025-09-20 08:00:00",
-            "--suspend", suspended, "--balance", "12"]
+            "--suspend", suspended, "--balance", "12", "--expire", f"{ending}:{START + 3600:.0f}"]
     with SimulatorProcess(*args) as sim:
         def get(endpoint: str, **form: str) -> Any:
             form_headers = {"appID": "demo", "apiVersion": "2.0", "traceID": uuid.uuid4().hex,
@@ -236,9 +236,10 @@ def test_every_incident_from_the_command_line() -> None:
         assert get("device_flow", deviceNo=weak)["device"]["rssi"] == -117
         assert get("device_flow", deviceNo=offline)["device"]["onlineStatus"] == 0
         assert get("device_flow", deviceNo=frozen)["device"]["lastDeviceStatusAt"] == "2025-09-18 18:40:50"
-        usage = {u["iccid"]: u for u in get("card_usage", iccids=",".join([exhausted, topped, expiring]))}
+        usage = {u["iccid"]: u for u in get("card_usage", iccids=",".join([exhausted, topped, expiring, ending]))}
         assert usage[exhausted]["totalFlow"] - usage[exhausted]["useFlow"] <= 0.0011 * usage[exhausted]["totalFlow"]
         assert usage[topped]["useFlow"] == 0 and usage[expiring]["endAt"] == "2025-09-20 08:00:00"
+        assert usage[ending]["endAt"] == "2025-09-18 19:40:50", "a bare number: Unix seconds"
         assert get("card_status", iccids=suspended)[0]["simStatus"] == 5
         assert get("account_assets")["balance"] == 12
         overrides = sim.admin("GET", "state")["overrides"]

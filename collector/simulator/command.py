@@ -128,8 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     incidents.add_argument("--top-up", action="append", default=[], metavar="ICCID",
                            help="the cycle's usage back to zero")
     incidents.add_argument("--expire", action="append", default=[], metavar="ICCID:WHEN",
-                           help="the package ends WHEN: a simulated duration from the start (2h, 3d) or a time "
-                                "('YYYY-MM-DD HH:MM:SS' or Unix seconds, as answers report it)")
+                           help="the package ends WHEN: a simulated duration from the start with its unit (2h, "
+                                "3d) or a time ('YYYY-MM-DD HH:MM:SS' or Unix seconds, as answers report it)")
     incidents.add_argument("--suspend", action="append", default=[], metavar="ICCID", help="suspend")
     incidents.add_argument("--balance", type=_amount, default=None, metavar="AMOUNT",
                            help="pin the account balance (e.g. low: 50)")
@@ -260,12 +260,16 @@ def _inject(simulator: Simulator, args: argparse.Namespace) -> None:
     for text in args.expire:
         iccid, when = _split("--expire", text, 2)
         try:
-            end = now + parse_duration(when)
+            float(when)  # a bare number is a time (Unix seconds); a duration carries its unit
+            end = simulator.clock.simulated(float(when))
         except ValueError:
             try:
-                end = simulator.clock.simulated(_parse_time(when, simulator.settings.timezone))
-            except ValueError as exc:
-                raise ValueError(f"--expire: {when!r} is neither a duration (2h) nor a time: {exc}") from None
+                end = now + parse_duration(when)
+            except ValueError:
+                try:
+                    end = simulator.clock.simulated(_parse_time(when, simulator.settings.timezone))
+                except ValueError as exc:
+                    raise ValueError(f"--expire: {when!r} is neither a duration (2h) nor a time: {exc}") from None
         fleet.end_package(card("--expire", iccid), now, end)
     for iccid in args.suspend:
         fleet.suspend(card("--suspend", iccid), now)
