@@ -284,17 +284,23 @@ async def test_field_names_of_the_configuration_rename_the_answers() -> None:
 
 def test_the_simulators_own_reading_of_a_configuration_names_a_bad_key(tmp_path: Path) -> None:
     bad = write_yaml(tmp_path / "bad.yaml", {"platform": {
-        "app_secret": "never-shown", "sign": {"hash": "crc32"}, "endpoints": {"card_stauts": {"path": "/x"}},
-        "fields": {"device_flow": {"rssi": "signal"}}}})
+        "app_secret": "never-shown", "sign": {"hash": "crc32"}, "endpoints": {"card_status": {"path": "x"}}}})
     done = subprocess.run([sys.executable, "-m", "collector", "simulate", "-c", str(bad), "--port", "0"],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "platform.sign.hash" in done.stderr and "platform.endpoints.card_stauts" in done.stderr
+    assert "platform.sign.hash" in done.stderr and "platform.endpoints.card_status.path" in done.stderr
     assert "never-shown" not in done.stderr
     fields_only = write_yaml(tmp_path / "fields.yaml", {"platform": {"fields": {"device_flow": {"rssi": "x"}}}})
     done = subprocess.run([sys.executable, "-m", "collector", "simulate", "-c", str(fields_only), "--port", "0"],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 2 and "platform.fields.device_flow.rssi: unknown field" in done.stderr
+
+
+def test_an_endpoint_the_simulator_does_not_serve_is_named_at_start(tmp_path: Path) -> None:
+    config = write_yaml(tmp_path / "more.yaml", {"platform": {"endpoints": {"card_stauts": {"path": "/x"}}}})
+    with SimulatorProcess("-c", str(config), "--devices", "2") as sim:
+        assert any("not served" in line and "platform.endpoints.card_stauts" in line for line in sim.banner)
+        assert sim.admin("GET", "state")["not_served"] == ["endpoints.card_stauts"]
 
 
 async def test_the_embedded_simulator_reads_the_daemons_validated_platform_section() -> None:
@@ -313,3 +319,24 @@ async def test_the_embedded_simulator_reads_the_daemons_validated_platform_secti
                 await client.device_flow(simulator.device_numbers()[0])
     finally:
         await simulator.stop()
+
+
+class _ValidatedSection:
+    """Stands for the daemon's validated section of a collector that knows more than the simulator."""
+
+    app_secret = None
+
+    def model_dump(self, **_options: Any) -> dict[str, Any]:
+        return {"app_id": "newer", "endpoints": {"card_speed": {"path": "/openapi/iot/querySimSpeed"}},
+                "fields": {"card_speed": {"speed_code": "speed"},
+                           "device_flow": {"speed_limit": "limit", "rssi_dbm": "signal"}}}
+
+
+def test_what_a_collector_knows_and_the_simulator_does_not_is_left_alone() -> None:
+    settings = PlatformSettings.of(_ValidatedSection())
+    assert settings.not_served == ("endpoints.card_speed", "fields.card_speed", "fields.device_flow.speed_limit")
+    assert settings.fields == {"device_flow": {"rssi_dbm": "signal"}}
+    simulator = Simulator(devices=1, speed=0, platform=_ValidatedSection())
+    assert simulator.state()["not_served"] == list(settings.not_served)
+    with pytest.raises(ValueError, match="speed_limit\n  unknown field"):
+        PlatformSettings.model_validate({"fields": {"device_flow": {"speed_limit": "limit"}}})

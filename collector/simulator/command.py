@@ -311,6 +311,8 @@ def banner(server: PlatformServer, from_file: str | None, out: TextIO) -> None:
         if capture.ignored:
             out.write(f"not served (unknown endpoints): {', '.join(capture.ignored)}\n")
         inventory = f"iot-collector simulate --replay {capture.root} --print-inventory > sim-devices.yaml"
+    if server.settings.not_served:
+        out.write(f"not served (unknown to the simulator): platform.{', platform.'.join(server.settings.not_served)}\n")
     out.write(f"listening on {url}   (admin: {url}/_sim/state)\n")
     if from_file:
         out.write(f"app id: {server.app_id!r}, secret and sign recipe as configured in {from_file}\n")

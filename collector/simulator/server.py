@@ -174,6 +174,7 @@ class PlatformServer:
         """What `GET /_sim/state` shows."""
         return {"app_id": self.app_id, "base_url": self.base_url, "seed": self.seed,
                 "sign": self._verifier.recipe, "paths": {e: r.path for e, r in self.specs.items()},
+                "not_served": list(self.settings.not_served),
                 "faults": self.faults.config.model_dump(mode="json"), "requests": self.stats.total()}
 
     # --- lifecycle -----------------------------------------------------------------------------------------

@@ -15,7 +15,16 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from collector.configfile import ConfigError, read_yaml_file, substitute_env, validation_problems
@@ -39,6 +48,7 @@ EMBEDDED_APP_ID = "demo"
 EMBEDDED_APP_SECRET = "demo-secret"
 
 FLOW_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2}
+_NAMES = frozenset(e.value for e in Endpoint)
 
 
 class _Strict(BaseModel):
@@ -91,11 +101,39 @@ class PlatformSettings(BaseModel):
     fields: dict[Endpoint, dict[str, str]] = {}
     flow_unit: Literal["B", "KiB", "MiB"] = "KiB"
     timezone: TimeZoneName = "Asia/Shanghai"
+    # What the section names that the simulator does not serve (endpoints it has no answers for, field
+    # names it does not know in a section a collector validated): left alone, shown in /_sim/state.
+    not_served: tuple[str, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
     def _secret_sources(cls, data: Any) -> Any:
         return read_secret_sources(data, ("app_secret",))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _served(cls, data: Any, info: ValidationInfo) -> Any:
+        """Endpoints the simulator does not know are left out (a collector may poll more than it
+        serves); so are field names it does not know when the collector validated the section."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        skipped: list[str] = []
+        for key in ("endpoints", "fields"):
+            table = data.get(key)
+            if isinstance(table, dict):
+                skipped.extend(f"{key}.{name}" for name in table if name not in _NAMES)
+                data[key] = {name: value for name, value in table.items() if name in _NAMES}
+        fields = data.get("fields")
+        if (info.context or {}).get("validated") and isinstance(fields, dict):
+            for name, overrides in fields.items():
+                if isinstance(overrides, dict):
+                    bad = field_problems(Endpoint(name), overrides)
+                    skipped.extend(f"fields.{name}.{key}" for key in bad)
+                    fields[name] = {k: v for k, v in overrides.items() if k not in bad}
+        if skipped:
+            data["not_served"] = tuple(skipped)
+        return data
 
     @model_validator(mode="after")
     def _known_fields(self) -> PlatformSettings:
@@ -130,7 +168,7 @@ class PlatformSettings(BaseModel):
         secret = getattr(section, "app_secret", None)
         reveal = getattr(secret, "get_secret_value", None)
         data["app_secret"] = reveal() if reveal is not None else secret
-        return cls.model_validate(data)
+        return cls.model_validate(data, context={"validated": True})
 
     @property
     def secret(self) -> str:
