@@ -183,3 +183,16 @@ async def test_this_months_usage_is_the_simulated_cycle_in_progress(fast: Simula
     year, number = (sim_now.year - 1, 12) if sim_now.month == 1 else (sim_now.year, sim_now.month - 1)
     expected = [fast.fleet.month_usage(fast.fleet.find_sim(i) or 0, year, number, fast.now()) for i in iccids]
     assert [p["useFlow"] for p in previous] == expected and any(expected)
+
+
+def test_answers_cached_on_the_wall_clock_match_fresh_ones() -> None:
+    import orjson
+
+    cached = Simulator(devices=60, seed=4, speed=SPEED, platform=PLATFORM)
+    fresh = cached.wire
+    start = cached.now()
+    for step in range(40):
+        t = start + step * 37.0  # across refresh windows, answers asked again within them
+        for index in range(60):
+            assert cached.device_data(index, t) == orjson.dumps(fresh.device(cached.fleet.device_state(index, t)))
+    assert cached.answers is not None and cached.answers.hits > 0
