@@ -1,4 +1,5 @@
-"""The `iot-collector` command: run, once, simulate, check-config, status, alerts, silence.
+"""The `iot-collector` command: run, once, probe, capture, simulate, check-config, status, report, alerts,
+silence.
 
 Exit codes: 0 success, 1 a runtime failure (a device that failed in `once`, a daemon that cannot be
 reached), 2 a user error (bad configuration or arguments), never a Python traceback for those.
@@ -84,6 +85,78 @@ def cmd_once(args: argparse.Namespace) -> int:
             await sim.stop()
 
     return asyncio.run(go())
+
+
+def _writable_target(path: str, flag: str) -> Path:
+    """`path` as a file to create or replace; ConfigError (exit 2) when its folder cannot take it."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConfigError([f"{flag}: the folder {str(folder)!r} does not exist"])
+    if not os.access(folder, os.W_OK):
+        raise ConfigError([f"{flag}: the folder {str(folder)!r} is not writable"])
+    if target.is_dir():
+        raise ConfigError([f"{flag}: {path!r} is a folder, not a file"])
+    return target
+
+
+def _real_platform(config: Config, command: str) -> None:
+    if config.simulator.embedded:
+        raise ConfigError([f"simulator.embedded: {command} talks to a real platform; set simulator.embedded: "
+                           "false and platform.base_url, app_id and app_secret"])
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from collector.firstcontact.probe import run_probe
+    from collector.firstcontact.report import render
+    from collector.firstcontact.settings import write_config
+    from collector.logs import configure_logging
+
+    config, path = read_config(args)
+    _real_platform(config, "probe")
+    target = _writable_target(args.write_config, "--write-config") if args.write_config else None
+    configure_logging(args.log_level or "info", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
+    report = asyncio.run(run_probe(config, device=args.device, card=args.card))
+    if target is not None:
+        report.written = write_config(Path(path), target, report)
+    if args.json:
+        json.dump(report.as_json(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        render(report, sys.stdout)
+    return report.exit_code
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from collector.firstcontact.capture import CaptureError, prepare_folder, run_capture
+    from collector.logs import configure_logging
+
+    config, _path = read_config(args)
+    _real_platform(config, "capture")
+    if args.devices < 1:
+        raise ConfigError([f"--devices: must be >= 1, got {args.devices}"])
+    out = Path(args.out)
+    try:
+        prepare_folder(out)
+    except CaptureError as error:
+        raise ConfigError([str(error)]) from None
+    configure_logging(args.log_level or "info", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
+    try:
+        result = asyncio.run(run_capture(config, out, devices=args.devices, pseudonymise=args.pseudonymise))
+    except CaptureError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 1
+    total = sum(result.files.values())
+    sys.stdout.write(f"{total} answer file(s) in {out} ({result.sent} request(s)); secrets removed"
+                     f"{'; ids and positions pseudonymised' if result.pseudonymised else ''}\n")
+    for endpoint, count in result.files.items():
+        sys.stdout.write(f"  {endpoint}: {count}\n")
+    for failure in result.failures:
+        sys.stdout.write(f"  FAILED {failure}\n")
+    if total and not result.pseudonymised:
+        sys.stdout.write("The files hold real device numbers, ICCIDs and positions: capture again with "
+                         "--pseudonymise before sending them to anyone.\n")
+    return result.exit_code
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -222,6 +295,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
     p.set_defaults(func=cmd_once)
 
+    p = sub.add_parser("probe", help="first contact with a platform: find the sign recipe, paths, field names "
+                                      "and flow unit it uses, with a bounded number of read requests")
+    add_config_arg(p)
+    p.add_argument("--device", metavar="NO", help="the device to ask about (default: the inventory's first)")
+    p.add_argument("--card", metavar="ICCID", help="the card to ask the card endpoints about "
+                                                   "(default: a SIM of the device)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a report")
+    p.add_argument("--write-config", metavar="OUT",
+                   help="write the configuration with the discovered platform settings applied to OUT")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None,
+                   help="log level on stderr (default info: one line per request)")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("capture", help="store the platform's raw answers for a few devices and their cards as "
+                                        "fixture files (secrets removed)")
+    add_config_arg(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder for the files")
+    p.add_argument("--devices", type=int, default=3, metavar="N",
+                   help="how many devices of the inventory (default 3), with their cards")
+    p.add_argument("--pseudonymise", "--pseudonymize", action="store_true",
+                   help="replace device numbers, ICCIDs, IMEIs, IMSIs, MSISDNs, MACs and positions by "
+                        "consistent fakes")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+    p.set_defaults(func=cmd_capture)
+
     p = sub.add_parser("simulate", help="run the platform simulator as a server")
     from collector.simulator import add_arguments as simulator_arguments
 
@@ -238,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="the collector's HTTP address (default: from the configuration)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    from collector.report.command import add_arguments as report_arguments
+
+    report_arguments(sub, add_config_arg)
 
     try:
         from collector.alerts import cli as alerts_cli
@@ -256,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         from collector.simulator import run as simulate
 
         return simulate(args_given[1:])
+    from collector.report.command import UsageError
+    from collector.report.model import ReportError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -269,5 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     except DaemonUnreachable as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
+    except ReportError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt:
         return 130

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -28,6 +29,7 @@ from collector.inventory import Inventory, InventoryError, file_mtime, load_inve
 from collector.logs import register_secret
 from collector.pipeline import Pipeline
 from collector.platform.client import PlatformClient
+from collector.report.ledger import Ledger
 from collector.schedule import Scheduler
 from collector.sdnotify import Notifier, status_line
 from collector.sinks.pipeline import SinkPipeline
@@ -43,6 +45,7 @@ if TYPE_CHECKING:  # optional parts, imported when configured
 log = structlog.get_logger("collector.daemon")
 
 SHUTDOWN_BUDGET = 9.0  # seconds, under systemd's and the 10 s
+LEDGER_SAVE_INTERVAL = 60.0  # seconds between saves of the report ledger (and at stop)
 DEMO_CUSTOMERS = ("acme", "globex", "initech", "umbrella")
 RUNTIME_FILE = "collector.json"
 
@@ -86,6 +89,9 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.state = FleetState(device_interval=config.jobs.device_status.interval)
+        self.ledger = Ledger(ZoneInfo(config.platform.timezone))
+        self.state.recorder = self.ledger
+        self._ledger_saved = time.monotonic()
         self.stop_event = asyncio.Event()
         self.started_at = time.time()
         self.first_cycle: set[str] = set()
@@ -148,6 +154,7 @@ class Daemon:
             await self.sinks.start()
         except OSError as exc:  # read-only, not a directory...: the operator's to fix, not a crash
             raise ConfigError([f"state_dir: cannot keep the spool in {state_dir}: {exc.strerror or exc}"]) from None
+        self.ledger.load(state_dir)
         base_url = await self._start_simulator()
         self.client = PlatformClient(self.config.platform, self.config.privacy, base_url=base_url)
         if self.config.alerts.enabled:
@@ -179,11 +186,16 @@ class Daemon:
                  cards=len(self.inventory.cards), jobs=[j for j in self.scheduler.jobs])
 
     def _extra_routes(self) -> list[RouteDef]:
+        from aiohttp import web
+
+        from collector.report.http import report_route
+
+        routes = [web.get("/api/report", report_route(lambda: (self.state, self.ledger, self.config)))]
         if self.alerts is None:
-            return []
+            return routes
         from collector.alerts.http import alert_routes
 
-        return list(alert_routes(self.alerts))
+        return [*routes, *alert_routes(self.alerts)]
 
     def _write_runtime_file(self) -> None:
         assert self.http is not None
@@ -228,6 +240,9 @@ class Daemon:
                 pass
             now = time.time()
             try:
+                if self.ledger.dirty and time.monotonic() - self._ledger_saved >= LEDGER_SAVE_INTERVAL:
+                    self._ledger_saved = time.monotonic()
+                    self.ledger.save(self.config.state_dir)
                 self._watch_inventory()
                 if self.alerts is not None:
                     spool_bytes, oldest = self._spool_state()
@@ -297,6 +312,8 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.alerts is not None:
             await self.alerts.stop()
+        if self.ledger.dirty:
+            self.ledger.save(self.config.state_dir)
         if self.sinks is not None:
             await self.sinks.stop(max(deadline - time.monotonic() - 1.0, 0.5))
         if self.client is not None:

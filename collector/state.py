@@ -20,7 +20,7 @@ import functools
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from collector.platform.models import DAY, AccountAssets, DeviceEvent, DeviceObservation, SimObservation
 
@@ -301,6 +301,17 @@ def sims_changed(sims: list[SimState]) -> Change:
     return Change(sims=tuple(s.iccid for s in sims), sim_records=tuple(sims))
 
 
+class Recorder(Protocol):
+    """What keeps a history the fleet state does not (the report's month ledger): told of every
+    device poll and SIM observation."""
+
+    def device(self, device_no: str, online: bool | None, at: float) -> None: ...
+
+    def sim(self, iccid: str, obs: SimObservation, device_no: str) -> None: ...
+
+    def month_figure(self, iccid: str, month: str, used: int | None) -> None: ...
+
+
 class FleetState:
     """Latest observation per entity. Single-threaded (the daemon's event loop) by design."""
 
@@ -313,6 +324,7 @@ class FleetState:
         self.account = AccountState()
         self.first_cycle_done = False
         self._card_labels: Mapping[str, Mapping[str, str]] = {}  # the inventory's own labels of cards
+        self.recorder: Recorder | None = None
 
     # --- inventory ---------------------------------------------------------------------------------
 
@@ -368,6 +380,8 @@ class FleetState:
         state.poll_interval_seconds = self.device_interval
         state.consecutive_failures = 0
         state.last_error = None
+        if self.recorder is not None:
+            self.recorder.device(obs.device_no, obs.online, obs.polled_at)
         new_events = tuple(e for e in obs.events if e.at > state.last_event_at)
         if new_events:
             state.last_event_at = max(e.at for e in new_events)
@@ -396,6 +410,8 @@ class FleetState:
         state.consecutive_failures = 0
         state.record_usage(sim.polled_at, sim.used_bytes)
         state.derive()
+        if self.recorder is not None:
+            self.recorder.sim(sim.iccid, sim, state.device_no)
         return state
 
     def update_sims(self, cards: Iterable[Any], fields: tuple[str, ...], kept: tuple[str, ...] = (),
@@ -415,6 +431,8 @@ class FleetState:
             sim.polled_at = card.polled_at
             if usage:
                 sim.record_usage(card.polled_at, card.used_bytes)
+                if self.recorder is not None:
+                    self.recorder.sim(sim.iccid, sim.obs, sim.device_no)
             sim.derive()
             changed.append(sim)
         return sims_changed(changed)

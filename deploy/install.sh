@@ -6,7 +6,8 @@
 #   deploy/install.sh --uninstall --purge   ... and the config, the secrets and the state too
 #
 # What goes where (all under --root, "/" by default):
-#   /opt/iot-collector/venv/                 the package in its own virtual environment
+#   /opt/iot-collector/venv/                 the package in its own virtual environment, every dependency at
+#                                            the version constraints.txt pins (pip install -c)
 #   /opt/iot-collector/share/                example config, Grafana, Prometheus and Alertmanager files, docs
 #   /etc/iot-collector/collector.yaml        the configuration (written only if it does not exist yet)
 #   /etc/credstore/                          where the secrets go (created empty, mode 0700)
@@ -25,6 +26,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=/
 PREFIX=/opt/iot-collector
 SOURCE=$(dirname "$HERE")
+CONSTRAINTS=$(dirname "$HERE")/constraints.txt
 PYTHON_GIVEN=0
 [ -n "${PYTHON:-}" ] && PYTHON_GIVEN=1
 PYTHON=${PYTHON:-python3}
@@ -46,6 +48,8 @@ Options:
   --python PYTHON    interpreter for the virtual environment, 3.11 or newer, outside /home, /root
                      and /tmp, which the service cannot see (default: python3 on PATH, or a system
                      one when that is a per-user installation such as pyenv or conda)
+  --constraints FILE the dependency versions to install (default: constraints.txt of this checkout,
+                     $CONSTRAINTS)
   --pip-arg ARG      pass ARG to pip install (repeatable), e.g. --pip-arg=--no-index
                      --pip-arg=--find-links=/srv/wheels on a host without a package index
   --no-systemctl     do not run systemctl even when installing into /
@@ -70,6 +74,8 @@ while [ $# -gt 0 ]; do
     --source=*) SOURCE=${1#*=}; shift ;;
     --python) [ $# -ge 2 ] || die "--python needs an interpreter"; PYTHON=$2; PYTHON_GIVEN=1; shift 2 ;;
     --python=*) PYTHON=${1#*=}; PYTHON_GIVEN=1; shift ;;
+    --constraints) [ $# -ge 2 ] || die "--constraints needs a file"; CONSTRAINTS=$2; shift 2 ;;
+    --constraints=*) CONSTRAINTS=${1#*=}; shift ;;
     --pip-arg) [ $# -ge 2 ] || die "--pip-arg needs an argument"; PIP_ARGS+=("$2"); shift 2 ;;
     --pip-arg=*) PIP_ARGS+=("${1#*=}"); shift ;;
     --no-systemctl) SYSTEMCTL=no; shift ;;
@@ -223,6 +229,7 @@ make_venv() {
 }
 
 check_source() {
+  [ -f "$CONSTRAINTS" ] || die "no constraints file at $CONSTRAINTS (the pinned dependency versions; --constraints FILE)"
   case "$SOURCE" in
     *.whl) [ -f "$SOURCE" ] || die "no wheel at $SOURCE" ;;
     *) grep -qs '^name = "iot-collector"' "$SOURCE/pyproject.toml" \
@@ -232,11 +239,12 @@ check_source() {
 
 install_package() {
   local venv=$R$VENV source=$SOURCE
-  say "installing $source"
+  say "installing $source with the dependency versions of $CONSTRAINTS"
   local log
   log=$(mktemp)
   # --upgrade so a new version replaces the old one; a checkout is rebuilt every time anyway.
-  if ! "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --upgrade \
+  # -c: every dependency at its pinned version, the same on every host and every run.
+  if ! "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --upgrade -c "$CONSTRAINTS" \
         ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$source" >"$log" 2>&1; then
     cat "$log" >&2
     rm -f "$log"
@@ -271,13 +279,18 @@ install_shared() {
   done
   install -d -m 0755 "$R$SHARE"
   install_file 0644 "$HERE/collector.yaml" "$SHARE/collector.yaml.example"
+  install_file 0644 "$CONSTRAINTS" "$SHARE/constraints.txt"   # the versions this venv was installed with
   local dir
   for dir in prometheus alertmanager; do
     rm -rf "${R:?}$SHARE/$dir"
     cp -r "$HERE/$dir" "$R$SHARE/$dir"
   done
   rm -rf "${R:?}$SHARE/grafana"
-  [ -d "$HERE/../grafana" ] && cp -r "$HERE/../grafana" "$R$SHARE/grafana"
+  if [ -d "$HERE/../grafana" ]; then
+    cp -r "$HERE/../grafana" "$R$SHARE/grafana"
+    # The dashboards as file provisioning reads them (the JSON files are in the import page's shape).
+    bash "$HERE/../grafana/provision-dashboards.sh" "$R$SHARE/grafana/provisioned-dashboards"
+  fi
   [ -f "$HERE/../docs/operations.md" ] && install_file 0644 "$HERE/../docs/operations.md" "$SHARE/doc/operations.md"
   find "$R$SHARE" -type d -exec chmod 0755 {} + -o -type f -exec chmod 0644 {} +
 

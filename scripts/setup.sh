@@ -1,16 +1,36 @@
 #!/usr/bin/env bash
-# Sets up a virtual environment in .venv with the collector installed (editable).
+# Sets up a virtual environment in .venv with the collector installed (editable), every dependency
+# at the version pinned in constraints.txt.
 #   scripts/setup.sh          runtime only
 #   scripts/setup.sh --test   plus the dev tools and the real servers the tests start on loopback
 #                             (Debian: influxdb, victoria-metrics, prometheus, prometheus-alertmanager, systemd,
 #                             systemd-container for the boot tests, python3-venv for install.sh's tests)
+#   scripts/setup.sh --refresh-constraints
+#                             resolves the dependencies of pyproject.toml (runtime and dev) afresh, newest
+#                             releases, in a temporary venv, and rewrites constraints.txt with what it got
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
+CONSTRAINTS=constraints.txt
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
+
+if [ "${1:-}" = "--refresh-constraints" ]; then
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  "$PYTHON" -m venv "$work/venv"
+  "$work/venv/bin/python" -m pip install -q --upgrade pip
+  "$work/venv/bin/python" -m pip install -q ".[dev]"
+  {
+    sed -n '/^#/p' "$CONSTRAINTS"
+    "$work/venv/bin/python" -m pip freeze --exclude-editable | grep -iv '^iot-collector[= @]' | LC_ALL=C sort -f
+  } >"$work/constraints.txt"
+  mv "$work/constraints.txt" "$CONSTRAINTS"
+  echo "constraints.txt: $(grep -cv '^#' "$CONSTRAINTS") pinned packages for $("$PYTHON" --version 2>&1)"
+  exit 0
+fi
 
 if [ "$want_test" = 1 ]; then
   need=()
@@ -38,7 +58,8 @@ fi
 extra=""
 [ "$want_test" = 1 ] && extra="[dev]"
 stamp=".venv/.installed$extra"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q -e ".$extra"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$CONSTRAINTS" -nt "$stamp" ]; then
+  # -c: the pinned versions, also replacing other versions an earlier install left in .venv.
+  .venv/bin/python -m pip install -q -c "$CONSTRAINTS" -e ".$extra"
   touch "$stamp"
 fi

@@ -1,5 +1,6 @@
-"""deploy/install.sh in a temporary root: what it installs and where, that a second run changes
-nothing but the program, that it never overwrites the operator's configuration, that --uninstall
+"""deploy/install.sh in a temporary root: what it installs and where, with the dependency versions of
+constraints.txt (and that the test venv has exactly those), that a second run changes nothing but the
+program, that it never overwrites the operator's configuration, that --uninstall
 keeps configuration, secrets and state unless --purge, and that the units it installs pass
 `systemd-analyze verify` against the installed program.
 
@@ -13,12 +14,15 @@ home directory or /tmp (ProtectHome=yes, PrivateTmp=yes), and install.sh refuses
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,3 +305,61 @@ def test_install_replaces_a_python3_on_path_under_home_by_a_system_one(home_pyth
     home = dict(line.split(" = ", 1) for line in (venv / "pyvenv.cfg").read_text().splitlines() if " = " in line)
     assert not (home["home"] + "/").startswith(HIDDEN), home
     assert os.access(venv / "bin/iot-collector", os.X_OK)
+
+
+# --- pinned dependency versions -----------------------------------------------------------------------------
+
+CONSTRAINTS = REPO / "constraints.txt"
+TOOLS = {"pip", "setuptools", "wheel", "iot-collector"}  # the installer's own, and the project itself
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned() -> dict[str, str]:
+    out = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not name==version"
+            out[canonical(name)] = version.strip()
+    return out
+
+
+def test_the_test_venv_has_exactly_the_pinned_versions() -> None:
+    """What `make test` installed (scripts/setup.sh --test) is constraints.txt, no more and no other."""
+    installed = {canonical(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    pins = pinned()
+    wrong = {n: (installed.get(n), v) for n, v in pins.items() if installed.get(n) != v}
+    assert not wrong, f"installed vs pinned: {wrong} (run scripts/setup.sh --test)"
+    extra = sorted(set(installed) - set(pins) - TOOLS)
+    assert not extra, f"installed but not pinned in constraints.txt: {extra} (scripts/setup.sh --refresh-constraints)"
+
+
+def test_every_dependency_of_pyproject_is_pinned() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    names = {canonical(re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0]) for spec in wanted}
+    assert names - set(pinned()) == set()
+
+
+def test_install_uses_the_constraints_of_the_checkout(installed: Installed) -> None:
+    assert f"with the dependency versions of {REPO / 'constraints.txt'}" in installed.first.stdout
+    share = installed.root / PREFIX.lstrip("/") / "share"
+    assert (share / "constraints.txt").read_bytes() == CONSTRAINTS.read_bytes()
+    provisioned = sorted(p.name for p in (share / "grafana/provisioned-dashboards").glob("*.json"))
+    assert provisioned == sorted(p.name for p in (REPO / "grafana/dashboards").glob("*.json"))
+
+
+def test_install_hands_the_constraints_to_pip(wheel: Path, tmp_path: Path) -> None:
+    """A constraint the package cannot meet makes pip refuse: the file reaches pip, it is not decoration."""
+    conflicting = tmp_path / "constraints.txt"
+    conflicting.write_text("iot-collector==0.0.1\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    proc = install(root, wheel, "--constraints", str(conflicting), check=False)
+    assert proc.returncode != 0
+    assert "pip install failed" in proc.stderr and "0.0.1" in proc.stderr, proc.stderr
+    missing = install(root, wheel, "--constraints", str(tmp_path / "nope.txt"), check=False)
+    assert missing.returncode != 0 and "no constraints file" in missing.stderr

@@ -4,9 +4,13 @@ simulator, and returns data.
 
 Grafana is not installed here, so this module does what Grafana does to a query before sending it:
 `$timeFilter` becomes `time >= <from>ms and time <= <to>ms`, `$__interval` the grouping interval,
-`${__to}` the end of the range in ms, and template variables their value: a query variable the value
+`${__from}` / `${__to}` the range in ms, and template variables their value: a query variable the value
 its own query returned (the saved current value if present, else the first), a multi-value variable
 set to All its `allValue`, regex-escaped as Grafana's InfluxDB datasource does.
+
+Each dashboard's queries run over its default time range. "This month" (`now/M`) is the calendar month
+(UTC) and, when it ends within 30 days of now, runs 30 days past now: the simulated packages end 1 to
+10 days after the fleet starts, so near the end of a month only a longer range holds one.
 
 The fleet gets a few faults through the simulator's admin API (a device offline, one with a weak
 signal, a card suspended, one exhausted), as a real fleet has, so that the panels that list problems
@@ -21,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +66,26 @@ class Outcome:
 class Dashboards:
     queries: list[Query] = field(default_factory=list)
     variables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # dashboard -> name -> var
-    ranges: dict[str, int] = field(default_factory=dict)  # dashboard -> seconds its default range looks back
+    ranges: dict[str, tuple[str, str]] = field(default_factory=dict)  # dashboard -> its default (from, to)
+
+    def range_ms(self, dashboard: str, now_ms: int) -> tuple[int, int]:
+        return time_range(*self.ranges[dashboard], now_ms)
 
 
-def range_seconds(time_from: str) -> int:
-    """`now-24h` -> 86400: the dashboard's default time range, which ends at `now`."""
+MONTH_TAIL_MS = 30 * 86_400_000
+
+
+def time_range(time_from: str, time_to: str, now_ms: int) -> tuple[int, int]:
+    """A dashboard's default time range as (from, to) in ms: `now-24h`..`now`, or `now/M`..`now/M`."""
+    if (time_from, time_to) == ("now/M", "now/M"):
+        today = datetime.fromtimestamp(now_ms / 1000, UTC)
+        start = today.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+        return int(start.timestamp() * 1000), max(int(end.timestamp() * 1000) - 1, now_ms + MONTH_TAIL_MS)
     match = re.fullmatch(r"now-(\d+)([mhdw])", time_from)
-    assert match, f"unsupported default time range {time_from!r}"
-    return int(match.group(1)) * {"m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+    assert match and time_to == "now", f"unsupported default time range {time_from!r}..{time_to!r}"
+    seconds = int(match.group(1)) * {"m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+    return now_ms - seconds * 1000, now_ms
 
 
 def load_dashboards() -> Dashboards:
@@ -77,7 +94,7 @@ def load_dashboards() -> Dashboards:
         dashboard = json.loads(path.read_text())
         name = path.name
         out.variables[name] = {v["name"]: v for v in dashboard["templating"]["list"]}
-        out.ranges[name] = range_seconds(dashboard["time"]["from"])
+        out.ranges[name] = (dashboard["time"]["from"], dashboard["time"]["to"])
         for var in dashboard["templating"]["list"]:
             if var["type"] == "query" and var["datasource"]["type"] == "influxdb":
                 out.queries.append(Query(name, f"variable {var['name']}", var["query"]))
@@ -110,11 +127,11 @@ def format_value(var: dict[str, Any], value: str | list[str]) -> str:
 
 
 def interpolate(text: str, variables: dict[str, dict[str, Any]], values: dict[str, str | list[str]],
-                now_ms: int, range_s: int = 3600) -> str:
-    from_ms = now_ms - range_s * 1000
-    macros = {"timeFilter": f"time >= {from_ms}ms and time <= {now_ms}ms",
-              "__timeFilter": f"time >= {from_ms}ms and time <= {now_ms}ms",
-              "__interval": INTERVAL, "interval": INTERVAL, "__from": str(from_ms), "__to": str(now_ms)}
+                now_ms: int, range_ms: tuple[int, int] | None = None) -> str:
+    from_ms, to_ms = range_ms or (now_ms - 3_600_000, now_ms)
+    macros = {"timeFilter": f"time >= {from_ms}ms and time <= {to_ms}ms",
+              "__timeFilter": f"time >= {from_ms}ms and time <= {to_ms}ms",
+              "__interval": INTERVAL, "interval": INTERVAL, "__from": str(from_ms), "__to": str(to_ms)}
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(3) or match.group(4)
@@ -227,7 +244,7 @@ def resolve_variables(influxd: InfluxQL, db: str, dashboards: Dashboards, now_ms
             elif var["type"] == "custom":
                 values[var_name] = var["current"]["value"]
             elif var["type"] == "query" and var["datasource"]["type"] == "influxdb":
-                text = interpolate(var["query"], variables, values, now_ms, dashboards.ranges[name])
+                text = interpolate(var["query"], variables, values, now_ms, dashboards.range_ms(name, now_ms))
                 found = sorted(str(row[-1]) for row in series_values(influxd, db, text))
                 current = (var.get("current") or {}).get("value")
                 if var_name == "deviceNo":
@@ -246,7 +263,7 @@ def resolve_variables(influxd: InfluxQL, db: str, dashboards: Dashboards, now_ms
 
 def run_all(influxd: InfluxQL, db: str, dashboards: Dashboards) -> tuple[list[Outcome], dict[str, Any]]:
     now_ms = int(time.time() * 1000)
-    lookback = dashboards.ranges["device-detail.json"] * 1000
+    lookback = now_ms - dashboards.range_ms("device-detail.json", now_ms)[0]
     with_events = sorted(s["tags"]["device_no"] for s in influxd.query(
         f'SELECT count("value1") FROM "device_event" WHERE time >= {now_ms - lookback}ms and time <= {now_ms}ms '
         'GROUP BY "device_no"', db))
@@ -256,7 +273,7 @@ def run_all(influxd: InfluxQL, db: str, dashboards: Dashboards) -> tuple[list[Ou
         outcome = Outcome(query)
         try:
             outcome.sent = interpolate(query.text, dashboards.variables[query.dashboard],
-                                       values[query.dashboard], now_ms, dashboards.ranges[query.dashboard])
+                                       values[query.dashboard], now_ms, dashboards.range_ms(query.dashboard, now_ms))
             outcome.rows = has_data(influxd.query(outcome.sent, db))
         except (RuntimeError, httpx.HTTPError, AssertionError) as exc:
             outcome.error = str(exc)
@@ -290,10 +307,12 @@ def results(influxd_server: InfluxServer, tmp_path_factory: pytest.TempPathFacto
 def test_the_dashboards_have_influxql_queries() -> None:
     queries = load_dashboards().queries
     assert len(queries) > 30
-    assert {q.dashboard for q in queries} == {"fleet-overview.json", "device-detail.json", "sims-and-quotas.json"}
+    assert {q.dashboard for q in queries} == {"fleet-overview.json", "device-detail.json", "sims-and-quotas.json",
+                                              "reseller.json"}
 
 
-@pytest.mark.parametrize("dashboard", ["fleet-overview.json", "device-detail.json", "sims-and-quotas.json"])
+@pytest.mark.parametrize("dashboard", ["fleet-overview.json", "device-detail.json", "sims-and-quotas.json",
+                                       "reseller.json"])
 def test_every_influxql_query_runs_and_returns_data(results: Results, dashboard: str) -> None:
     mine = [o for o in results.outcomes if o.query.dashboard == dashboard]
     assert mine

@@ -140,3 +140,10 @@ async def test_cards_the_platform_does_not_know_are_not_a_failure(tmp_path: Path
     assert {line.tags["iccid"] for line in rig.lines("card_status")} == {"898608841925D2210999",
                                                                          "8986032142201828602"}
     assert rig.state.sims["898608841925D2210999"].obs is not None
+
+
+async def test_card_points_carry_the_device_the_card_sits_in(tmp_path: Path, platform: Any) -> None:
+    rig = Rig(tmp_path, await platform(sample_for_devices))
+    assert await rig.poll("device_flow", [ASKED])  # the SIMs are found inside the device
+    assert await rig.poll("card_status", ["898608841925D2210999", "8986032142201828602"])
+    assert {line.tags.get("device_no") for line in rig.lines("card_status")} == {ASKED}

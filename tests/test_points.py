@@ -66,17 +66,19 @@ def every_kind_lines(labels: dict[str, str] | None = None) -> dict[str, str]:
         "sim": sim_line(sim_state(sample_sim(), labels, rate=1234.5, effective=True)),
         "card_status": status_line(
             SimObservation("898608841925D2210999", "1440000000001", sim_status=4, online_status=2, internet_status=1,
-                           status_at=POLLED - 5, polled_at=POLLED), labels),
+                           status_at=POLLED - 5, polled_at=POLLED), labels, "865214078636124"),
         "card_usage": usage_line(
             SimObservation("898608841925D2210999", "1440000000001", total_bytes=1000, used_bytes=250,
                            real_used_bytes=260, carrier_used_bytes=240, cycle_start=1754006400.0,
-                           expires_at=1760716800.0, flow_at=POLLED - 60, polled_at=POLLED), labels, 0.5),
+                           expires_at=1760716800.0, flow_at=POLLED - 60, polled_at=POLLED), labels, 0.5,
+            "865214078636124"),
         "card_month_usage": month_line(
-            CardMonthUsage("898608841925D2210999", "202509", 123456, "1440000000001", POLLED), labels),
+            CardMonthUsage("898608841925D2210999", "202509", 123456, "1440000000001", POLLED), labels,
+            "865214078636124"),
         "card_action": action_line(
             CardAction("898608841925D2210999", POLLED - 10, "suspend", 1, serial_no="SN1", sim_no="1440000000001",
                        remark="ok"),
-            labels),
+            labels, "865214078636124"),
         "account": account_line(AccountAssets(1520.5, 0.0, 12.0, POLLED, {"coupon": 3.0}), labels),
         "device_event": event_line(DeviceEvent("865214078636124", 1758190000.0, 251, "2", "1"), labels),
         "alerts": points.alert_point(rule="low_balance", state="firing", at=POLLED, severity="warning",

@@ -30,7 +30,7 @@ class CardAction:
     polled_at: float = 0.0
 
 
-POINTS = Measurement("card_action", ("iccid", "action"), {
+POINTS = Measurement("card_action", ("iccid", "device_no", "action"), {
     "status": int_field("code", "operation status"),
     "serial_no": string_field("operation serial number"),
     "remark": string_field("operation remark"),
@@ -38,12 +38,13 @@ POINTS = Measurement("card_action", ("iccid", "action"), {
 }, "one point per card operation log entry (querySimAction), at its creation time")
 
 
-def action_line(action: CardAction, labels: Mapping[str, str]) -> str | None:
-    """The `card_action` line of one log entry, at its creation time (None without one)."""
+def action_line(action: CardAction, labels: Mapping[str, str], device_no: str = "") -> str | None:
+    """The `card_action` line of one log entry, at its creation time (None without one); `device_no`
+    is the device the card sits in ("" when unknown)."""
     if action.created_at is None:
         return None
-    return POINTS.line({"iccid": action.iccid, "action": action.action}, labels, POINTS.read(action),
-                       action.created_at)
+    return POINTS.line({"iccid": action.iccid, "device_no": device_no, "action": action.action}, labels,
+                       POINTS.read(action), action.created_at)
 
 
 class CardActions(CardEndpoint[CardAction]):
@@ -55,7 +56,8 @@ class CardActions(CardEndpoint[CardAction]):
     model, measurements = CardAction, (POINTS,)
 
     def points(self, state: FleetState, items: Sequence[CardAction], change: Change) -> list[str]:
-        lines = [action_line(a, state.sims[a.iccid].labels) for a in items if a.iccid in state.sims]
+        lines = [action_line(a, sim.labels, sim.device_no)
+                 for a in items if (sim := state.sims.get(a.iccid)) is not None]
         return [line for line in lines if line is not None]
 
 

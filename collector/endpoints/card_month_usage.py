@@ -1,7 +1,8 @@
 """querySimMonthFlow (批量查询卡板指定月流量, 10 cards a request): each card's usage in one calendar
 month, asked with the extra form field `month` (`YYYYMM`; a poll asks for the current month in the
 platform's time zone). Inferred record: `{iccid, simNo, month, useFlow}`; a record without a usable
-month (YYYYMM or YYYY-MM) takes the month asked for. Written, not kept in the fleet state.
+month (YYYYMM or YYYY-MM) takes the month asked for. Written, and kept by the report's month ledger
+(not in the fleet state).
 """
 
 from __future__ import annotations
@@ -34,15 +35,17 @@ class CardMonthUsage:
     polled_at: float = 0.0
 
 
-POINTS = Measurement("card_month_usage", ("iccid", "month"), {
+POINTS = Measurement("card_month_usage", ("iccid", "device_no", "month"), {
     "used_bytes": int_field("bytes", "usage in the calendar month given by the month tag"),
     "sim_no": string_field("card number (simNo)"),
 }, "one point per card and month from the month usage endpoint")
 
 
-def month_line(u: CardMonthUsage, labels: Mapping[str, str]) -> str | None:
-    """The `card_month_usage` line of one card and month."""
-    return POINTS.line({"iccid": u.iccid, "month": u.month}, labels, POINTS.read(u), u.polled_at)
+def month_line(u: CardMonthUsage, labels: Mapping[str, str], device_no: str = "") -> str | None:
+    """The `card_month_usage` line of one card and month; `device_no` is the device the card sits in
+    ("" when unknown)."""
+    return POINTS.line({"iccid": u.iccid, "device_no": device_no, "month": u.month}, labels, POINTS.read(u),
+                       u.polled_at)
 
 
 class CardMonthUsageEndpoint(CardEndpoint[CardMonthUsage]):
@@ -71,8 +74,17 @@ class CardMonthUsageEndpoint(CardEndpoint[CardMonthUsage]):
                                  endpoint=self.name)
         return CardMonthUsage(iccid=iccid, month=month, **values, polled_at=ctx.polled_at)
 
+    def observe(self, state: FleetState, items: Sequence[CardMonthUsage]) -> Change:
+        # Not kept in the fleet state; the report's ledger keeps the month figures.
+        if state.recorder is not None:
+            for u in items:
+                if u.iccid in state.sims:
+                    state.recorder.month_figure(u.iccid, u.month, u.used_bytes)
+        return Change()
+
     def points(self, state: FleetState, items: Sequence[CardMonthUsage], change: Change) -> list[str]:
-        lines = [month_line(u, state.sims[u.iccid].labels) for u in items if u.iccid in state.sims]
+        lines = [month_line(u, sim.labels, sim.device_no)
+                 for u in items if (sim := state.sims.get(u.iccid)) is not None]
         return [line for line in lines if line is not None]
 
 

@@ -15,7 +15,7 @@ from collector.state import Change, FleetState
 
 STATUS = ("sim_status", "online_status", "internet_status", "status_at")
 
-POINTS = Measurement("card_status", ("iccid",), {
+POINTS = Measurement("card_status", ("iccid", "device_no"), {
     "sim_status": int_field("code", "card lifecycle status"),
     "online_status": int_field("code", "card online state"),
     "internet_status": int_field("code", "data service state"),
@@ -24,11 +24,11 @@ POINTS = Measurement("card_status", ("iccid",), {
 }, "one point per card from the batch latest-status endpoint")
 
 
-def status_line(card: SimObservation, labels: Mapping[str, str]) -> str | None:
-    """The `card_status` line of one card."""
+def status_line(card: SimObservation, labels: Mapping[str, str], device_no: str = "") -> str | None:
+    """The `card_status` line of one card; `device_no` is the device it sits in ("" when unknown)."""
     fields = POINTS.read(card)
     fields["staleness_seconds"] = age(card.polled_at, card.status_at)
-    return POINTS.line({"iccid": card.iccid}, labels, fields, card.polled_at)
+    return POINTS.line({"iccid": card.iccid, "device_no": device_no}, labels, fields, card.polled_at)
 
 
 class CardStatus(CardEndpoint[SimObservation]):
@@ -40,7 +40,8 @@ class CardStatus(CardEndpoint[SimObservation]):
         return state.update_sims(items, STATUS, kept=("status_at",))
 
     def points(self, state: FleetState, items: Sequence[SimObservation], change: Change) -> list[str]:
-        lines = [status_line(card, state.sims[card.iccid].labels) for card in items if card.iccid in state.sims]
+        lines = [status_line(card, sim.labels, sim.device_no)
+                 for card in items if (sim := state.sims.get(card.iccid)) is not None]
         return [line for line in lines if line is not None]
 
 

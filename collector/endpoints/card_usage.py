@@ -17,19 +17,20 @@ from collector.state import Change, FleetState
 
 USAGE = ("total_bytes", "used_bytes", "real_used_bytes", "carrier_used_bytes", "cycle_start", "expires_at")
 
-POINTS = Measurement("card_usage", ("iccid",), {
+POINTS = Measurement("card_usage", ("iccid", "device_no"), {
     **USAGE_FIELDS,
     "staleness_seconds": float_field("seconds", "poll time - platform flow time"),
     "sim_no": string_field("card number (simNo)"),
 }, "one point per card from the batch real-time usage endpoint")
 
 
-def usage_line(u: SimObservation, labels: Mapping[str, str], rate: float | None) -> str | None:
-    """The `card_usage` line of one card; `rate` is the card's usage rate (from the fleet state)."""
+def usage_line(u: SimObservation, labels: Mapping[str, str], rate: float | None, device_no: str = "") -> str | None:
+    """The `card_usage` line of one card; `rate` is the card's usage rate and `device_no` the device it
+    sits in ("" when unknown), both from the fleet state."""
     fields = POINTS.read(u)
     fields.update(usage_fields(u.total_bytes, u.used_bytes, u.expires_at, u.polled_at, rate),
                   staleness_seconds=age(u.polled_at, u.flow_at))
-    return POINTS.line({"iccid": u.iccid}, labels, fields, u.polled_at)
+    return POINTS.line({"iccid": u.iccid, "device_no": device_no}, labels, fields, u.polled_at)
 
 
 class CardUsage(CardEndpoint[SimObservation]):
@@ -43,8 +44,8 @@ class CardUsage(CardEndpoint[SimObservation]):
         return state.update_sims(items, USAGE, kept=("cycle_start", "expires_at"), usage=True)
 
     def points(self, state: FleetState, items: Sequence[SimObservation], change: Change) -> list[str]:
-        lines = [usage_line(u, state.sims[u.iccid].labels, state.sims[u.iccid].usage_rate_bytes_per_second)
-                 for u in items if u.iccid in state.sims]
+        lines = [usage_line(u, sim.labels, sim.usage_rate_bytes_per_second, sim.device_no)
+                 for u in items if (sim := state.sims.get(u.iccid)) is not None]
         return [line for line in lines if line is not None]
 
 

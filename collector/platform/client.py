@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -104,6 +105,48 @@ def _transport(config: PlatformConfig, limits: httpx.Limits) -> httpx.AsyncBaseT
     return httpx.AsyncHTTPTransport(limits=limits)
 
 
+# Read endpoints are `queryXxx`; the nouns are the last segment of REST-style read paths (`card/status`).
+_READ_VERBS = ("query", "get", "list", "search")
+_READ_NOUNS = frozenset({"status", "info", "detail", "flow", "realflow", "monthflow", "usage", "action",
+                         "actions", "assets", "balance", "account"})
+_WRITE_WORDS = frozenset({
+    "reboot", "restart", "reset", "stop", "resume", "suspend", "recover", "update", "modify", "change", "set",
+    "switch", "bind", "unbind", "limit", "buy", "order", "subscribe", "clear", "delete", "remove", "add", "save",
+    "open", "close", "shutdown", "power", "recharge", "pay", "create", "cancel", "edit", "send", "submit",
+})
+_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+
+
+def _words(text: str) -> list[str]:
+    """`querySimRealFlow` -> query, sim, real, flow; `card/real_flow` -> card, real, flow."""
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def is_read_path(path: str) -> bool:
+    """Whether `path` names a read endpoint: its last segment starts with a read verb (`query...`) or
+    is a read noun (`.../card/status`), and no word of it names a write action."""
+    segments = [s for s in path.split("/") if s]
+    if not segments:
+        return False
+    last = _words(segments[-1])
+    if not last or any(w in _WRITE_WORDS for w in last):
+        return False
+    if last[0] in _READ_VERBS:
+        return True
+    return "".join(last) in _READ_NOUNS and not any(w in _WRITE_WORDS for s in segments for w in _words(s))
+
+
+def signed_headers(signer: Signer, app_id: str, api_version: str, trace_id: str, now: float,
+                   form: Mapping[str, str]) -> dict[str, str]:
+    """The headers of one request: appID, apiVersion, traceID, timestamp (in the recipe's unit), the
+    sign computed by `signer` over them and `form`, and the form's Content-Type. The one place a
+    request is signed (the client and `iot-collector probe` both send these)."""
+    headers = {"appID": app_id, "apiVersion": api_version, "traceID": trace_id, "timestamp": signer.timestamp(now)}
+    headers["sign"] = signer.sign(headers, form)
+    headers["Content-Type"] = "application/x-www-form-urlencoded"
+    return headers
+
+
 def _subject(device_no: str, cards: int) -> dict[str, Any]:
     """What a request was about, for its log line: a device, a number of cards, or nothing."""
     if device_no:
@@ -165,8 +208,9 @@ class PlatformClient:
         root = (base_url or str(config.base_url)).rstrip("/")
         self._urls = {spec.path: httpx.URL(root + spec.path) for spec in self._specs.values()}
         for name, spec in self._specs.items():
-            if not spec.path.rsplit("/", 1)[-1].lower().startswith("query"):
-                # Every read endpoint we know is a queryXxx; anything else may be a write endpoint.
+            if not is_read_path(spec.path):
+                # Every read endpoint we know is a queryXxx (or a REST-style read noun); anything else
+                # may be a write endpoint.
                 log.warning("endpoint path does not look like a read endpoint", endpoint=name, path=spec.path)
 
     async def __aenter__(self) -> PlatformClient:
@@ -286,14 +330,8 @@ class PlatformClient:
     async def _post(self, path: str, form: Mapping[str, str], trace_id: str, name: str, device_no: str,
                     cards: int, attempt: int) -> tuple[bytes, int, float | None]:
         """Send one signed request; the body, the status and any Retry-After (on 429/503)."""
-        headers = {
-            "appID": self.config.app_id,
-            "apiVersion": self.config.api_version,
-            "traceID": trace_id,
-            "timestamp": self._signer.timestamp(self._now()),
-        }
-        headers["sign"] = self._signer.sign(headers, form)
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        headers = signed_headers(self._signer, self.config.app_id, self.config.api_version, trace_id,
+                                 self._now(), form)
         body = urlencode(form).encode()
         start = time.perf_counter()
         REQUESTS_IN_FLIGHT.inc()
