@@ -43,10 +43,10 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from collector.endpoints import DEFAULT_SPECS
-from collector.platform.endpoints import Endpoint
 from collector.platform.signing import Signer
 from collector.simulator import EMBEDDED_APP_ID, EMBEDDED_APP_SECRET, Simulator
 from collector.simulator.answers import ANSWER_CACHE
+from collector.simulator.contract import Endpoint
 
 
 def _pin(cores: set[int]) -> None:

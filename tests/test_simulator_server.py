@@ -23,11 +23,11 @@ import yaml
 
 from collector.config import InventoryConfig, PlatformConfig
 from collector.inventory import load_inventory
-from collector.platform.endpoints import MONTH_PARAM, Endpoint
 from collector.platform.signing import Signer
 from collector.simulator import EMBEDDED_APP_ID, FaultConfig, Simulator, add_arguments, main
 from collector.simulator.admin import _loopback
 from collector.simulator.command import build
+from collector.simulator.contract import MONTH_PARAM, Endpoint
 
 APP_ID, SECRET = "app-under-test", "s3cret"
 PLATFORM = PlatformConfig(app_id=APP_ID, app_secret=SECRET)  # type: ignore[arg-type]
