@@ -17,6 +17,7 @@ computes and serialises its answer afresh, as before the cache existed).
     .venv/bin/python bench/bench_simulator.py --devices 10000 --duration 10 --concurrency 64
     .venv/bin/python bench/bench_simulator.py --devices 100000 --duration 10 --concurrency 64 --cold
     .venv/bin/python bench/bench_simulator.py --devices 10000 --answer-cache 0
+    .venv/bin/python bench/bench_simulator.py --devices 10000 --speed 60   # the demo's pace
 
 Prints numbers, never passes or fails.
 """
@@ -42,10 +43,10 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from collector.endpoints import DEFAULT_SPECS
-from collector.platform.endpoints import Endpoint
 from collector.platform.signing import Signer
 from collector.simulator import EMBEDDED_APP_ID, EMBEDDED_APP_SECRET, Simulator
 from collector.simulator.answers import ANSWER_CACHE
+from collector.simulator.contract import Endpoint
 
 
 def _pin(cores: set[int]) -> None:
@@ -76,15 +77,15 @@ def _serve_empty(ready: Any, stop: Any) -> None:
     asyncio.run(run())
 
 
-def _serve(devices: int, seed: int, core: int, warm: bool, empty: bool, answer_cache: int, ready: Any,
-           stop: Any) -> None:
+def _serve(devices: int, seed: int, core: int, warm: bool, empty: bool, answer_cache: int, speed: float,
+           ready: Any, stop: Any) -> None:
     _pin({core})
     if empty:
         _serve_empty(ready, stop)
         return
 
     async def run() -> None:
-        sim = Simulator(devices=devices, seed=seed, speed=1.0, answer_cache=answer_cache)
+        sim = Simulator(devices=devices, seed=seed, speed=speed, answer_cache=answer_cache)
         if warm:
             # One polling round, as a collector's first cycle does: profiles, dates and answers get cached.
             now = sim.now()
@@ -196,6 +197,9 @@ def main() -> int:
                              "the 20k-profile cache, a rebuild)")
     parser.add_argument("--answer-cache", type=int, default=ANSWER_CACHE,
                         help="device answers the simulator keeps serialized (0: off)")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="simulated seconds per wall second (above 1 every reported instant is mapped to the "
+                             "wall clock, and answers stay cacheable for a shorter time)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
@@ -207,7 +211,8 @@ def main() -> int:
     stop = ctx.Event()
     started = time.perf_counter()
     server = ctx.Process(target=_serve, args=(args.devices, args.seed, server_core, not args.cold,
-                                              args.server == "empty", args.answer_cache, ready_send, stop))
+                                              args.server == "empty", args.answer_cache, args.speed, ready_send,
+                                              stop))
     server.start()
     url, device_nos = ready_recv.recv()
     startup = time.perf_counter() - started
@@ -240,7 +245,8 @@ def main() -> int:
     wall = wall_after - wall_before
     report = {
         "server": args.server, "driver": args.driver, "devices": args.devices,
-        "profiles": "cold" if args.cold else "warm", "answer_cache": args.answer_cache, "clients": args.clients,
+        "profiles": "cold" if args.cold else "warm", "answer_cache": args.answer_cache, "speed": args.speed,
+        "clients": args.clients,
         "concurrency": args.concurrency,
         "duration_s": args.duration, "requests": requests, "errors": errors,
         "req_per_s": round(requests / args.duration),

@@ -13,11 +13,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from collector import __version__
-from collector.config import ClientSettings, Config, ConfigError, load_client_settings, load_config
+from collector.configfile import ConfigError
 from collector.formats import short_duration
+
+if TYPE_CHECKING:  # the schema loads the client (endpoint table, parser): not for `simulate`
+    from collector.config import ClientSettings, Config
 
 DEFAULT_CONFIG_PATHS = ("/etc/iot-collector/collector.yaml", "collector.yaml")
 
@@ -39,6 +42,8 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def read_config(args: argparse.Namespace) -> tuple[Config, str]:
+    from collector.config import load_config
+
     path = args.config or default_config_path()
     return load_config(path), path
 
@@ -232,6 +237,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def client_settings(args: argparse.Namespace) -> ClientSettings:
     """The parts of the configuration a command talking to the running collector needs (its address,
     state directory and API token), read without the secrets the rest of the file names."""
+    from collector.config import load_client_settings
+
     return load_client_settings(args.config or default_config_path())
 
 
@@ -254,6 +261,7 @@ def api_token(args: argparse.Namespace) -> tuple[str, str]:
     """The API token a command that changes something sends, and where it was found. Raises
     TokenUnavailable saying what to do."""
     from collector.apitoken import TokenUnavailable, client_token
+    from collector.config import ClientSettings
 
     if getattr(args, "token_file", None):
         return client_token(ClientSettings(), args.token_file)
@@ -373,6 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_given = sys.argv[1:] if argv is None else argv
+    if args_given[:1] == ["simulate"]:
+        # The simulator is a second implementation of the platform's contract: its process loads
+        # nothing of the client, so it is parsed on its own.
+        from collector.simulator import run as simulate
+
+        return simulate(args_given[1:])
     from collector.report.command import UsageError
     from collector.report.model import ReportError
 

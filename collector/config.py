@@ -3,6 +3,8 @@
 `load_config(path)` reads YAML, substitutes `${ENV}` / `${ENV:-default}` in string values, reads
 secrets from files or systemd credentials, and validates every key. Any problem raises `ConfigError`
 whose lines name the bad key by its dotted path (`platform.rate_limit: must be > 0, got -1`).
+Reading the file as data and the error type are `collector.configfile`'s (re-exported here), which
+knows no schema: the simulator reads the same files with its own.
 """
 
 from __future__ import annotations
@@ -13,43 +15,22 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import Field, HttpUrl, ValidationError, create_model, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from collector.alerts.config import AlertsConfig
+from collector.configfile import ConfigError as ConfigError
+from collector.configfile import SettingError as SettingError
+from collector.configfile import id_text as id_text
+from collector.configfile import read_yaml_file
+from collector.configfile import substitute_env as _substitute
+from collector.configfile import validation_problems as validation_problems
+from collector.configfile import yaml_load as yaml_load
 from collector.configtypes import Duration, Secret, SecretSection, Section, TimeZoneName
 from collector.endpoints import ENDPOINTS
 from collector.endpoints.base import EndpointSpec
-from collector.logs import redact_url
 from collector.platform.wire import AUTH_CODES, NOT_FOUND_CODES, RATE_LIMITED_CODES, TRANSIENT_CODES
 from collector.sinks.config import SinksConfig
-
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(Exception):
-    """A configuration that cannot be used. `problems` are `path: reason` lines."""
-
-    def __init__(self, problems: list[str], source: str = "") -> None:
-        self.problems = problems
-        self.source = source
-        where = f"{source}: " if source else ""
-        super().__init__(where + "invalid configuration\n  " + "\n  ".join(problems))
-
-
-class SettingError(ConfigError):
-    """One problem the operator fixes in one setting or on the host, said in one line that names the
-    setting (`http.port: 127.0.0.1:9108 is in use`): start-up failures, an empty file. Exit code 2 like
-    any ConfigError, and never a traceback."""
-
-    def __init__(self, problem: str, source: str = "") -> None:
-        super().__init__([problem], source)
-        self.args = ((f"{source}: " if source else "") + problem,)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
 
 # --- platform -------------------------------------------------------------------------------------
 
@@ -379,95 +360,6 @@ class Config(Section):
 # --- loading ------------------------------------------------------------------------------------------
 
 
-class _Int(int):
-    """A YAML integer that remembers how it was written, so `- 0012345` stays the id "0012345"."""
-
-    source: str
-
-
-class _Loader(yaml.SafeLoader):
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        value = _Int(super().construct_yaml_int(node))
-        value.source = str(node.value)
-        return value
-
-
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
-
-
-def yaml_load(text: str) -> Any:
-    """YAML as plain data (safe loading), integers remembering their source text for ids."""
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
-
-
-def id_text(value: Any) -> Any:
-    """An id given as a YAML number, back as the text the operator typed."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, _Int):
-        return value.source.replace("_", "")
-    if isinstance(value, int):
-        return str(value)
-    return value
-
-
-def _substitute(value: Any, path: str, env: dict[str, str], problems: list[str]) -> Any:
-    if isinstance(value, dict):
-        return {k: _substitute(v, f"{path}.{k}" if path else str(k), env, problems) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
-    if isinstance(value, str) and "${" in value:
-        def repl(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            problems.append(f"{path}: environment variable {name} is not set")
-            return ""
-        return _ENV.sub(repl, value)
-    return value
-
-
-def _format_loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif not part.startswith(("function-", "model-")) and part not in ("", "[key]"):
-            out += f".{part}" if out else part
-    return out or "(top level)"
-
-
-_SECRET_WORDS = ("secret", "token", "password", "pass")
-
-
-def _describe(error: Any) -> str:
-    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
-    loc = _format_loc(error["loc"])
-    shown = "<redacted>" if any(w in loc.lower() for w in _SECRET_WORDS) else redact_url(repr(value))
-    if kind == "extra_forbidden":
-        return f"{loc}: unknown key"
-    if kind == "missing":
-        return f"{loc}: required"
-    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-    if kind in bounds:
-        limit = next(iter(ctx.values()))
-        if isinstance(limit, float) and limit.is_integer():
-            limit = int(limit)
-        return f"{loc}: must be {bounds[kind]} {limit}, got {shown}"
-    if kind == "value_error":
-        return f"{loc}: {redact_url(error['msg'].removeprefix('Value error, '))}"
-    if kind in ("literal_error", "enum"):
-        return f"{loc}: must be {ctx.get('expected')}, got {shown}"
-    return f"{loc}: {redact_url(error['msg'][0].lower() + error['msg'][1:])}, got {shown}"
-
-
-def validation_problems(exc: ValidationError) -> list[str]:
-    """pydantic's errors as `dotted.path: reason` lines, secret values never shown."""
-    return [_describe(e) for e in exc.errors(include_url=False)]
-
-
 def parse_config(data: Any, source: str = "", env: dict[str, str] | None = None) -> Config:
     """Validate an already-parsed document. Raises ConfigError."""
     if data is None:
@@ -487,16 +379,7 @@ def parse_config(data: Any, source: str = "", env: dict[str, str] | None = None)
 def _read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The YAML document of a configuration file, which must hold settings. Raises ConfigError."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"cannot read: {exc.strerror}"], source) from None
-    try:
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError([f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"], source) from None
+    data = read_yaml_file(path)
     if data is None or data == {}:
         raise SettingError("the configuration file is empty (it holds no settings; deploy/collector.yaml is a "
                            "complete example, docs/configuration.md describes every key)", source)

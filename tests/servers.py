@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -249,3 +250,61 @@ def require(binary: str, package: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+class SimulatorProcess:
+    """`iot-collector simulate ARGS` as a child process on a free port (`--port 0`): its URL is read
+    from the banner; stop() sends SIGTERM and returns the exit code. `stderr` holds what it wrote
+    there when it exits on its own (a bad argument: read it after `start` raised)."""
+
+    def __init__(self, *args: str, cwd: Path | None = None) -> None:
+        self.args = ["--port", "0", *args]
+        self.cwd = cwd
+        self.url = ""
+        self.banner: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 30.0) -> SimulatorProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "collector", "simulate", *self.args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                     cwd=self.cwd)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+                raise ServerUnavailable(f"iot-collector simulate exited ({self.proc.wait()}): {err.strip()}")
+            self.banner.append(line)
+            if line.startswith("listening on "):
+                self.url = line.split()[2]
+                return self
+        self.stop()
+        raise ServerUnavailable("iot-collector simulate did not print its URL in time")
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        response = httpx.request(method, f"{self.url}/_sim/{path}", json=body, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> SimulatorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -16,10 +16,10 @@ import orjson
 import pytest
 
 from collector.config import PlatformConfig
-from collector.platform.endpoints import Endpoint
 from collector.platform.signing import Signer
 from collector.simulator import Simulator
 from collector.simulator.answers import AnswerCache
+from collector.simulator.contract import Endpoint
 from collector.simulator.fleet import FLOW_REFRESH, INFO_FLOW_REFRESH, STATUS_REFRESH, bucket
 from collector.simulator.wire import OK_MESSAGE
 

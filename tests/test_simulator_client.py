@@ -14,7 +14,6 @@ import pytest
 from collector.config import PlatformConfig
 from collector.endpoints import ENDPOINTS
 from collector.platform.client import PlatformClient
-from collector.platform.endpoints import Endpoint
 from collector.platform.errors import (
     ApiError,
     AuthError,
@@ -25,6 +24,7 @@ from collector.platform.errors import (
     TransportError,
 )
 from collector.simulator import Simulator
+from collector.simulator.contract import Endpoint
 
 APP_ID, SECRET = "fleet-42", "top-secret"
 START = 1758192050.0

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from collector.platform.endpoints import Endpoint
+from collector.simulator.contract import Endpoint
 
 FaultKind = Literal["drop", "timeout", "http_error", "malformed", "code"]
 _KINDS: tuple[tuple[FaultKind, str], ...] = (

@@ -23,9 +23,12 @@ The model, per device:
   queryDeviceInfo, which the vendor says refreshes flow less promptly); answers show the values of the
   last refresh, and an offline device shows what it last reported.
 
-Operator overrides (`/_sim/...`: force offline, suspend, exhaust, pin RSSI) are kept as dated
-intervals, so the model stays a function of time; an override also counts as a refresh, so it shows
-at once.
+Operator overrides (`/_sim/...`: force offline, pin RSSI, drain the battery, stop the platform's
+refresh, suspend, set a SIM's remaining data, end a package, pin the account balance) are dated, so
+the model stays a function of time; an override also counts as a refresh, so it shows at once.
+
+Times are simulated Unix seconds throughout; the dates a profile keeps formatted (`created_text`...)
+are formatted with `stamp`, the clock the answers are reported on (`collector.simulator.clock`).
 """
 
 from __future__ import annotations
@@ -524,10 +527,12 @@ class Fleet:
     """Every device and SIM of one seed, evaluated at any simulated time, plus operator overrides."""
 
     def __init__(self, devices: int, seed: int, start: float, zone: str = "Asia/Shanghai",
-                 profile_cache: int = PROFILE_CACHE) -> None:
+                 profile_cache: int = PROFILE_CACHE, stamp: Callable[[float], str] | None = None) -> None:
         self.seed = seed
         self.start = float(start)
         self.face = LocalTime(zone)
+        # Formats an instant as the answers report it (the profiles keep their static dates formatted).
+        self.stamp = stamp or self.face.format
         self.ids = FleetIds(devices, seed)
         self._key = _mix(seed ^ 0x5EED5EED)
         self._profiles: dict[int, DeviceProfile] = {}
@@ -536,10 +541,14 @@ class Fleet:
         self._offline_holds: dict[int, list[list[float]]] = {}
         self._suspend_holds: dict[int, list[list[float]]] = {}
         self._scheduled_resume: dict[int, float] = {}
-        self._exhausted: dict[int, tuple[float, float]] = {}  # sim -> (when, extra real KiB)
+        self._adjusted: dict[int, list[tuple[float, float]]] = {}  # sim -> [(when, real KiB added)], dated
+        self._ends: dict[int, tuple[float, float]] = {}  # sim -> (set when, the package's new end)
         self._rssi_pins: dict[int, tuple[float, int]] = {}
+        self._batteries: dict[int, tuple[float, int, int, float]] = {}  # device -> (from, level then, to, %/s)
+        self._frozen: dict[int, list[list[float]]] = {}  # device -> [start, end) without platform refresh
+        self._balance: tuple[float, float] | None = None  # (from, the account balance pinned)
         self._touched: dict[int, float] = {}  # device -> last override (counts as a refresh)
-        self._crossings: dict[tuple[int, float], float] = {}
+        self._crossings: dict[tuple[int, float, float], float] = {}  # (sim, cycle, stretch) -> ran out
         self.generation = 0  # bumped by every override: states computed before it may be stale
 
     # --- ids ---------------------------------------------------------------------------------------
@@ -651,7 +660,7 @@ class Fleet:
             # Refreshes run in batches (43 status and 46 flow slots): refresh times repeat across the fleet,
             # so their text is formatted once per window, not once per device.
             created_at=created, status_phase=7.0 * int(43 * r()), flow_phase=13.0 * int(46 * r()),
-            created_text=self.face.format(created),
+            created_text=self.stamp(created),
         )
 
     def _build_sim(self, r: Callable[[], float], sim: int, slot: int, created: float,
@@ -695,8 +704,8 @@ class Fleet:
             arrears=1 + int(30 * r()) if suspend_at is not None else 0,
             past_break=past_break,
             past_action_at=start - (1 + 89 * r()) * DAY if r() < 0.1 else None,
-            idle_since=start - (1 + 39 * r()) * DAY, created_text=self.face.format(created),
-            activate_text=self.face.format(activate), auth_text=None if auth is None else self.face.format(auth),
+            idle_since=start - (1 + 39 * r()) * DAY, created_text=self.stamp(created),
+            activate_text=self.stamp(activate), auth_text=None if auth is None else self.stamp(auth),
         )
 
     # --- overrides (the admin endpoint) -----------------------------------------------------------
@@ -744,14 +753,64 @@ class Fleet:
 
     def exhaust(self, sim: int, t: float, remaining_ratio: float = 0.001) -> None:
         """Push this cycle's usage so that only `remaining_ratio` of the package is left at `t`."""
+        self.set_remaining(sim, t, remaining_ratio)
+
+    def top_up(self, sim: int, t: float, remaining_ratio: float = 1.0) -> None:
+        """Put this cycle's data back so that `remaining_ratio` of the package is left at `t` (1: the
+        usage restarts from zero); the SIM keeps consuming from there."""
+        self.set_remaining(sim, t, remaining_ratio)
+
+    def set_remaining(self, sim: int, t: float, remaining_ratio: float) -> None:
+        """From `t` on, this cycle's usage is what leaves `remaining_ratio` of the package, plus what
+        the SIM uses after `t` (a step up exhausts it, a step down tops it up)."""
+        if not 0 <= remaining_ratio <= 1:
+            raise ValueError(f"remaining_ratio must be in [0, 1], got {remaining_ratio}")
         profile = self.sim_profile(sim)
         device = self.profile(self.device_of_sim(sim))
-        self._exhausted.pop(sim, None)
         cycle_start, _ = self.face.cycle(t)
-        real = self._real_usage(device, profile, cycle_start, t)
+        now = self._real_usage(device, profile, cycle_start, t) + self._adjustment(sim, cycle_start, t)
         target = profile.total * (1.0 - remaining_ratio) / profile.virtual
-        self._exhausted[sim] = (t, max(0.0, target - real))
+        self._adjusted.setdefault(sim, []).append((t, target - now))
         self._changed(device.index, t)
+
+    def end_package(self, sim: int, t: float, end: float | None) -> None:
+        """From `t` on the SIM's package does not renew and ends at `end` (not before `t`): `endAt`
+        shows it, and from then on the card is cut off. None: back to the package's own end."""
+        if end is None:
+            self._ends.pop(sim, None)
+        else:
+            self._ends[sim] = (t, max(end, t))
+        self._changed(self.device_of_sim(sim), t)
+
+    def drain_battery(self, device: int, t: float, level: int | None, rate: float | None = None) -> None:
+        """From `t` the battery falls to `level` percent at `rate` percent per (simulated) hour, at once
+        without one, and stays there. None: back to its own charge cycle."""
+        if level is None:
+            self._batteries.pop(device, None)
+        else:
+            current = self.battery(self.profile(device), t)
+            self._batteries[device] = (t, current, level, (rate or 0.0) / 3600.0)
+        self._changed(device, t)
+
+    def freeze(self, device: int, t: float) -> None:
+        """The platform stops refreshing the device's data at `t` (it stays online as its routine has
+        it): its last refresh, values and `lastDeviceStatusAt` stay those of `t`."""
+        holds = self._frozen.setdefault(device, [])
+        if not self._open(holds):
+            self._changed(device, t)  # the last refresh is now
+            holds.append([t, INF])
+
+    def unfreeze(self, device: int, t: float) -> None:
+        """The platform refreshes the device again, at once."""
+        holds = self._frozen.get(device)
+        if holds and self._open(holds):
+            holds[-1][1] = t
+        self._changed(device, t)
+
+    def pin_balance(self, t: float, balance: float | None) -> None:
+        """The account's balance from `t` on (None: back to the model's)."""
+        self._balance = None if balance is None else (t, float(balance))
+        self.generation += 1
 
     def pin_rssi(self, device: int, dbm: int | None, t: float) -> None:
         if dbm is None:
@@ -761,17 +820,22 @@ class Fleet:
         self._changed(device, t)
 
     def reset_overrides(self) -> None:
-        for holder in (self._offline_holds, self._suspend_holds, self._scheduled_resume, self._exhausted,
-                       self._rssi_pins, self._touched, self._crossings):
+        for holder in (self._offline_holds, self._suspend_holds, self._scheduled_resume, self._adjusted,
+                       self._ends, self._rssi_pins, self._batteries, self._frozen, self._touched, self._crossings):
             holder.clear()
+        self._balance = None
         self.generation += 1
 
     def override_counts(self) -> dict[str, int]:
         return {
             "forced_offline": sum(1 for h in self._offline_holds.values() if self._open(h)),
             "suspended_by_admin": sum(1 for h in self._suspend_holds.values() if self._open(h)),
-            "exhausted_by_admin": len(self._exhausted),
+            "usage_set_by_admin": len(self._adjusted),
             "rssi_pinned": len(self._rssi_pins),
+            "battery_drained": len(self._batteries),
+            "refresh_frozen": sum(1 for h in self._frozen.values() if self._open(h)),
+            "package_ends_set": len(self._ends),
+            "balance_pinned": int(self._balance is not None),
         }
 
     # --- evaluation ---------------------------------------------------------------------------------
@@ -806,16 +870,36 @@ class Fleet:
                 return start
         return None
 
+    def _package_ends(self, sim: SimProfile) -> list[tuple[float, float]]:
+        """Intervals in which the SIM's package has ended (it does not renew, or an end was set)."""
+        set_end = self._ends.get(sim.index)
+        if set_end is None:
+            return [] if sim.fixed_end is None else [(sim.fixed_end, INF)]
+        since, end = set_end
+        # A package that had ended before the new end was set counts as renewed until then.
+        ended = [(sim.fixed_end, since)] if sim.fixed_end is not None and sim.fixed_end < since else []
+        return [*ended, (end, INF)]
+
+    def fixed_end(self, sim: SimProfile, t: float) -> float | None:
+        """When the package current at `t` ends for good (None: it renews)."""
+        set_end = self._ends.get(sim.index)
+        if set_end is not None and set_end[0] <= t:
+            return set_end[1]
+        return sim.fixed_end
+
     def _blocked(self, device: DeviceProfile, sim: SimProfile) -> list[tuple[float, float]]:
         """Intervals in which this SIM carries no traffic beyond the routine's offline windows."""
         if (sim.suspend_at is None and sim.fixed_end is None and sim.index not in self._suspend_holds
-                and device.index not in self._offline_holds):
+                and device.index not in self._offline_holds and sim.index not in self._ends):
             return []
         intervals = self._suspension_intervals(sim)
         intervals.extend((a, b) for a, b in self._offline_holds.get(device.index, ()))
-        if sim.fixed_end is not None:
-            intervals.append((sim.fixed_end, INF))
+        intervals.extend(self._package_ends(sim))
         return _merge(intervals)
+
+    def _adjustment(self, sim: int, cycle_start: float, t: float) -> float:
+        """Real KiB added to (or taken from) the cycle starting at `cycle_start` by `t`."""
+        return sum(delta for at, delta in self._adjusted.get(sim, ()) if cycle_start <= at <= t)
 
     def _real_usage(self, device: DeviceProfile, sim: SimProfile, cycle_start: float, t: float,
                     blocked: list[tuple[float, float]] | None = None) -> float:
@@ -836,25 +920,26 @@ class Fleet:
         """(realUseFlow in KiB, when the package ran out or None) for the cycle starting at
         `cycle_start`, as of `t`. Usage stops at the package size (the card is cut off)."""
         blocked = self._blocked(device, sim)
+        adjusted = self._adjusted.get(sim.index)
         real = self._real_usage(device, sim, cycle_start, t, blocked)
-        topped = self._exhausted.get(sim.index)
-        extra_at = None
-        if topped is not None and cycle_start <= topped[0] <= t:
-            real += topped[1]
-            extra_at = topped
+        if adjusted:
+            real += self._adjustment(sim.index, cycle_start, t)
         limit = sim.total / sim.virtual
         if real < limit:
             return real, None
-        key = (sim.index, cycle_start)
+        # Usage only grows between two steps down (top-ups): it ran out in the stretch holding `t`.
+        downs = sorted(at for at, delta in adjusted or () if delta < 0 and cycle_start <= at)
+        lo = max([cycle_start, sim.activate_at, *(at for at in downs if at <= t)])
+        key = (sim.index, cycle_start, lo)
         crossed = self._crossings.get(key)
         if crossed is None:
-            # Bisect over the whole cycle, not up to `t`, so the answer never depends on the query time.
-            lo, hi = max(cycle_start, sim.activate_at), self.face.cycle(cycle_start)[1]
+            # Bisect over the whole stretch, not up to `t`, so the answer never depends on the query time.
+            hi = min([self.face.cycle(cycle_start)[1], *(at for at in downs if at > lo)])
             for _ in range(32):
                 mid = (lo + hi) / 2
                 value = self._real_usage(device, sim, cycle_start, mid, blocked)
-                if extra_at is not None and extra_at[0] <= mid:
-                    value += extra_at[1]
+                if adjusted:
+                    value += self._adjustment(sim.index, cycle_start, mid)
                 lo, hi = (lo, mid) if value >= limit else (mid, hi)
             crossed = hi
             if len(self._crossings) > 100_000:
@@ -864,8 +949,9 @@ class Fleet:
 
     def end_at(self, sim: SimProfile, t: float) -> float:
         """When the current package ends: the next renewal, or the fixed end of one that does not renew."""
-        if sim.fixed_end is not None:
-            return sim.fixed_end
+        fixed = self.fixed_end(sim, t)
+        if fixed is not None:
+            return fixed
         days = sim.renew_days * DAY
         return sim.renew_anchor + (math.floor((t - sim.renew_anchor) / days) + 1) * days
 
@@ -878,8 +964,13 @@ class Fleet:
                  + 9.0 * noise(key + 2, t / 129600.0))
         return max(RSSI_MIN, min(RSSI_MAX, round(value)))
 
-    @staticmethod
-    def battery(device: DeviceProfile, t: float) -> int:
+    def battery(self, device: DeviceProfile, t: float) -> int:
+        drain = self._batteries.get(device.index)
+        if drain is not None and drain[0] <= t:
+            since, start_level, target, rate = drain
+            if not rate or start_level <= target:
+                return target
+            return max(target, round(start_level - rate * (t - since)))
         if device.plugged:
             return 100
         cycle = device.battery_drain + device.battery_charge
@@ -935,6 +1026,9 @@ class Fleet:
                 until = t
         else:  # what the device reported last: the last refresh (or override) before it went offline
             seen_at = max(bucket(since, STATUS_REFRESH, device.status_phase), touched if touched <= since else -INF)
+        frozen = self._frozen_since(index, t) if self._frozen else None
+        if frozen is not None:  # the platform stopped refreshing: it shows its last refresh, whatever happened since
+            seen_at, status_at, flow_at = min(seen_at, frozen), min(status_at, frozen), min(flow_at, frozen)
         effective = device.slot_at(seen_at)
         events = self._switch_events(device, seen_at) if device.switches else []
         key = device.key
@@ -961,6 +1055,12 @@ class Fleet:
         state.until = until
         return state
 
+    def _frozen_since(self, device: int, t: float) -> float | None:
+        for start, end in self._frozen.get(device, ()):
+            if start <= t < end:
+                return start
+        return None
+
     def _sim_until(self, sim: SimProfile, t: float) -> float:
         """Until when what `_sim_state` reads of `t` itself (suspension, expiry, renewal, balance) holds."""
         if sim.suspend_at is not None and t < sim.suspend_at:
@@ -972,9 +1072,10 @@ class Fleet:
                     until = min(until, start)
                 if end > t:
                     until = min(until, end)
-        if sim.fixed_end is not None:
-            if sim.fixed_end > t:
-                until = min(until, sim.fixed_end)
+        fixed = self.fixed_end(sim, t)
+        if fixed is not None:
+            if fixed > t:
+                until = min(until, fixed)
         else:
             until = min(until, self.end_at(sim, t) - STABLE_MARGIN)
         return until
@@ -997,8 +1098,8 @@ class Fleet:
         break_remove: float | None = None
         if suspended is not None:
             sim_status, internet, break_at = SIM_SUSPENDED, INTERNET_OFF, suspended
-        elif sim.fixed_end is not None and t >= sim.fixed_end:
-            internet, break_at = INTERNET_OFF, sim.fixed_end
+        elif (fixed := self.fixed_end(sim, t)) is not None and t >= fixed:
+            internet, break_at = INTERNET_OFF, fixed
         elif ran_out is not None:
             internet, break_at, break_remove = INTERNET_OFF, ran_out, cycle_end - 1
         elif sim.past_break is not None:
@@ -1033,6 +1134,9 @@ class Fleet:
         if start > t:
             return 0
         until = min(end, max(bucket(t, FLOW_REFRESH, device.flow_phase), self._touched.get(device.index, -INF)))
+        frozen = self._frozen_since(device.index, t) if self._frozen else None
+        if frozen is not None:
+            until = min(until, frozen)
         real, _ = self.usage(device, sim, start, max(until, start))
         return min(sim.total, int(real * sim.virtual))
 
@@ -1056,8 +1160,12 @@ class Fleet:
         return found
 
     def account(self, t: float) -> tuple[float, float, float]:
-        """(balance, arrearsBalance, frozenBalance): spent down over ten days, then topped up."""
+        """(balance, arrearsBalance, frozenBalance): spent down over ten days, then topped up; or the
+        balance an operator pinned."""
         top = 2000.0 + 20.0 * len(self)
         cycle = 10 * DAY
         spent = ((t - self.start) % cycle) / cycle * 0.9 * top
-        return round(top - spent, 2), 0.0, round(0.02 * top, 2)
+        balance = round(top - spent, 2)
+        if self._balance is not None and self._balance[0] <= t:
+            balance = self._balance[1]
+        return balance, 0.0, round(0.02 * top, 2)

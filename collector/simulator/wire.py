@@ -7,13 +7,17 @@ nulls and empty strings and the `2000-01-01 00:00:00` sentinel included, ids alw
 shapes are the inferred ones the platform client parses (collector/platform/parse.py).
 
 Flow values leave in the configured `platform.flow_unit` (KiB by default), times as zone-less local
-time in `platform.timezone`.
+time in `platform.timezone`, each instant on the clock the answers are reported on (`stamp`: the wall
+clock by default, see `collector.simulator.clock`). Keys are the platform's defaults; a configuration's
+`platform.fields` renames them afterwards (`collector.simulator.contract.Renamer`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from collector.simulator.contract import OK_MESSAGE
 from collector.simulator.fleet import (
     DEVICE_OFFLINE,
     DEVICE_ONLINE,
@@ -25,7 +29,7 @@ from collector.simulator.fleet import (
 )
 from collector.simulator.localtime import SENTINEL, LocalTime
 
-OK_MESSAGE = "操作成功"
+__all__ = ["OK_MESSAGE", "WireFormat"]
 _SLOT_KEYS = (("mainSimNo", "mainIccid"), ("vice1SimNo", "vice1Iccid"), ("vice2SimNo", "vice2Iccid"),
               ("usimNo", "usimIccid"))
 _SHOWN_EVENTS = 3
@@ -33,10 +37,13 @@ _FLOW_KEYS = ("totalFlow", "useFlow", "realUseFlow", "dockUserFlow")
 
 
 class WireFormat:
-    """Builds `data` payloads; flow values go out in units of `flow_unit_bytes` (1024: KiB)."""
+    """Builds `data` payloads; flow values go out in units of `flow_unit_bytes` (1024: KiB), instants
+    formatted by `stamp` (default: as they are, in `face`'s zone)."""
 
-    def __init__(self, face: LocalTime, flow_unit_bytes: int = 1024) -> None:
+    def __init__(self, face: LocalTime, flow_unit_bytes: int = 1024,
+                 stamp: Callable[[float], str] | None = None) -> None:
         self.face = face
+        self.stamp = stamp or face.format
         self._unit = flow_unit_bytes
 
     def flow(self, kib: int) -> int:
@@ -45,7 +52,7 @@ class WireFormat:
 
     def device(self, state: DeviceState) -> dict[str, Any]:
         """`data` of queryDeviceFlow / queryDeviceInfo: `{"device": {...}, "sims": [...]}`."""
-        fmt = self.face.format
+        fmt = self.stamp
         p = state.profile
         slots = {}
         for sim in p.sims:
@@ -125,7 +132,7 @@ class WireFormat:
     def sim(self, state: SimState, status_at: str | None = None) -> dict[str, Any]:
         """One SIM record: `data.sims[]` of a device answer, and querySimInfo's records.
         `status_at` is the formatted `state.status_at`, when the caller has it already."""
-        fmt = self.face.format
+        fmt = self.stamp
         s = state.profile
         if status_at is None:
             status_at = fmt(state.status_at)
@@ -213,11 +220,11 @@ class WireFormat:
         s = state.profile
         return {"iccid": s.iccid, "simNo": s.sim_no, "simStatus": state.sim_status,
                 "onlineStatus": state.online_status, "internetStatus": state.internet_status,
-                "lastSimStatusAt": self.face.format(state.status_at)}
+                "lastSimStatusAt": self.stamp(state.status_at)}
 
     def card_usage(self, state: SimState) -> dict[str, Any]:
         s = state.profile
-        fmt = self.face.format
+        fmt = self.stamp
         return {"iccid": s.iccid, "simNo": s.sim_no, "totalFlow": self.flow(state.total),
                 "useFlow": self.flow(state.used), "realUseFlow": self.flow(state.real),
                 "dockUserFlow": self.flow(state.dock), "dockResetDate": fmt(state.cycle_start),
@@ -228,7 +235,7 @@ class WireFormat:
 
     def card_action(self, iccid: str, sim_no: str, sim_index: int, action: Action,
                     status: int) -> dict[str, Any]:
-        stamp = self.face.format(action.created_at)
+        stamp = self.stamp(action.created_at)
         digits = stamp.replace("-", "").replace(" ", "").replace(":", "")
         return {"serialNo": f"SA{digits}{sim_index:07d}{action.kind}", "iccid": iccid, "simNo": sim_no,
                 "actionType": action.kind, "status": status, "remark": action.remark, "createdAt": stamp}
