@@ -31,7 +31,7 @@ from collector.schedule import Scheduler
 from collector.sdnotify import Notifier, status_line
 from collector.sinks.pipeline import SinkPipeline
 from collector.state import FieldRecord, FleetState
-from collector.telemetry import FleetCollector, HttpServer
+from collector.telemetry import FleetCollector, HttpServer, MemoryTracer, watch_loop_lag
 
 if TYPE_CHECKING:  # optional parts, imported when configured
     from aiohttp.web import RouteDef
@@ -101,6 +101,7 @@ class Daemon:
         self._collector: FleetCollector | None = None
         self._inventory_mtime: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._tracer: MemoryTracer | None = None
 
     # --- start ---------------------------------------------------------------------------------------------
 
@@ -140,6 +141,8 @@ class Daemon:
 
     async def start(self) -> None:
         register_config_secrets(self.config)
+        self._tracer = MemoryTracer.from_environment()
+        self._tasks.append(asyncio.create_task(watch_loop_lag()))
         state_dir = Path(self.config.state_dir)
         self.sinks = SinkPipeline(self.config.sinks, str(state_dir))
         try:
@@ -162,7 +165,7 @@ class Daemon:
         self._log_budget()
         if self.config.http.enabled:
             self.http = HttpServer(self.config.http, status=self.status, ready=self.ready,
-                                   routes=self._extra_routes())
+                                   routes=self._extra_routes(), tracer=self._tracer)
             await self.http.start()
             self._write_runtime_file()
         self._collector = FleetCollector(lambda: self.state, self._spool_state, lambda: self.config.http)
@@ -306,6 +309,8 @@ class Daemon:
             await self.simulator.stop()
         if self._collector is not None:
             metrics.REGISTRY.unregister(self._collector)
+        if self._tracer is not None:
+            self._tracer.close()
         self.notifier.close()
         log.info("stopped")
 

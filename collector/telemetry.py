@@ -1,11 +1,16 @@
 """The loopback HTTP server of a running collector: /metrics (self-metrics plus fleet gauges read
 from the fleet state at scrape time), /healthz (alive), /readyz (first cycle done, sink writable),
-and the JSON API that `iot-collector status` and `alerts list` read."""
+and the JSON API that `iot-collector status` and `alerts list` read. Also the process's own health:
+the event-loop lag probe (`watch_loop_lag`) and, only when `IOT_COLLECTOR_TRACEMALLOC` is set, the
+allocation tracer behind `GET /debug/memory` (`MemoryTracer`)."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import time
+import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -83,14 +88,112 @@ class FleetCollector(Collector):
         yield from (rssi, battery, online, used, total, truncated)
 
 
+LAG_PROBE_INTERVAL = 0.25  # seconds; a stall longer than this always delays at least one probe
+TRACEMALLOC_ENV = "IOT_COLLECTOR_TRACEMALLOC"
+
+
+async def watch_loop_lag(interval: float = LAG_PROBE_INTERVAL) -> None:
+    """Sleep `interval` again and again and observe how late each wake-up is in
+    `iot_collector_event_loop_lag_seconds`: the time the loop could not run anything (a garbage
+    collection, a blocking call, a burst of callbacks). Runs until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval)
+        metrics.EVENT_LOOP_LAG.observe(max(loop.time() - start - interval, 0.0))
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class MemoryTracer:
+    """Allocation tracing for finding what makes memory grow: off unless the environment variable
+    `IOT_COLLECTOR_TRACEMALLOC` holds a number of stack frames to keep (1 is enough to name the
+    line; tracing makes every allocation slower and costs memory of its own). `GET /debug/memory`
+    compares a snapshot of now with the baseline (taken at start, or at the last `?rebase=1`) and
+    lists the allocation sites that grew most; it also reports RSS and the garbage collector's
+    pauses by generation since start."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+        tracemalloc.start(frames)
+        self._baseline = self._snapshot()
+        self._baseline_at = time.time()
+        self._gc_started = 0.0
+        self.gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        gc.callbacks.append(self._on_gc)
+
+    @classmethod
+    def from_environment(cls) -> MemoryTracer | None:
+        """A tracer when `IOT_COLLECTOR_TRACEMALLOC` is a positive number of frames, else None."""
+        value = os.environ.get(TRACEMALLOC_ENV, "").strip()
+        if not value:
+            return None
+        try:
+            frames = int(value)
+        except ValueError:
+            log.warning("ignored: not a number of frames", variable=TRACEMALLOC_ENV, value=value)
+            return None
+        if frames < 1:
+            return None
+        log.warning("allocation tracing on: slower, for diagnosis only", variable=TRACEMALLOC_ENV, frames=frames)
+        return cls(frames)
+
+    def close(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        tracemalloc.stop()
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        pauses = self.gc_pauses[info.get("generation", 2)]
+        if len(pauses) < 100_000:
+            pauses.append(time.perf_counter() - self._gc_started)
+
+    @staticmethod
+    def _snapshot() -> tracemalloc.Snapshot:
+        return tracemalloc.take_snapshot().filter_traces((
+            tracemalloc.Filter(False, tracemalloc.__file__),
+            tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+            tracemalloc.Filter(False, "<unknown>"),
+        ))
+
+    def report(self, top: int = 25, rebase: bool = False) -> dict[str, Any]:
+        """The allocation sites that grew most since the baseline, with sizes in bytes."""
+        now = self._snapshot()
+        key = "traceback" if self.frames > 1 else "lineno"
+        stats = now.compare_to(self._baseline, key)
+        grown = [{"size_diff": s.size_diff, "count_diff": s.count_diff, "size": s.size, "count": s.count,
+                  "where": [f"{f.filename}:{f.lineno}" for f in s.traceback]} for s in stats[:top]]
+        current, peak = tracemalloc.get_traced_memory()
+        pauses = {str(gen): {"count": len(p), "total_seconds": round(sum(p), 4),
+                             "max_seconds": round(max(p, default=0.0), 4)} for gen, p in self.gc_pauses.items()}
+        out = {"since": self._baseline_at, "seconds": round(time.time() - self._baseline_at, 1),
+               "traced_bytes": current, "traced_peak_bytes": peak, "rss_bytes": _rss_bytes(),
+               "gc_counts": gc.get_count(), "gc_frozen": gc.get_freeze_count(), "gc_pauses": pauses,
+               "top": grown}
+        if rebase:
+            self._baseline, self._baseline_at = now, time.time()
+        return out
+
+
 class HttpServer:
     """aiohttp server on the configured loopback address. `port` is the bound port (for port 0)."""
 
     def __init__(self, config: HttpConfig, *, status: Callable[[], dict[str, Any]],
-                 ready: Callable[[], tuple[bool, str]], routes: list[web.RouteDef] | None = None) -> None:
+                 ready: Callable[[], tuple[bool, str]], routes: list[web.RouteDef] | None = None,
+                 tracer: MemoryTracer | None = None) -> None:
         self.config = config
         self._status = status
         self._ready = ready
+        self._tracer = tracer
         self.app = web.Application()
         self.app.add_routes([
             web.get("/metrics", self._metrics),
@@ -99,6 +202,8 @@ class HttpServer:
             web.get("/api/status", self._api_status),
             *(routes or []),
         ])
+        if tracer is not None:
+            self.app.add_routes([web.get("/debug/memory", self._debug_memory)])
         self._runner: web.AppRunner | None = None
         self.port = config.port
 
@@ -131,3 +236,14 @@ class HttpServer:
 
     async def _api_status(self, _request: web.Request) -> web.Response:
         return web.json_response(self._status())
+
+    async def _debug_memory(self, request: web.Request) -> web.Response:
+        assert self._tracer is not None
+        try:
+            top = int(request.query.get("top", "25"))
+        except ValueError:
+            return web.json_response({"error": "top must be a number"}, status=400)
+        rebase = request.query.get("rebase", "") in ("1", "true", "yes")
+        # In a thread: comparing snapshots of a large heap takes seconds of mostly Python code.
+        report = await asyncio.to_thread(self._tracer.report, max(top, 1), rebase=rebase)
+        return web.json_response(report)
