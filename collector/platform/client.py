@@ -9,7 +9,11 @@ What it promises:
 * Every failure is a `collector.platform.errors.PlatformError` subclass. Transient ones (transport
   errors, timeouts, HTTP 5xx/429, rate-limited or transient envelope codes, undecodable bodies) are
   retried with jittered exponential backoff within `platform.retries`; permanent ones (auth, unknown
-  device, bad request, a well-formed answer of the wrong shape) are raised at once.
+  device, bad request, a well-formed answer of the wrong shape, an answer larger than
+  `platform.max_response_bytes`) are raised at once.
+* No answer is held in memory beyond `platform.max_response_bytes`: bodies are streamed, a larger
+  Content-Length is refused unread and a body that grows past the limit is cut off with its
+  connection.
 * One `RateLimiter` paces every request of this client; a throttle (HTTP 429 or a rate-limited code)
   halves its rate.
 * A rejected signature raises `AuthError` whose message tells the operator which settings to check;
@@ -57,6 +61,7 @@ from collector.platform.errors import (
     PlatformError,
     PlatformTimeout,
     RateLimitedError,
+    ResponseTooLarge,
     TransportError,
 )
 from collector.platform.models import AccountAssets, DeviceObservation
@@ -295,11 +300,18 @@ class PlatformClient:
         headers["sign"] = self._signer.sign(headers, form)
         headers["Content-Type"] = "application/x-www-form-urlencoded"
         body = urlencode(form).encode()
+        request = self._http.build_request("POST", self._urls.get(path, path), content=body, headers=headers)
         start = time.perf_counter()
         REQUESTS_IN_FLIGHT.inc()
         try:
             async with asyncio.timeout(self._deadline):
-                response = await self._http.post(self._urls.get(path, path), content=body, headers=headers)
+                response = await self._http.send(request, stream=True)
+                try:
+                    content = await self._read_bounded(response, name, trace_id)
+                finally:
+                    # Closing an answer that was not read to its end drops the connection instead of
+                    # returning it to the pool.
+                    await response.aclose()
         except (httpx.HTTPError, TimeoutError, OSError) as exc:
             raise _from_transport(exc, name, trace_id) from exc
         except aiohttp.ClientError as exc:
@@ -313,7 +325,24 @@ class PlatformClient:
                   status=response.status_code, duration_ms=round(elapsed * 1000, 1), attempt=attempt)
         retry_after = (parse_retry_after(response.headers.get("retry-after"))
                        if response.status_code in _THROTTLE_STATUSES else None)
-        return response.content, response.status_code, retry_after
+        return content, response.status_code, retry_after
+
+    async def _read_bounded(self, response: httpx.Response, name: str, trace_id: str) -> bytes:
+        """The body, read as it arrives and never held beyond `platform.max_response_bytes` (decoded,
+        so a compressed answer is bounded by what it unpacks to). A Content-Length above the limit
+        is refused before a byte of the body is read."""
+        limit = self.config.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ResponseTooLarge(limit, declared=int(declared), endpoint=name, trace_id=trace_id)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLarge(limit, endpoint=name, trace_id=trace_id)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _status_error(self, raw: bytes, status: int, name: str, trace_id: str) -> PlatformError:
         """A non-2xx answer. Its body may still be an envelope whose code says more than the status
