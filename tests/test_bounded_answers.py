@@ -85,7 +85,7 @@ async def test_an_answer_over_the_limit_fails_once_without_being_read_whole(big_
     assert "platform.max_response_bytes" in str(error)
     assert error.declared == (size if mode == "length" else None)
     assert too_large_count() - before == 1  # one attempt: not retried
-    assert [e for e in logs if e["event"] == "upstream request failed"][0]["error"] == "ResponseTooLarge"
+    assert next(e for e in logs if e["event"] == "upstream request failed")["error"] == "ResponseTooLarge"
     assert not after.failed and len(after.items) == 1
     assert elapsed < 20, f"{elapsed:.1f}s: the answer was read far past the limit"
     sent = server_stats(big_server)[mode]
@@ -107,21 +107,21 @@ _MEASURE = textwrap.dedent("""
     from collector.endpoints import ENDPOINTS
     from collector.platform.client import PlatformClient
 
-    async def main(url, ask):
-        config = PlatformConfig.model_validate({"app_id": "a", "app_secret": "s", "max_response_bytes": %d,
+    async def main(url, ask, limit):
+        config = PlatformConfig.model_validate({"app_id": "a", "app_secret": "s", "max_response_bytes": limit,
                                                 "retries": {"max_attempts": 1}})
         async with PlatformClient(config, base_url=url) as client:
             result = await client.fetch(ENDPOINTS["device_flow"], [ask])
         outcome = type(result.failed[0][1]).__name__ if result.failed else "ok"
         print("RESULT", outcome, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
-""" % LIMIT)
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+""")
 
 
 def peak_rss_kib(url: str, ask: str) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", _MEASURE, url, ask], cwd=REPO, capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", _MEASURE, url, ask, str(LIMIT)], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
     _, outcome, peak = next(line for line in out.splitlines() if line.startswith("RESULT ")).split()
     return outcome, int(peak)
 

@@ -78,6 +78,7 @@ T = TypeVar("T")
 # reusing a connection the server is closing (which would surface as a spurious transport error).
 KEEPALIVE_EXPIRY = 15.0
 _THROTTLE_STATUSES = (429, 503)
+AUTH_LOG_INTERVAL = 60.0  # seconds between two "platform rejected the credentials" lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,8 @@ class PlatformClient:
         self._backoff = Backoff(retries.backoff_initial, retries.backoff_max, retries.max_attempts)
         self._now = wall_clock
         self._warned_fields: set[tuple[str, str]] = set()
+        self._auth_logged_at: float | None = None
+        self._auth_rejections = 0
         limits = httpx.Limits(max_connections=config.max_concurrency,
                               max_keepalive_connections=config.max_concurrency,
                               keepalive_expiry=KEEPALIVE_EXPIRY)
@@ -273,6 +276,7 @@ class PlatformClient:
                 # not retried: the same bytes would come back.
                 delay = self._backoff.delay(attempt, retry_after, rng=self._rng)
                 if not error.transient or delay is None:
+                    error.attempts = attempt
                     self._log_failure(error, name, device_no, cards, attempt, True, retry_after)
                     raise
                 self._log_failure(error, name, device_no, cards, attempt, False, retry_after)
@@ -366,6 +370,9 @@ class PlatformClient:
 
     def _log_failure(self, error: PlatformError, name: str, device_no: str, cards: int, attempt: int,
                      give_up: bool, retry_after: float | None) -> None:
+        """Each failed attempt at debug: the caller logs the failed poll once, with the last error and
+        the number of attempts (`PlatformError.attempts`). Rejected credentials are also an error line,
+        at most once a minute, saying what to check."""
         fields: dict[str, Any] = {
             "endpoint": name, **_subject(device_no, cards), "trace_id": error.trace_id,
             "error": type(error).__name__, "attempt": attempt, "retrying": not give_up,
@@ -376,12 +383,16 @@ class PlatformClient:
             fields["status"] = error.status
         if retry_after is not None:
             fields["retry_after"] = retry_after
+        log.debug("upstream request failed", message=error.message, **fields)
         if isinstance(error, AuthError) or (isinstance(error, HttpStatusError) and error.status in (401, 403)):
-            # Loud: nothing will work until the operator fixes the configuration.
-            log.error("platform rejected the credentials: check platform.app_id, platform.app_secret "
-                      "and platform.sign", **fields)
-        else:
-            log.warning("upstream request failed", message=error.message, **fields)
+            # Loud, but not once per device: nothing works until the operator fixes the configuration.
+            now = time.monotonic()
+            if self._auth_logged_at is None or now - self._auth_logged_at >= AUTH_LOG_INTERVAL:
+                log.error("platform rejected the credentials: check platform.app_id, platform.app_secret "
+                          "and platform.sign", **fields, rejected_since_last_line=self._auth_rejections)
+                self._auth_logged_at, self._auth_rejections = now, 0
+            else:
+                self._auth_rejections += 1
 
     def _report_issues(self, name: str, issues: list[str], trace_id: str) -> None:
         """Optional fields that held unusable values (parsed as unknown): a warning the first time a

@@ -8,6 +8,7 @@ class PlatformError(Exception):
 
     transient: bool = False
     outcome: str = "error"  # short label for metrics (`http_error`, `timeout`, `api_error`, ...)
+    attempts: int = 1  # how many requests the client made before giving up with this error
 
     def __init__(self, message: str, *, endpoint: str = "", trace_id: str = "") -> None:
         super().__init__(message)
