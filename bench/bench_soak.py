@@ -195,8 +195,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--big", action="store_true", help="only the per-device jobs; measure once the state is full")
     parser.add_argument("--tracemalloc", type=int, default=1, metavar="FRAMES",
-                        help="stack frames traced in the daemon (0: off; default 1)")
+                        help="stack frames tracemalloc keeps in the daemon (0: no tracing, only RSS and GC pauses)")
     parser.add_argument("--top", type=int, default=12, help="allocation sites listed")
+    parser.add_argument("--scrape-interval", type=float, default=15.0, metavar="SECONDS",
+                        help="scrape /metrics this often, as Prometheus would (0: only twice)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, config)")
     args = parser.parse_args()
 
@@ -225,21 +227,24 @@ def main() -> None:
             started = time.monotonic()
         samples: list[tuple[float, float]] = []
         half_text = ""
+        middle: dict[str, Any] = {}
         half_at = started + duration / 2
+        scraped = 0.0
         while (now := time.monotonic()) < started + duration:
             if daemon.poll() is not None:
                 raise SystemExit(f"daemon exited with {daemon.returncode}")
             samples.append((now - started, rss_mb(daemon.pid)))
+            if args.scrape_interval and now - scraped >= args.scrape_interval:
+                scrape(url)  # as Prometheus would: the scrape's own cost is part of the loop's lag
+                scraped = now
             if not half_text and now >= half_at:
                 half_text = scrape(url)
-                if args.tracemalloc:
-                    httpx.get(url + "/debug/memory", params={"rebase": "1", "top": "1"}, timeout=300)
+                middle = httpx.get(url + "/debug/memory", params={"rebase": "1", "top": "1"}, timeout=300).json()
                 half_at = now
             time.sleep(min(SAMPLE_EVERY, max(started + duration - now, 0.1)))
         end_text = scrape(url)
         samples.append((time.monotonic() - started, rss_mb(daemon.pid)))
-        report = (httpx.get(url + "/debug/memory", params={"top": str(args.top)}, timeout=600).json()
-                  if args.tracemalloc else None)
+        report = httpx.get(url + "/debug/memory", params={"top": str(args.top)}, timeout=600).json()
         devices, sims = entities(url)
         load = os.getloadavg()
     finally:
@@ -252,7 +257,7 @@ def main() -> None:
         simulator.wait(30)
 
     second_half = [(t, m) for t, m in samples if t >= duration / 2]
-    half_seconds = samples[-1][0] - half_at + started if second_half else math.nan
+    half_seconds = samples[-1][0] - (half_at - started) if second_half else math.nan
     requests = counter_sum(end_text, "iot_collector_upstream_requests_total") - counter_sum(
         half_text, "iot_collector_upstream_requests_total")
     lag = delta(histogram(end_text, LAG_METRIC), histogram(half_text, LAG_METRIC))
@@ -271,10 +276,14 @@ def main() -> None:
           f"p90 {percentile(lag, 0.9) * 1000:.1f} ms, p99 {percentile(lag, 0.99) * 1000:.1f} ms, "
           f"p99.9 {percentile(lag, 0.999) * 1000:.1f} ms; over 100 ms: {above(lag, 0.1):.0f}, "
           f"over 1 s: {above(lag, 1.0):.0f}")
-    if report is not None:
-        print(f"tracemalloc over the second half ({report['seconds']:.0f} s): "
-              f"traced {report['traced_bytes'] / 1e6:.1f} MB; gc pauses {json.dumps(report['gc_pauses'])}")
-        print("top growing allocation sites (size diff, count diff, where):")
+    print("garbage collections over the second half: " + ", ".join(
+        f"gen{gen} {p['count']} (longest {p['max_seconds'] * 1000:.0f} ms, {p['total_seconds']:.2f} s in all)"
+        for gen, p in report["gc_pauses"].items()))
+    print(f"objects frozen out of the collector's scans: {middle['gc_frozen']} in the middle, "
+          f"{report['gc_frozen']} at the end; GC thresholds {report['gc_thresholds']}")
+    if report["top"]:
+        print(f"tracemalloc over the second half ({report['seconds']:.0f} s): traced "
+              f"{report['traced_bytes'] / 1e6:.1f} MB; top growing allocation sites (size, count, where):")
         for site in report["top"]:
             print(f"  {site['size_diff'] / 1024:+10.1f} KiB {site['count_diff']:+8d}  {' <- '.join(site['where'])}")
     if args.keep:

@@ -112,25 +112,28 @@ def _rss_bytes() -> int | None:
 
 
 class MemoryTracer:
-    """Allocation tracing for finding what makes memory grow: off unless the environment variable
-    `IOT_COLLECTOR_TRACEMALLOC` holds a number of stack frames to keep (1 is enough to name the
-    line; tracing makes every allocation slower and costs memory of its own). `GET /debug/memory`
+    """What makes memory grow or the loop stall, for diagnosis: off unless the environment variable
+    `IOT_COLLECTOR_TRACEMALLOC` is set. Its value is the number of stack frames tracemalloc keeps
+    per allocation (1 names the line; tracing slows every allocation and costs memory of its own);
+    0 traces nothing and reports only RSS and the garbage collector's pauses. `GET /debug/memory`
     compares a snapshot of now with the baseline (taken at start, or at the last `?rebase=1`) and
-    lists the allocation sites that grew most; it also reports RSS and the garbage collector's
-    pauses by generation since start."""
+    lists the allocation sites that grew most, with RSS and the collector's pauses by generation
+    over the same span."""
 
     def __init__(self, frames: int) -> None:
         self.frames = frames
-        tracemalloc.start(frames)
+        if frames:
+            tracemalloc.start(frames)
         self._baseline = self._snapshot()
         self._baseline_at = time.time()
         self._gc_started = 0.0
-        self.gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        # Per generation: collections, seconds in all, the longest.
+        self.gc_pauses: dict[int, list[float]] = {0: [0, 0.0, 0.0], 1: [0, 0.0, 0.0], 2: [0, 0.0, 0.0]}
         gc.callbacks.append(self._on_gc)
 
     @classmethod
     def from_environment(cls) -> MemoryTracer | None:
-        """A tracer when `IOT_COLLECTOR_TRACEMALLOC` is a positive number of frames, else None."""
+        """A tracer when `IOT_COLLECTOR_TRACEMALLOC` is a number of frames (0 or more), else None."""
         value = os.environ.get(TRACEMALLOC_ENV, "").strip()
         if not value:
             return None
@@ -139,26 +142,30 @@ class MemoryTracer:
         except ValueError:
             log.warning("ignored: not a number of frames", variable=TRACEMALLOC_ENV, value=value)
             return None
-        if frames < 1:
+        if frames < 0:
             return None
-        log.warning("allocation tracing on: slower, for diagnosis only", variable=TRACEMALLOC_ENV, frames=frames)
+        log.warning("memory diagnosis on (GET /debug/memory)", variable=TRACEMALLOC_ENV, frames=frames)
         return cls(frames)
 
     def close(self) -> None:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
-        tracemalloc.stop()
+        if self.frames:
+            tracemalloc.stop()
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._gc_started = time.perf_counter()
             return
-        pauses = self.gc_pauses[info.get("generation", 2)]
-        if len(pauses) < 100_000:
-            pauses.append(time.perf_counter() - self._gc_started)
+        pause = time.perf_counter() - self._gc_started
+        stats = self.gc_pauses[info.get("generation", 2)]
+        stats[0] += 1
+        stats[1] += pause
+        stats[2] = max(stats[2], pause)
 
-    @staticmethod
-    def _snapshot() -> tracemalloc.Snapshot:
+    def _snapshot(self) -> tracemalloc.Snapshot | None:
+        if not self.frames:
+            return None
         return tracemalloc.take_snapshot().filter_traces((
             tracemalloc.Filter(False, tracemalloc.__file__),
             tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
@@ -166,21 +173,27 @@ class MemoryTracer:
         ))
 
     def report(self, top: int = 25, rebase: bool = False) -> dict[str, Any]:
-        """The allocation sites that grew most since the baseline, with sizes in bytes."""
+        """The allocation sites that grew most since the baseline (sizes in bytes), RSS, and the
+        garbage collector's pauses since the baseline."""
         now = self._snapshot()
-        key = "traceback" if self.frames > 1 else "lineno"
-        stats = now.compare_to(self._baseline, key)
-        grown = [{"size_diff": s.size_diff, "count_diff": s.count_diff, "size": s.size, "count": s.count,
-                  "where": [f"{f.filename}:{f.lineno}" for f in s.traceback]} for s in stats[:top]]
-        current, peak = tracemalloc.get_traced_memory()
-        pauses = {str(gen): {"count": len(p), "total_seconds": round(sum(p), 4),
-                             "max_seconds": round(max(p, default=0.0), 4)} for gen, p in self.gc_pauses.items()}
+        grown: list[dict[str, Any]] = []
+        traced: dict[str, int] = {}
+        if now is not None and self._baseline is not None:
+            stats = now.compare_to(self._baseline, "traceback" if self.frames > 1 else "lineno")
+            grown = [{"size_diff": s.size_diff, "count_diff": s.count_diff, "size": s.size, "count": s.count,
+                      "where": [f"{f.filename}:{f.lineno}" for f in s.traceback]} for s in stats[:top]]
+            current, peak = tracemalloc.get_traced_memory()
+            traced = {"traced_bytes": current, "traced_peak_bytes": peak}
+        pauses = {str(gen): {"count": int(count), "total_seconds": round(total, 4), "max_seconds": round(longest, 4)}
+                  for gen, (count, total, longest) in self.gc_pauses.items()}
         out = {"since": self._baseline_at, "seconds": round(time.time() - self._baseline_at, 1),
-               "traced_bytes": current, "traced_peak_bytes": peak, "rss_bytes": _rss_bytes(),
-               "gc_counts": gc.get_count(), "gc_frozen": gc.get_freeze_count(), "gc_pauses": pauses,
+               "frames": self.frames, **traced, "rss_bytes": _rss_bytes(), "gc_counts": gc.get_count(),
+               "gc_thresholds": gc.get_threshold(), "gc_frozen": gc.get_freeze_count(), "gc_pauses": pauses,
                "top": grown}
         if rebase:
             self._baseline, self._baseline_at = now, time.time()
+            for stats_of_generation in self.gc_pauses.values():
+                stats_of_generation[:] = [0, 0.0, 0.0]
         return out
 
 
