@@ -26,7 +26,7 @@ from collector.configfile import read_yaml_file
 from collector.configfile import substitute_env as _substitute
 from collector.configfile import validation_problems as validation_problems
 from collector.configfile import yaml_load as yaml_load
-from collector.configtypes import Duration, Secret, SecretSection, Section, TimeZoneName
+from collector.configtypes import ByteSize, Duration, Secret, SecretSection, Section, TimeZoneName
 from collector.endpoints import ENDPOINTS
 from collector.endpoints.base import EndpointSpec
 from collector.platform.wire import AUTH_CODES, NOT_FOUND_CODES, RATE_LIMITED_CODES, TRANSIENT_CODES
@@ -100,6 +100,8 @@ class PlatformConfig(SecretSection):
     api_version: str = "2.0"
     timeout: Duration = Field(default=10.0, gt=0)
     connect_timeout: Duration = Field(default=5.0, gt=0)
+    # A device answer is about 7 KB and a batch of 100 cards a few hundred: far below this.
+    max_response_bytes: ByteSize = Field(default=4 * 1024**2, ge=1024)
     rate_limit: float = Field(default=20.0, gt=0, description="requests per second, all endpoints")
     burst: int = Field(default=5, ge=1)
     max_concurrency: int = Field(default=16, ge=1, le=1024)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform as _platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info, ProcessCollector
 
 from collector import __version__
 
@@ -77,6 +77,15 @@ ALERT_EVALUATION_ERRORS = Counter(f"{P}_alert_evaluation_errors_total",
                                   registry=REGISTRY)
 
 # --- process -------------------------------------------------------------------------------------------
+# process_resident_memory_bytes, process_cpu_seconds_total ... and python_gc_*: what memory creep or
+# garbage-collection pauses look like from outside.
+ProcessCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+EVENT_LOOP_LAG = Histogram(f"{P}_event_loop_lag_seconds",
+                           "How late a timer on the event loop fires: the time nothing else could run "
+                           "(a long garbage collection, a blocking call)",
+                           registry=REGISTRY,
+                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5))
 CONFIG_RELOADS = Counter(f"{P}_config_reloads_total", "Configuration reloads by outcome", ["outcome"],
                          registry=REGISTRY)
 

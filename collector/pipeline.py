@@ -72,7 +72,7 @@ class Pipeline:
             metrics.POLLS.labels(endpoint.entity, "error").inc(max(len(chunk), 1))
             log.warning("poll failed", endpoint=endpoint.name, kind=endpoint.entity, ids=list(chunk)[:10],
                         count=len(chunk), error=describe_error(error), error_type=type(error).__name__,
-                        trace_id=error.trace_id)
+                        attempts=error.attempts, trace_id=error.trace_id)
         return not result.failed
 
     def _hand_over(self, change: Change) -> None:

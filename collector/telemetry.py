@@ -1,7 +1,11 @@
 """The loopback HTTP server of a running collector: /metrics (self-metrics plus fleet gauges read
 from the fleet state at scrape time), /healthz (alive), /readyz (first cycle done, sink writable),
-and the JSON API that `iot-collector status` and `alerts list` read; and who may use that API
-(`ApiGuard`):
+and the JSON API that `iot-collector status` and `alerts list` read; who may use that API
+(`ApiGuard`); and the process's own health: the event-loop lag probe (`watch_loop_lag`) and, only
+when `IOT_COLLECTOR_TRACEMALLOC` is set, the memory diagnosis behind `GET /debug/memory`
+(`MemoryTracer`).
+
+Who may use the API:
 
 - `GET`/`HEAD` of /metrics, /healthz and /readyz: anyone who can connect (Prometheus, probes), by
   any name or address.
@@ -18,9 +22,12 @@ minute, never with the token."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import hmac
 import os
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -214,6 +221,115 @@ class ApiGuard:
         return web.json_response({"error": refused.message}, status=refused.status, headers=headers)
 
 
+LAG_PROBE_INTERVAL = 0.25  # seconds; a stall longer than this always delays at least one probe
+TRACEMALLOC_ENV = "IOT_COLLECTOR_TRACEMALLOC"
+
+
+async def watch_loop_lag(interval: float = LAG_PROBE_INTERVAL) -> None:
+    """Sleep `interval` again and again and observe how late each wake-up is in
+    `iot_collector_event_loop_lag_seconds`: the time the loop could not run anything (a garbage
+    collection, a blocking call, a burst of callbacks). Runs until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval)
+        metrics.EVENT_LOOP_LAG.observe(max(loop.time() - start - interval, 0.0))
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class MemoryTracer:
+    """What makes memory grow or the loop stall, for diagnosis: off unless the environment variable
+    `IOT_COLLECTOR_TRACEMALLOC` is set. Its value is the number of stack frames tracemalloc keeps
+    per allocation (1 names the line; tracing slows every allocation and costs memory of its own);
+    0 traces nothing and reports only RSS and the garbage collector's pauses. `GET /debug/memory`
+    compares a snapshot of now with the baseline (taken at start, or at the last `?rebase=1`) and
+    lists the allocation sites that grew most, with RSS and the collector's pauses by generation
+    over the same span."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+        if frames:
+            tracemalloc.start(frames)
+        self._baseline = self._snapshot()
+        self._baseline_at = time.time()
+        self._gc_started = 0.0
+        # Per generation: collections, seconds in all, the longest.
+        self.gc_pauses: dict[int, list[float]] = {0: [0, 0.0, 0.0], 1: [0, 0.0, 0.0], 2: [0, 0.0, 0.0]}
+        gc.callbacks.append(self._on_gc)
+
+    @classmethod
+    def from_environment(cls) -> MemoryTracer | None:
+        """A tracer when `IOT_COLLECTOR_TRACEMALLOC` is a number of frames (0 or more), else None."""
+        value = os.environ.get(TRACEMALLOC_ENV, "").strip()
+        if not value:
+            return None
+        try:
+            frames = int(value)
+        except ValueError:
+            log.warning("ignored: not a number of frames", variable=TRACEMALLOC_ENV, value=value)
+            return None
+        if frames < 0:
+            return None
+        log.warning("memory diagnosis on (GET /debug/memory)", variable=TRACEMALLOC_ENV, frames=frames)
+        return cls(frames)
+
+    def close(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        if self.frames:
+            tracemalloc.stop()
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._gc_started
+        stats = self.gc_pauses[info.get("generation", 2)]
+        stats[0] += 1
+        stats[1] += pause
+        stats[2] = max(stats[2], pause)
+
+    def _snapshot(self) -> tracemalloc.Snapshot | None:
+        if not self.frames:
+            return None
+        return tracemalloc.take_snapshot().filter_traces((
+            tracemalloc.Filter(False, tracemalloc.__file__),
+            tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+            tracemalloc.Filter(False, "<unknown>"),
+        ))
+
+    def report(self, top: int = 25, rebase: bool = False) -> dict[str, Any]:
+        """The allocation sites that grew most since the baseline (sizes in bytes), RSS, and the
+        garbage collector's pauses since the baseline."""
+        now = self._snapshot()
+        grown: list[dict[str, Any]] = []
+        traced: dict[str, int] = {}
+        if now is not None and self._baseline is not None:
+            stats = now.compare_to(self._baseline, "traceback" if self.frames > 1 else "lineno")
+            grown = [{"size_diff": s.size_diff, "count_diff": s.count_diff, "size": s.size, "count": s.count,
+                      "where": [f"{f.filename}:{f.lineno}" for f in s.traceback]} for s in stats[:top]]
+            current, peak = tracemalloc.get_traced_memory()
+            traced = {"traced_bytes": current, "traced_peak_bytes": peak}
+        pauses = {str(gen): {"count": int(count), "total_seconds": round(total, 4), "max_seconds": round(longest, 4)}
+                  for gen, (count, total, longest) in self.gc_pauses.items()}
+        out = {"since": self._baseline_at, "seconds": round(time.time() - self._baseline_at, 1),
+               "frames": self.frames, **traced, "rss_bytes": _rss_bytes(), "gc_counts": gc.get_count(),
+               "gc_thresholds": gc.get_threshold(), "gc_frozen": gc.get_freeze_count(), "gc_pauses": pauses,
+               "top": grown}
+        if rebase:
+            self._baseline, self._baseline_at = now, time.time()
+            for stats_of_generation in self.gc_pauses.values():
+                stats_of_generation[:] = [0, 0.0, 0.0]
+        return out
+
+
 class HttpServer:
     """aiohttp server on the configured loopback address. `port` is the bound port (for port 0).
     `api_token` is what requests that change something must carry (None: they are all refused);
@@ -221,10 +337,12 @@ class HttpServer:
 
     def __init__(self, config: HttpConfig, *, status: Callable[[], dict[str, Any]],
                  ready: Callable[[], tuple[bool, str]], routes: list[web.RouteDef] | None = None,
-                 api_token: str | None = None, extra_hosts: Iterable[str] = ()) -> None:
+                 api_token: str | None = None, extra_hosts: Iterable[str] = (),
+                 tracer: MemoryTracer | None = None) -> None:
         self.config = config
         self._status = status
         self._ready = ready
+        self._tracer = tracer
         self.guard = ApiGuard(config, api_token, extra_hosts)
         self.app = web.Application(middlewares=[self.guard.middleware], client_max_size=MAX_BODY_BYTES)
         self.app.add_routes([
@@ -234,6 +352,8 @@ class HttpServer:
             web.get("/api/status", self._api_status),
             *(routes or []),
         ])
+        if tracer is not None:
+            self.app.add_routes([web.get("/debug/memory", self._debug_memory)])
         self._runner: web.AppRunner | None = None
         self.port = config.port
 
@@ -266,3 +386,14 @@ class HttpServer:
 
     async def _api_status(self, _request: web.Request) -> web.Response:
         return web.json_response(self._status())
+
+    async def _debug_memory(self, request: web.Request) -> web.Response:
+        assert self._tracer is not None
+        try:
+            top = int(request.query.get("top", "25"))
+        except ValueError:
+            return web.json_response({"error": "top must be a number"}, status=400)
+        rebase = request.query.get("rebase", "") in ("1", "true", "yes")
+        # In a thread: comparing snapshots of a large heap takes seconds of mostly Python code.
+        report = await asyncio.to_thread(self._tracer.report, max(top, 1), rebase=rebase)
+        return web.json_response(report)

@@ -434,6 +434,32 @@ async def test_request_log_lines_carry_endpoint_subject_trace_and_timing_but_no_
     assert SECRET not in repr(logs)
 
 
+async def test_failed_attempts_are_debug_lines_and_the_error_says_how_many_were_made() -> None:
+    before = metric("iot_collector_upstream_retries_total", endpoint="device_flow")
+    with capture_logs() as logs:
+        async with client(Recorder(httpx.Response(503))) as c:
+            with pytest.raises(HttpStatusError) as info:
+                await c.device_flow("1")
+    assert info.value.attempts == 4
+    failed = [e for e in logs if e["event"] == "upstream request failed"]
+    assert [e["attempt"] for e in failed] == [1, 2, 3, 4] and {e["log_level"] for e in failed} == {"debug"}
+    assert [e["retrying"] for e in failed] == [True, True, True, False]
+    assert not [e for e in logs if e["log_level"] in ("warning", "error")]
+    assert metric("iot_collector_upstream_retries_total", endpoint="device_flow") - before == 3
+
+
+async def test_rejected_credentials_are_an_error_line_at_most_once_a_minute() -> None:
+    with capture_logs() as logs:
+        async with client(Recorder(api(40001, "签名错误"))) as c:
+            for device_no in ("1", "2", "3"):
+                with pytest.raises(AuthError) as info:
+                    await c.device_flow(device_no)
+                assert info.value.attempts == 1
+    loud = [e for e in logs if e["log_level"] == "error"]
+    assert len(loud) == 1 and "platform.app_secret" in loud[0]["event"]
+    assert len([e for e in logs if e["event"] == "upstream request failed"]) == 3
+
+
 def test_a_path_that_does_not_look_like_a_read_is_warned_about() -> None:
     with capture_logs() as logs:
         client(Recorder(ok(None)), endpoints={"card_status": {"path": "/openapi/iot/simStop"}})

@@ -9,7 +9,11 @@ What it promises:
 * Every failure is a `collector.platform.errors.PlatformError` subclass. Transient ones (transport
   errors, timeouts, HTTP 5xx/429, rate-limited or transient envelope codes, undecodable bodies) are
   retried with jittered exponential backoff within `platform.retries`; permanent ones (auth, unknown
-  device, bad request, a well-formed answer of the wrong shape) are raised at once.
+  device, bad request, a well-formed answer of the wrong shape, an answer larger than
+  `platform.max_response_bytes`) are raised at once.
+* No answer is held in memory beyond `platform.max_response_bytes`: bodies are streamed, a larger
+  Content-Length is refused unread and a body that grows past the limit is cut off with its
+  connection.
 * One `RateLimiter` paces every request of this client; a throttle (HTTP 429 or a rate-limited code)
   halves its rate.
 * A rejected signature raises `AuthError` whose message tells the operator which settings to check;
@@ -58,6 +62,7 @@ from collector.platform.errors import (
     PlatformError,
     PlatformTimeout,
     RateLimitedError,
+    ResponseTooLarge,
     TransportError,
 )
 from collector.platform.models import AccountAssets, DeviceObservation
@@ -74,6 +79,7 @@ T = TypeVar("T")
 # reusing a connection the server is closing (which would surface as a spurious transport error).
 KEEPALIVE_EXPIRY = 15.0
 _THROTTLE_STATUSES = (429, 503)
+AUTH_LOG_INTERVAL = 60.0  # seconds between two "platform rejected the credentials" lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +198,8 @@ class PlatformClient:
         self._backoff = Backoff(retries.backoff_initial, retries.backoff_max, retries.max_attempts)
         self._now = wall_clock
         self._warned_fields: set[tuple[str, str]] = set()
+        self._auth_logged_at: float | None = None
+        self._auth_rejections = 0
         limits = httpx.Limits(max_connections=config.max_concurrency,
                               max_keepalive_connections=config.max_concurrency,
                               keepalive_expiry=KEEPALIVE_EXPIRY)
@@ -312,6 +320,7 @@ class PlatformClient:
                 # not retried: the same bytes would come back.
                 delay = self._backoff.delay(attempt, retry_after, rng=self._rng)
                 if not error.transient or delay is None:
+                    error.attempts = attempt
                     self._log_failure(error, name, device_no, cards, attempt, True, retry_after)
                     raise
                 self._log_failure(error, name, device_no, cards, attempt, False, retry_after)
@@ -333,11 +342,18 @@ class PlatformClient:
         headers = signed_headers(self._signer, self.config.app_id, self.config.api_version, trace_id,
                                  self._now(), form)
         body = urlencode(form).encode()
+        request = self._http.build_request("POST", self._urls.get(path, path), content=body, headers=headers)
         start = time.perf_counter()
         REQUESTS_IN_FLIGHT.inc()
         try:
             async with asyncio.timeout(self._deadline):
-                response = await self._http.post(self._urls.get(path, path), content=body, headers=headers)
+                response = await self._http.send(request, stream=True)
+                try:
+                    content = await self._read_bounded(response, name, trace_id)
+                finally:
+                    # Closing an answer that was not read to its end drops the connection instead of
+                    # returning it to the pool.
+                    await response.aclose()
         except (httpx.HTTPError, TimeoutError, OSError) as exc:
             raise _from_transport(exc, name, trace_id) from exc
         except aiohttp.ClientError as exc:
@@ -351,7 +367,24 @@ class PlatformClient:
                   status=response.status_code, duration_ms=round(elapsed * 1000, 1), attempt=attempt)
         retry_after = (parse_retry_after(response.headers.get("retry-after"))
                        if response.status_code in _THROTTLE_STATUSES else None)
-        return response.content, response.status_code, retry_after
+        return content, response.status_code, retry_after
+
+    async def _read_bounded(self, response: httpx.Response, name: str, trace_id: str) -> bytes:
+        """The body, read as it arrives and never held beyond `platform.max_response_bytes` (decoded,
+        so a compressed answer is bounded by what it unpacks to). A Content-Length above the limit
+        is refused before a byte of the body is read."""
+        limit = self.config.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ResponseTooLarge(limit, declared=int(declared), endpoint=name, trace_id=trace_id)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLarge(limit, endpoint=name, trace_id=trace_id)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _status_error(self, raw: bytes, status: int, name: str, trace_id: str) -> PlatformError:
         """A non-2xx answer. Its body may still be an envelope whose code says more than the status
@@ -375,6 +408,9 @@ class PlatformClient:
 
     def _log_failure(self, error: PlatformError, name: str, device_no: str, cards: int, attempt: int,
                      give_up: bool, retry_after: float | None) -> None:
+        """Each failed attempt at debug: the caller logs the failed poll once, with the last error and
+        the number of attempts (`PlatformError.attempts`). Rejected credentials are also an error line,
+        at most once a minute, saying what to check."""
         fields: dict[str, Any] = {
             "endpoint": name, **_subject(device_no, cards), "trace_id": error.trace_id,
             "error": type(error).__name__, "attempt": attempt, "retrying": not give_up,
@@ -385,12 +421,16 @@ class PlatformClient:
             fields["status"] = error.status
         if retry_after is not None:
             fields["retry_after"] = retry_after
+        log.debug("upstream request failed", message=error.message, **fields)
         if isinstance(error, AuthError) or (isinstance(error, HttpStatusError) and error.status in (401, 403)):
-            # Loud: nothing will work until the operator fixes the configuration.
-            log.error("platform rejected the credentials: check platform.app_id, platform.app_secret "
-                      "and platform.sign", **fields)
-        else:
-            log.warning("upstream request failed", message=error.message, **fields)
+            # Loud, but not once per device: nothing works until the operator fixes the configuration.
+            now = time.monotonic()
+            if self._auth_logged_at is None or now - self._auth_logged_at >= AUTH_LOG_INTERVAL:
+                log.error("platform rejected the credentials: check platform.app_id, platform.app_secret "
+                          "and platform.sign", **fields, rejected_since_last_line=self._auth_rejections)
+                self._auth_logged_at, self._auth_rejections = now, 0
+            else:
+                self._auth_rejections += 1
 
     def _report_issues(self, name: str, issues: list[str], trace_id: str) -> None:
         """Optional fields that held unusable values (parsed as unknown): a warning the first time a

@@ -8,6 +8,7 @@ class PlatformError(Exception):
 
     transient: bool = False
     outcome: str = "error"  # short label for metrics (`http_error`, `timeout`, `api_error`, ...)
+    attempts: int = 1  # how many requests the client made before giving up with this error
 
     def __init__(self, message: str, *, endpoint: str = "", trace_id: str = "") -> None:
         super().__init__(message)
@@ -70,6 +71,22 @@ class PlatformTimeout(PlatformError):
     transient = True
 
     outcome = "timeout"
+
+
+class ResponseTooLarge(PlatformError):
+    """The answer was larger than `platform.max_response_bytes`: refused on its Content-Length, or
+    cut off (and the connection dropped) once the body grew past the limit. Not retried: the same
+    answer would come back."""
+
+    outcome = "too_large"
+
+    def __init__(self, limit: int, *, declared: int | None = None, endpoint: str = "", trace_id: str = "") -> None:
+        why = (f"Content-Length {declared} bytes" if declared is not None
+               else f"cut off after more than {limit} bytes")
+        super().__init__(f"answer larger than platform.max_response_bytes ({limit} bytes): {why}",
+                         endpoint=endpoint, trace_id=trace_id)
+        self.limit = limit
+        self.declared = declared
 
 
 class ParseError(PlatformError):
