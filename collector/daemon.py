@@ -22,12 +22,11 @@ import structlog
 
 from collector import __version__, metrics
 from collector.config import Config, ConfigError, load_config
-from collector.endpoints import ENDPOINTS
 from collector.inventory import Inventory, InventoryError, file_mtime, load_inventory
 from collector.logs import register_secret
 from collector.pipeline import Pipeline
 from collector.platform.client import PlatformClient
-from collector.schedule import Scheduler
+from collector.schedule import ASSUMED_SIMS_PER_DEVICE, Scheduler
 from collector.sdnotify import Notifier, status_line
 from collector.sinks.pipeline import SinkPipeline
 from collector.state import FieldRecord, FleetState
@@ -87,7 +86,6 @@ class Daemon:
         self.state = FleetState(device_interval=config.jobs.device_status.interval)
         self.stop_event = asyncio.Event()
         self.started_at = time.time()
-        self.first_cycle: set[str] = set()
         self.notifier = Notifier()
         self.health = UpstreamHealth()
         self.simulator: Simulator | None = None
@@ -137,6 +135,9 @@ class Daemon:
                 self.alerts.forget("sim", iccid, now)
         log.info("inventory applied", devices=len(inventory.devices), cards=len(inventory.cards),
                  removed_devices=len(removed_devices), removed_sims=len(removed_sims))
+        if self.scheduler is not None:
+            self.scheduler.discovered("card", self.state.take_new_sims())
+            self.scheduler.replan()
 
     async def start(self) -> None:
         register_config_secrets(self.config)
@@ -156,9 +157,12 @@ class Daemon:
             await self.alerts.start()
         self.apply_inventory(self._load_inventory())
         self._inventory_mtime = file_mtime(self.config.inventory)
+        self.state.watch_new_sims()
         self.pipeline = Pipeline(self.config, self.client, self.state, self.sinks.submit, self.alerts)
+        # readyz waits for slow answers of the first cycle at most one request timeout.
         self.scheduler = Scheduler(self.pipeline.jobs(), self.config.platform.rate_limit,
-                                   first_cycle_done=self.first_cycle.add)
+                                   ready_grace=self.config.platform.timeout)
+        self.pipeline.discovered = self.scheduler.discovered
         self._log_budget()
         if self.config.http.enabled:
             self.http = HttpServer(self.config.http, status=self.status, ready=self.ready,
@@ -318,18 +322,23 @@ class Daemon:
         return self.client.limiter.current_rate / self.client.limiter.configured_rate
 
     def ready(self) -> tuple[bool, str]:
-        device_jobs = ({e.job for e in ENDPOINTS.values() if e.entity == "device"}
-                       & set(self.scheduler.jobs if self.scheduler else {}))
-        if device_jobs and not device_jobs & self.first_cycle:
-            return False, "first polling cycle not finished"
+        """Ready once the first cycle of the device jobs is done (Scheduler.ready) and the spool takes
+        points."""
+        if self.scheduler is None:
+            return False, "starting"
+        ok, reason = self.scheduler.ready()
+        if not ok:
+            return False, reason
         if self.sinks is not None and not self.sinks.writable():
             return False, f"spool not writable: {self.sinks.last_error()}"
         return True, "ok"
 
     def status(self) -> dict[str, Any]:
         now = time.time()
-        failing = sorted((d for d in self.state.devices.values() if d.consecutive_failures),
+        failing = sorted((d for d in self.state.devices.values()
+                          if d.consecutive_failures and ("device", d.device_no) not in self.state.not_found),
                          key=lambda d: -d.consecutive_failures)
+        known_sims, assumed_sims = self.state.planned_sims(ASSUMED_SIMS_PER_DEVICE)
         rate = self.client.limiter.current_rate if self.client is not None else None
         return {
             "version": __version__, "pid": os.getpid(), "started_at": self.started_at,
@@ -339,11 +348,12 @@ class Daemon:
             "entities": self.state.counts(),
             "failing_devices": [{"device_no": d.device_no, "failures": d.consecutive_failures,
                                  "error": d.last_error, "since": d.last_error_at} for d in failing[:20]],
+            "backing_off": [e.as_dict() for e in sorted(self.state.not_found.values(), key=lambda e: e.since)[:50]],
             "requests": {
                 "rate_limit_rps": self.config.platform.rate_limit,
                 "current_rate_rps": rate,
-                "needed_rps": self.scheduler.need if self.scheduler else None,
-                "stretch": self.scheduler.stretch if self.scheduler else None,
+                "sims_known": known_sims, "sims_assumed": assumed_sims,
+                **(self.scheduler.budget() if self.scheduler else {}),
             },
             "sinks": self.sinks.status() if self.sinks else {},
             "alerts": self.alerts.active() if self.alerts else [],

@@ -55,13 +55,18 @@ def test_budget_stretches_intervals_when_the_rate_limit_is_too_small() -> None:
     assert lines[0].effective_interval == 300
 
 
+def metric(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_requests_flow_evenly_over_the_interval_and_never_overlap_themselves() -> None:
     calls: list[tuple[float, tuple[str, ...]]] = []
     ids = [f"d{i}" for i in range(200)]
     # Each poll takes longer than the interval: the second cycle must skip them, not stack them.
     job = make_job("device_status", ids, 2.0, 1, calls, hold=2.5)
     sched = Scheduler([job], rate_limit=1000.0)
-    overruns_before = metrics.JOB_OVERRUNS.labels("device_status")._value.get()
+    overruns_before = metric("iot_collector_job_overruns_total", poll_job="device_status")
+    skipped_before = metric("iot_collector_job_polls_skipped_in_flight_total", poll_job="device_status")
     sched.start()
     while not calls:  # noqa: ASYNC110 - the first cycle starts within a couple of seconds (phase per job)
         await asyncio.sleep(0.05)
@@ -76,8 +81,11 @@ async def test_requests_flow_evenly_over_the_interval_and_never_overlap_themselv
     assert max(per_bucket) <= 30 and min(per_bucket) >= 10, per_bucket
     # Every item was still in flight at its second turn, so nothing was started twice.
     assert len(calls) == 200
+    # Slow polls are skipped and counted as such: the job dispatched on time, so no overrun.
     assert sched.status["device_status"].skipped_in_flight >= 150
-    assert metrics.JOB_OVERRUNS.labels("device_status")._value.get() > overruns_before
+    assert metric("iot_collector_job_polls_skipped_in_flight_total", poll_job="device_status") - skipped_before >= 150
+    assert sched.status["device_status"].overruns == 0
+    assert metric("iot_collector_job_overruns_total", poll_job="device_status") == overruns_before
 
 
 def test_stable_fraction_is_deterministic() -> None:
