@@ -377,22 +377,24 @@ class Scheduler:
         while self._pending and not await self._sleep(CATCH_UP_DELAY):
             self.replan()
             pending, self._pending = self._pending, {}
-            batches: list[tuple[str, PollJob, tuple[str, ...]]] = []
+            batches: list[tuple[float, str, PollJob, tuple[str, ...]]] = []
             for name, new in pending.items():
                 job = self.jobs.get(name)
                 if job is None:
                     continue
                 order = sorted(new, key=functools.partial(_offset, name))
                 size = max(job.batch_limit, 1)
-                batches += [(name, job, tuple(order[i:i + size])) for i in range(0, len(order), size)]
+                n = math.ceil(len(order) / size)
+                batches += [(k / n, name, job, tuple(order[k * size:(k + 1) * size])) for k in range(n)]
             if not batches:
                 continue
+            batches.sort(key=lambda b: b[0])  # the jobs interleaved: each starts its first polls at once
             log.info("first polls of newly found entities", jobs=sorted(pending),
                      entities=max(len(new) for new in pending.values()), requests=len(batches))
             tasks: list[asyncio.Task[Any]] = []
             start = time.time()
             try:
-                for k, (name, job, ids) in enumerate(batches):
+                for k, (_, name, job, ids) in enumerate(batches):
                     if await self._sleep(start + k / len(batches) * CATCH_UP_SPREAD - time.time()):
                         return
                     if not self._start_poll(name, job, ids, tasks):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -17,7 +18,7 @@ import httpx
 import yaml
 from aiohttp import web
 
-from tests.daemon_run import REPO
+from tests.daemon_run import REPO, demo_config
 
 # The credentials `iot-collector simulate` accepts without a configuration file.
 APP_ID, APP_SECRET = "demo", "demo-secret"
@@ -69,7 +70,22 @@ class SimulatorProcess:
         return answer
 
     def served(self, outcome: str) -> int:
+        """Requests answered with `outcome` (`ok`, `unknown_device`...), all endpoints together."""
         return sum(per.get(outcome, 0) for per in self.stats()["endpoints"].values())
+
+    def iccids(self) -> list[str]:
+        """Every SIM of the fleet (`/_sim/inventory`)."""
+        fleet = httpx.get(self.url + "/_sim/inventory", timeout=5).json()
+        return [i for device in fleet["devices"] for i in device["iccids"]]
+
+
+def collector_config(tmp: Path, url: str, devices: list[str], **platform: Any) -> dict[str, Any]:
+    """The demo configuration (tests/daemon_run.py), polling the platform at `url` for `devices`."""
+    config = demo_config(tmp, simulator={"embedded": False},
+                         platform={"base_url": url, "app_id": APP_ID, "app_secret": APP_SECRET,
+                                   "rate_limit": 200, **platform})
+    config["inventory"] = {"devices": devices}
+    return config
 
 
 class SlowProxy:

@@ -9,18 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.daemon_run import REPO, DaemonProcess, demo_config, wait_for
-from tests.platform_run import APP_ID, APP_SECRET, SimulatorProcess, SlowProxy
+from tests.daemon_run import REPO, DaemonProcess, wait_for
+from tests.platform_run import SimulatorProcess, SlowProxy, collector_config
 
 DEVICE_JOBS = ("device_status", "device_flow")
-
-
-def platform_config(tmp_path: Path, url: str, devices: list[str], **platform: Any) -> dict[str, Any]:
-    config = demo_config(tmp_path, simulator={"embedded": False},
-                         platform={"base_url": url, "app_id": APP_ID, "app_secret": APP_SECRET,
-                                   "rate_limit": 200, **platform})
-    config["inventory"] = {"devices": devices}
-    return config
 
 
 def jobs(daemon: DaemonProcess) -> dict[str, dict[str, Any]]:
@@ -38,7 +30,7 @@ def sample(metrics: str, series: str) -> float | None:
 def test_a_device_the_platform_does_not_know_is_asked_for_once_then_backs_off(tmp_path: Path) -> None:
     unknown = "000000000000042"
     with SimulatorProcess(devices=10) as sim:
-        daemon = DaemonProcess(tmp_path, platform_config(tmp_path, sim.url, [*sim.devices, unknown])).start()
+        daemon = DaemonProcess(tmp_path, collector_config(tmp_path, sim.url, [*sim.devices, unknown])).start()
         try:
             # device_status runs every 3 s and device_flow every 4 s: five cycles each.
             wait_for(lambda: all(jobs(daemon)[j]["runs"] >= 5 for j in DEVICE_JOBS), 60, "five device cycles")
@@ -68,7 +60,7 @@ def test_a_device_whose_answer_hangs_is_not_an_overrun_and_does_not_hold_readyz(
         with SlowProxy(sim.url, {slow}) as proxy:
             # Each attempt times out after 2 s; six attempts with their back-off take 27 s or more, three
             # cycles of device_status and device_flow.
-            config = platform_config(tmp_path, proxy.url, sim.devices, timeout="2s", connect_timeout="1s",
+            config = collector_config(tmp_path, proxy.url, sim.devices, timeout="2s", connect_timeout="1s",
                                      retries={"max_attempts": 6, "backoff_initial": "1s", "backoff_max": "30s"})
             config["jobs"].update({"device_status": {"interval": "8s"}, "device_flow": {"interval": "10s"}})
             daemon = DaemonProcess(tmp_path, config).start(wait_ready=False)
