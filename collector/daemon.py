@@ -30,6 +30,7 @@ from collector.schedule import ASSUMED_SIMS_PER_DEVICE, Scheduler
 from collector.sdnotify import Notifier, status_line
 from collector.sinks.pipeline import SinkPipeline
 from collector.state import FieldRecord, FleetState
+from collector.summary import log_summaries
 from collector.telemetry import FleetCollector, HttpServer
 
 if TYPE_CHECKING:  # optional parts, imported when configured
@@ -173,6 +174,9 @@ class Daemon:
         metrics.REGISTRY.register(self._collector)
         self.scheduler.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        if self.config.logging.summary_interval > 0:
+            self._tasks.append(asyncio.create_task(log_summaries(self.config.logging.summary_interval,
+                                                                 self._summary_facts)))
         if self.notifier.enabled:
             self._tasks.append(asyncio.create_task(self.notifier.watchdog()))
             self._tasks.append(asyncio.create_task(self.notifier.publish_status(self.status)))
@@ -212,6 +216,14 @@ class Daemon:
         else:
             log.info("request budget", need_rps=round(need, 3), rate_limit=rate,
                      utilisation=f"{need / rate:.1%}")
+
+    def _summary_facts(self) -> dict[str, Any]:
+        """The summary line's backlog (what the slowest sink has not taken yet) and firing alerts."""
+        sinks = (self.sinks.status() if self.sinks else {}).get("sinks") or {}
+        backlog = max((int(s.get("pending_bytes") or 0) for s in sinks.values()), default=0)
+        oldest = max((s.get("oldest_unsent_age_seconds") or 0.0 for s in sinks.values()), default=0.0)
+        firing = sum(1 for a in self.alerts.active() if a.get("state") == "firing") if self.alerts else 0
+        return {"alerts_firing": firing, "spool_bytes": backlog, "spool_oldest_age_seconds": oldest}
 
     def _spool_state(self) -> tuple[int, float | None]:
         if self.sinks is None:

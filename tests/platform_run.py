@@ -90,12 +90,14 @@ def collector_config(tmp: Path, url: str, devices: list[str], **platform: Any) -
 
 class SlowProxy:
     """Forwards every request to `upstream` unchanged, except those asking for a device in `slow`:
-    they get no answer for `hang` seconds (a client gives up first). Runs its own event loop in a
-    thread, so a daemon in another process can use it."""
+    they get no answer for `hang` seconds (a client gives up first), and those for a device in
+    `refused`: HTTP 400 (a failure that is not retried). Runs its own event loop in a thread, so a
+    daemon in another process can use it."""
 
-    def __init__(self, upstream: str, slow: set[str], hang: float = 600.0) -> None:
+    def __init__(self, upstream: str, slow: set[str], hang: float = 600.0, refused: set[str] | None = None) -> None:
         self.upstream = upstream
         self.slow = slow
+        self.refused = refused or set()
         self.hang = hang
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -112,6 +114,8 @@ class SlowProxy:
             self.held.append(device)
             await asyncio.sleep(self.hang)
             return web.Response(status=504)
+        if device in self.refused:
+            return web.Response(status=400, text="refused")
         assert self._client is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         answer = await self._client.post(self.upstream + request.path, content=body, headers=headers)
