@@ -113,3 +113,21 @@ def test_library_records_and_summaries_are_json_lines_with_readable_chinese(tmp_
     assert sum(r["polls_ok"] for r in summaries) > 0 and sum(r["points_collected"] for r in summaries) > 0
     assert any(r["alerts_firing"] > 0 for r in summaries)
     assert all(r["level"] == "info" for r in summaries)
+
+
+def test_every_metric_the_collector_exports_is_in_the_operations_metrics_list() -> None:
+    from collector import metrics
+    from collector.config import HttpConfig
+    from collector.state import FleetState
+    from collector.telemetry import FleetCollector
+
+    fleet = FleetCollector(lambda: FleetState(), lambda: (0, None), lambda: HttpConfig())
+    suffix = {"counter": "_total", "info": "_info"}
+    exported = {family.name + suffix.get(family.type, "")
+                for family in [*metrics.REGISTRY.collect(), *fleet.collect()]
+                if family.name.startswith("iot_collector_")}
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    section = doc.split("### Metrics", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    listed = set(re.findall(r"`(iot_collector_\w+)`", section))
+    assert exported - listed == set(), "exported but not in docs/operations.md, Metrics"
+    assert listed - exported == set(), "in docs/operations.md, Metrics, but not exported"
