@@ -21,7 +21,9 @@ the counts change; a new stretch applies from each job's next cycle.
 
 An entity tracked after the start (a SIM discovered inside a device, a card added to the inventory)
 is polled by every job of its kind within CATCH_UP_DELAY + CATCH_UP_SPREAD seconds (`discovered`),
-not a whole interval later (6 h for card info); its job's cycles then include it as usual.
+not a whole interval later (6 h for card info); its job's cycles then include it as usual. Those
+first polls use the part of the rate limit the plan leaves free: when a large fleet is discovered at
+start, they are spread over as long as that takes (minutes), rather than crowding the cycles out.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ log = structlog.get_logger("collector.schedule")
 
 DISCOVERY_RETRY = 30.0  # seconds before a job with nothing to poll yet looks again
 CATCH_UP_DELAY = 10.0  # seconds new entities are gathered before their first polls (so they share requests)
-CATCH_UP_SPREAD = 20.0  # seconds over which those first polls are spread
+CATCH_UP_SPREAD = 20.0  # seconds over which those first polls are spread, at least
 ASSUMED_SIMS_PER_DEVICE = 2  # SIMs the budget counts for a device that has not shown its SIMs yet
 USABLE_SHARE = 0.9  # of the rate limit the schedule plans; the rest is kept for retries
 REPLAN_TOLERANCE = 0.01  # a stretch changing by less than this share leaves the intervals alone
@@ -393,9 +395,11 @@ class Scheduler:
                      entities=max(len(new) for new in pending.values()), requests=len(batches))
             tasks: list[asyncio.Task[Any]] = []
             start = time.time()
+            spare = max(self.rate_limit - self.planned_rps(), self.rate_limit * (1 - USABLE_SHARE))
+            spread = max(CATCH_UP_SPREAD, len(batches) / spare)
             try:
                 for k, (_, name, job, ids) in enumerate(batches):
-                    if await self._sleep(start + k / len(batches) * CATCH_UP_SPREAD - time.time()):
+                    if await self._sleep(start + k / len(batches) * spread - time.time()):
                         return
                     if not self._start_poll(name, job, ids, tasks):
                         continue

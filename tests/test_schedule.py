@@ -216,3 +216,28 @@ async def test_a_cycle_whose_dispatching_cannot_keep_up_is_an_overrun() -> None:
         await sched.stop(grace=0.1)
     assert sched.status["device_flow"].overruns >= 1
     assert metric("iot_collector_job_overruns_total", poll_job="device_flow") > before
+
+
+async def test_first_polls_of_a_large_discovery_use_only_the_rate_the_plan_leaves_free(monkeypatch: Any) -> None:
+    monkeypatch.setattr(schedule, "CATCH_UP_DELAY", 0.1)
+    monkeypatch.setattr(schedule, "CATCH_UP_SPREAD", 0.1)
+    cards: list[str] = []
+    calls: list[tuple[float, tuple[str, ...]]] = []
+    job = make_job("card_status", cards, 3600.0, 10, calls)
+    job.kind = "card"
+    # The hourly job plans next to nothing: about 40 of the 40 req/s are free for first polls.
+    sched = Scheduler([job], rate_limit=40.0)
+    sched.start()
+    try:
+        new = [f"n{i}" for i in range(2000)]  # 200 requests: five seconds at 40 req/s
+        cards.extend(new)
+        found_at = time.monotonic()
+        sched.discovered("card", new)
+        await asyncio.sleep(1.6)
+        early = len(calls)
+        assert 20 <= early <= 80, early  # about 40 a second, not all 200 at once
+        while len(calls) < 200:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+            assert time.monotonic() - found_at < 15, len(calls)
+    finally:
+        await sched.stop(grace=0.1)
