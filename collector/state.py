@@ -7,6 +7,9 @@ endpoints share: observing a device with its SIMs (device_flow, device_info), ob
 (also card_info) and a SIM's usage history. How one endpoint's observation updates the state is in
 that endpoint's module (`collector.endpoints`).
 
+It keeps which entities the platform says it does not know (`NotFound`: their polls back off until
+a given time) and which SIMs were tracked for the first time (for their first polls).
+
 The state is also where derived values live, so they are computed once: staleness (poll time minus
 platform refresh time), remaining data, usage rate over a recent window, projected exhaustion and
 the end of the billing cycle. `FIELDS` lists, per entity kind, the names an alert rule may use.
