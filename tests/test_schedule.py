@@ -236,7 +236,7 @@ async def test_first_polls_of_a_large_discovery_use_only_the_rate_the_plan_leave
         await asyncio.sleep(1.6)
         early = len(calls)
         assert 20 <= early <= 80, early  # about 40 a second, not all 200 at once
-        while len(calls) < 200:  # noqa: ASYNC110
+        while len(calls) < 200:
             await asyncio.sleep(0.1)
             assert time.monotonic() - found_at < 15, len(calls)
     finally:
