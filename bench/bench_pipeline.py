@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from collector.config import Config, parse_config  # noqa: E402
 from collector.endpoints import ENDPOINTS  # noqa: E402
+from collector.platform.signing import Signer  # noqa: E402
 
 
 def free_port() -> int:
@@ -69,7 +70,8 @@ def signed(config: Config, device_no: str) -> tuple[dict[str, str], dict[str, st
     form = {"deviceNo": device_no}
     headers = {"appID": config.platform.app_id, "apiVersion": config.platform.api_version,
                "traceID": uuid.uuid4().hex, "timestamp": str(int(time.time()))}
-    headers["sign"] = config.platform.signer().sign(headers, form)
+    secret = config.platform.app_secret.get_secret_value() if config.platform.app_secret else ""
+    headers["sign"] = Signer.from_config(config.platform.sign, secret).sign(headers, form)
     return headers, form
 
 

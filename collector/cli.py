@@ -2,7 +2,9 @@
 silence.
 
 Exit codes: 0 success, 1 a runtime failure (a device that failed in `once`, a daemon that cannot be
-reached), 2 a user error (bad configuration or arguments), never a Python traceback for those.
+reached), 2 a user error (bad configuration or arguments), 3 from `check-config` for a valid
+configuration whose jobs do not fit in `platform.rate_limit` (the collector would stretch every
+interval); never a Python traceback for those.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -17,12 +20,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from collector import __version__
 from collector.configfile import ConfigError
-from collector.formats import short_duration
+from collector.formats import human_duration, short_duration
 
 if TYPE_CHECKING:  # the schema loads the client (endpoint table, parser): not for `simulate`
     from collector.config import ClientSettings, Config
 
 DEFAULT_CONFIG_PATHS = ("/etc/iot-collector/collector.yaml", "collector.yaml")
+EXIT_BUDGET_TOO_SMALL = 3
 
 
 def default_config_path() -> str:
@@ -165,12 +169,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return simulate_main(args)
 
 
-def budget_summary(config: Config, assumed_sims_per_device: int = 2) -> dict[str, Any]:
-    """Devices, jobs and the request budget a configuration implies (for check-config and the docs)."""
+def budget_summary(config: Config, assumed_sims_per_device: int | None = None) -> dict[str, Any]:
+    """Devices, jobs and the request budget a configuration implies (for check-config and the docs):
+    whether it fits in 90% of the rate limit, and if not the rate that would fit."""
     from collector.endpoints import ENDPOINTS
     from collector.inventory import load_inventory
     from collector.pipeline import job_plan
-    from collector.schedule import plan_budget
+    from collector.schedule import ASSUMED_SIMS_PER_DEVICE, USABLE_SHARE, plan_budget
+
+    if assumed_sims_per_device is None:
+        assumed_sims_per_device = ASSUMED_SIMS_PER_DEVICE
 
     inventory = load_inventory(config.inventory, config.sharding)
     devices = len(inventory.devices)
@@ -180,10 +188,14 @@ def budget_summary(config: Config, assumed_sims_per_device: int = 2) -> dict[str
     counts = {"device": devices, "card": sims, "account": 1}
     enabled = [(e.job, interval, limit, counts[e.entity]) for e, interval, limit in job_plan(config)]
     lines, need = plan_budget(enabled, config.platform.rate_limit)
+    stretch = max((line.effective_interval / line.interval for line in lines), default=1.0)
     return {
         "devices": devices, "cards": len(inventory.cards), "assumed_sims": sims,
         "assumed_sims_per_device": assumed_sims_per_device,
         "rate_limit_rps": config.platform.rate_limit, "needed_rps": need,
+        "fits": stretch <= 1.0, "stretch": stretch,
+        # With 10% kept for retries, rounded up to a tenth so that it fits.
+        "rate_limit_to_fit": math.ceil(need / USABLE_SHARE * 10) / 10,
         "jobs": [line.__dict__ for line in lines],
         "disabled_jobs": [e.job for e in ENDPOINTS.values() if not config.jobs.job(e.job).enabled],
         "sinks": [name for name in ("file", "influxdb_v1", "influxdb_v2")
@@ -193,6 +205,12 @@ def budget_summary(config: Config, assumed_sims_per_device: int = 2) -> dict[str
         "simulator": config.simulator.embedded,
         "warnings": list(inventory.warnings),
     }
+
+
+def _interval_to_fit(seconds: float) -> str:
+    """A duration for the configuration, rounded up to the smallest unit it shows ("6m 48s", "8h 10m")."""
+    step = 3600 if seconds >= 86400 else 60 if seconds >= 3600 else 1
+    return human_duration(math.ceil(seconds / step - 1e-9) * step) or ""
 
 
 def print_summary(summary: dict[str, Any], out: TextIO) -> None:
@@ -210,14 +228,22 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     if summary["disabled_jobs"]:
         out.write(f"  disabled: {', '.join(summary['disabled_jobs'])}\n")
     need, rate = summary["needed_rps"], summary["rate_limit_rps"]
-    verdict = "fits" if need <= rate * 0.9 else "TOO SMALL: intervals will be stretched"
+    verdict = "fits" if summary["fits"] else "TOO SMALL"
     out.write(f"request budget: {need:.3f} req/s needed of {rate:g} req/s allowed "
               f"({need / rate:.0%}, 90% usable): {verdict}\n")
+    if not summary["fits"]:
+        out.write(f"  to fit: platform.rate_limit: {summary['rate_limit_to_fit']:g} (or more), or every interval "
+                  f"x{summary['stretch']:.2f}:\n")
+        for job in summary["jobs"]:
+            out.write(f"    jobs.{job['job']}.interval: {_interval_to_fit(job['effective_interval'])}"
+                      f"   (now {short_duration(job['interval'])})\n")
+        out.write("  as configured, the collector stretches every interval that much by itself\n")
     out.write(f"sinks: {', '.join(summary['sinks']) or 'none'}  alerts: "
               f"{'on' if summary['alerts'] else 'off'}\n")
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """0: valid and within the request budget; 2: invalid; 3: valid but the budget is too small."""
     from collector.alerts.rules import compile_rules
 
     config, path = read_config(args)
@@ -231,7 +257,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(f"{path}: OK\n")
         print_summary(summary, sys.stdout)
-    return 0
+    return 0 if summary["fits"] else EXIT_BUDGET_TOO_SMALL
 
 
 def client_settings(args: argparse.Namespace) -> ClientSettings:
@@ -356,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulator_arguments(p)
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("check-config", help="validate a configuration and print its request budget")
+    p = sub.add_parser("check-config", help="validate a configuration and print its request budget "
+                                         "(exit 2: invalid, 3: the budget is too small)")
     add_config_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check_config)

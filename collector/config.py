@@ -259,6 +259,21 @@ class ShardingConfig(Section):
 # --- the rest -----------------------------------------------------------------------------------------
 
 
+class SchedulerConfig(Section):
+    """How the poll jobs treat entities the platform says it does not know (its not-found code, or a
+    card left out of a batch answer): polled again after `not_found_backoff`, twice as long after
+    each further not-found answer up to `not_found_backoff_max`, at full rate again once one answers."""
+
+    not_found_backoff: Duration = Field(default=600.0, gt=0)
+    not_found_backoff_max: Duration = Field(default=86400.0, gt=0)
+
+    @model_validator(mode="after")
+    def _max_not_below_first(self) -> SchedulerConfig:
+        if self.not_found_backoff_max < self.not_found_backoff:
+            raise ValueError("not_found_backoff_max must be at least not_found_backoff")
+        return self
+
+
 def host_name(value: str) -> str:
     """A host as the Host header names it, compared case-blind: `[::1]` -> `::1`, `Example.COM.` ->
     `example.com`."""
@@ -282,6 +297,7 @@ class HttpConfig(SecretSection):
     entity_metrics_limit: int = Field(default=10000, ge=0)
     allowed_hosts: list[str] = Field(default=[], description="more names or addresses clients reach the API by")
     api_token: Secret | None = None
+    entity_metrics_labels: list[str] = []
 
     def url(self, port: int | None = None) -> str:
         """Where a client on this host reaches the server: `http://listen:port`, an IPv6 address in
@@ -313,6 +329,15 @@ class HttpConfig(SecretSection):
         return value
 
 
+    @field_validator("entity_metrics_labels")
+    @classmethod
+    def _label_names(cls, value: list[str]) -> list[str]:
+        check_labels(dict.fromkeys(value, ""))
+        if len(set(value)) != len(value):
+            raise ValueError("a label is listed twice")
+        return value
+
+
 def _is_ip(value: str) -> bool:
     import ipaddress
 
@@ -326,6 +351,7 @@ def _is_ip(value: str) -> bool:
 class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
+    summary_interval: Duration = Field(default=300.0, ge=0)
 
 
 class SimulatorConfig(Section):
@@ -344,6 +370,7 @@ class Config(Section):
     inventory: InventoryConfig = InventoryConfig()
     jobs: JobsConfig = JobsConfig()
     sharding: ShardingConfig = ShardingConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
     sinks: SinksConfig = SinksConfig()
     alerts: AlertsConfig = AlertsConfig()
     http: HttpConfig = HttpConfig()

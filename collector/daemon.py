@@ -29,16 +29,16 @@ from collector import __version__, metrics
 from collector.alerts.rules import compile_rules
 from collector.apitoken import provision_token
 from collector.config import Config, ConfigError, SettingError, load_config
-from collector.endpoints import ENDPOINTS
 from collector.inventory import Inventory, InventoryError, file_mtime, load_inventory
 from collector.logs import redact_urls, register_secret, url_secrets
 from collector.pipeline import Pipeline
 from collector.platform.client import PlatformClient
 from collector.report.ledger import Ledger
-from collector.schedule import Scheduler
+from collector.schedule import ASSUMED_SIMS_PER_DEVICE, Scheduler
 from collector.sdnotify import Notifier, status_line
 from collector.sinks.pipeline import SinkPipeline
 from collector.state import FieldRecord, FleetState
+from collector.summary import log_summaries
 from collector.telemetry import FleetCollector, HttpServer, MemoryTracer, watch_loop_lag
 
 if TYPE_CHECKING:  # optional parts, imported when configured
@@ -136,7 +136,6 @@ class Daemon:
         self._ledger_saved = time.monotonic()
         self.stop_event = asyncio.Event()
         self.started_at = time.time()
-        self.first_cycle: set[str] = set()
         self.notifier = Notifier()
         self.health = UpstreamHealth()
         self.simulator: Simulator | None = None
@@ -193,6 +192,9 @@ class Daemon:
                 self.alerts.forget("sim", iccid, now)
         log.info("inventory applied", devices=len(inventory.devices), cards=len(inventory.cards),
                  removed_devices=len(removed_devices), removed_sims=len(removed_sims))
+        if self.scheduler is not None:
+            self.scheduler.discovered("card", self.state.take_new_sims())
+            self.scheduler.replan()
         freeze_heap()
 
     async def start(self) -> None:
@@ -217,9 +219,12 @@ class Daemon:
             await self.alerts.start()
         self.apply_inventory(self._load_inventory())
         self._inventory_mtime = file_mtime(self.config.inventory)
+        self.state.watch_new_sims()
         self.pipeline = Pipeline(self.config, self.client, self.state, self.sinks.submit, self.alerts)
+        # readyz waits for slow answers of the first cycle at most one request timeout.
         self.scheduler = Scheduler(self.pipeline.jobs(), self.config.platform.rate_limit,
-                                   first_cycle_done=self.first_cycle.add)
+                                   ready_grace=self.config.platform.timeout)
+        self.pipeline.discovered = self.scheduler.discovered
         self._log_budget()
         if self.config.http.enabled:
             token = provision_token(self.config.http, state_dir)
@@ -239,6 +244,9 @@ class Daemon:
         metrics.REGISTRY.register(self._collector)
         self.scheduler.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        if self.config.logging.summary_interval > 0:
+            self._tasks.append(asyncio.create_task(log_summaries(self.config.logging.summary_interval,
+                                                                 self._summary_facts)))
         freeze_heap()
         if self.notifier.enabled:
             self._tasks.append(asyncio.create_task(self.notifier.watchdog()))
@@ -287,6 +295,14 @@ class Daemon:
         else:
             log.info("request budget", need_rps=round(need, 3), rate_limit=rate,
                      utilisation=f"{need / rate:.1%}")
+
+    def _summary_facts(self) -> dict[str, Any]:
+        """The summary line's backlog (what the slowest sink has not taken yet) and firing alerts."""
+        sinks = (self.sinks.status() if self.sinks else {}).get("sinks") or {}
+        backlog = max((int(s.get("pending_bytes") or 0) for s in sinks.values()), default=0)
+        oldest = max((s.get("oldest_unsent_age_seconds") or 0.0 for s in sinks.values()), default=0.0)
+        firing = sum(1 for a in self.alerts.active() if a.get("state") == "firing") if self.alerts else 0
+        return {"alerts_firing": firing, "spool_bytes": backlog, "spool_oldest_age_seconds": oldest}
 
     def _spool_state(self) -> tuple[int, float | None]:
         if self.sinks is None:
@@ -403,10 +419,13 @@ class Daemon:
         return self.client.limiter.current_rate / self.client.limiter.configured_rate
 
     def ready(self) -> tuple[bool, str]:
-        device_jobs = ({e.job for e in ENDPOINTS.values() if e.entity == "device"}
-                       & set(self.scheduler.jobs if self.scheduler else {}))
-        if device_jobs and not device_jobs & self.first_cycle:
-            return False, "first polling cycle not finished"
+        """Ready once the first cycle of the device jobs is done (Scheduler.ready) and the spool takes
+        points."""
+        if self.scheduler is None:
+            return False, "starting"
+        ok, reason = self.scheduler.ready()
+        if not ok:
+            return False, reason
         if self.sinks is not None and not self.sinks.writable():
             return False, f"spool not writable: {self.sinks.last_error()}"
         return True, "ok"
@@ -417,8 +436,10 @@ class Daemon:
 
     def _status(self) -> dict[str, Any]:
         now = time.time()
-        failing = sorted((d for d in self.state.devices.values() if d.consecutive_failures),
+        failing = sorted((d for d in self.state.devices.values()
+                          if d.consecutive_failures and ("device", d.device_no) not in self.state.not_found),
                          key=lambda d: -d.consecutive_failures)
+        known_sims, assumed_sims = self.state.planned_sims(ASSUMED_SIMS_PER_DEVICE)
         rate = self.client.limiter.current_rate if self.client is not None else None
         return {
             "version": __version__, "pid": os.getpid(), "started_at": self.started_at,
@@ -428,11 +449,12 @@ class Daemon:
             "entities": self.state.counts(),
             "failing_devices": [{"device_no": d.device_no, "failures": d.consecutive_failures,
                                  "error": d.last_error, "since": d.last_error_at} for d in failing[:20]],
+            "backing_off": [e.as_dict() for e in sorted(self.state.not_found.values(), key=lambda e: e.since)[:50]],
             "requests": {
                 "rate_limit_rps": self.config.platform.rate_limit,
                 "current_rate_rps": rate,
-                "needed_rps": self.scheduler.need if self.scheduler else None,
-                "stretch": self.scheduler.stretch if self.scheduler else None,
+                "sims_known": known_sims, "sims_assumed": assumed_sims,
+                **(self.scheduler.budget() if self.scheduler else {}),
             },
             "sinks": self.sinks.status() if self.sinks else {},
             "alerts": self.alerts.active() if self.alerts else [],

@@ -2,15 +2,22 @@
 a processor that redacts secrets (registered values, secret keys, the user-info of URLs) from every
 event before it is rendered. On journald's stream each line starts with its syslog priority (`<4>`
 for a warning), which journald strips and records as PRIORITY, so `journalctl -p warning` finds the
-warnings. Also the one place that says how a URL is shown (`redact_url`)."""
+warnings. Also the one place that says how a URL is shown (`redact_url`).
+
+Records of other libraries (apscheduler, aiohttp, httpx, apprise...) logged through the standard
+`logging` module go through the same processors and renderer, on the same stream, with their
+`logger` name: one format, redacted alike. Libraries speak from warning up (their info lines are per
+request). Text stays as written in JSON (`设备不存在`, not `\\u8bbe\\u5907`).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 from urllib.parse import unquote
 
@@ -149,41 +156,71 @@ def _syslog_prefix(_logger: Any, method: str, rendered: Any) -> Any:
     return f"<{_PRIORITY.get(method, 6)}>{rendered}"
 
 
+def json_dumps(value: Any, **kwargs: Any) -> str:
+    """JSON that keeps non-ASCII text readable; escaped only when it would not encode (a lone
+    surrogate decoded from a bad answer), so a log line never fails to be written."""
+    text = json.dumps(value, ensure_ascii=False, **kwargs)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(value, **kwargs)
+    return text
+
+
+class _LineHandler(logging.Handler):
+    """Writes each formatted record through a structlog PrintLogger on the same stream: both take the
+    same per-stream lock, so a record logged from a worker thread (Apprise) never splits a line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._out = structlog.PrintLogger(stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._out.msg(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None, *,
                       cache: bool = False) -> None:
-    """Set up structlog (and route stdlib logging of libraries through the same rendering).
+    """Set up structlog, and route the standard logging of libraries through the same processors,
+    renderer and stream.
 
     `cache` makes each module's logger build itself once (the daemon: a filtered-out debug call then
     costs nothing); left off where logging is reconfigured during the process (tests)."""
     stream = stream or sys.stdout
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
-    shared: Iterable[Any] = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_processor,
     ]
-    renderer: Any
+    tail: list[Any]
     if use_json:
-        tail: list[Any] = [structlog.processors.format_exc_info, _redact_rendered,
-                           structlog.processors.JSONRenderer()]
+        tail = [structlog.processors.format_exc_info, _redact_rendered,
+                structlog.processors.JSONRenderer(serializer=json_dumps)]
         if is_journal_stream(stream):
             tail.append(_syslog_prefix)
     else:
         tail = [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
-    renderer = tail
     numeric = getattr(logging, level.upper())
     structlog.configure(
-        processors=[*shared, *renderer],
+        processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=cache,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
-    for handler in logging.getLogger().handlers:  # libraries' own log lines (and their tracebacks) too
-        handler.setFormatter(_RedactingFormatter(logging.BASIC_FORMAT))
-
-
-class _RedactingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return redact_text(super().format(record))
+    handler = _LineHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+    ))
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(max(numeric, logging.WARNING))

@@ -1,5 +1,7 @@
 """The collector's own Prometheus metrics: one registry, every metric defined here so names stay
-consistent (naming guide: `iot_collector_` prefix, base units, `_total` for counters).
+consistent (naming guide: `iot_collector_` prefix, base units, `_total` for counters), plus the
+standard `process_*` and `python_*` collectors every exporter has. No `_created` series: they double
+the series of every counter and histogram and no dashboard reads them.
 
 Per-entity gauges (RSSI, battery, ...) are not here: they are read from the fleet state at scrape time
 by a custom collector (see `collector.telemetry`)."""
@@ -8,12 +10,29 @@ from __future__ import annotations
 
 import platform as _platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info, ProcessCollector
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from collector import __version__
 
+prometheus_client.disable_created_metrics()
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 P = "iot_collector"
+
+# process_* (CPU, memory, open files, start time), python_info and python_gc_*, as on every exporter.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
 
 BUILD_INFO = Info(f"{P}_build", "Version of the collector", registry=REGISTRY)
 BUILD_INFO.info({"version": __version__, "python": _platform.python_version()})
@@ -46,13 +65,31 @@ JOB_RUNS = Counter(f"{P}_job_runs_total", "Job runs by outcome", ["poll_job", "o
 JOB_DURATION = Histogram(f"{P}_job_duration_seconds", "How long one run of a job took", ["poll_job"],
                          registry=REGISTRY, buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 900, 3600))
 JOB_OVERRUNS = Counter(f"{P}_job_overruns_total",
-                       "Runs skipped because the previous run of the same job was still going", ["poll_job"],
-                       registry=REGISTRY)
+                       "Runs skipped because the previous cycle of the same job was still dispatching",
+                       ["poll_job"], registry=REGISTRY)
+JOB_SKIPPED_IN_FLIGHT = Counter(f"{P}_job_polls_skipped_in_flight_total",
+                                "Entities not polled at their turn because their previous poll was still in flight "
+                                "(a slow answer being retried)", ["poll_job"], registry=REGISTRY)
+JOB_FIRST_POLLS = Counter(f"{P}_job_first_polls_total",
+                          "Entities polled ahead of their job's cycle because they were tracked for the first time "
+                          "(SIMs found inside a device)", ["poll_job"], registry=REGISTRY)
+JOB_INTERVAL = Gauge(f"{P}_job_interval_seconds",
+                     "The interval a job runs at: the configured one, stretched to fit the request budget",
+                     ["poll_job"], registry=REGISTRY)
+BUDGET_NEEDED = Gauge(f"{P}_request_budget_needed_requests_per_second",
+                      "Requests per second the jobs need at their configured intervals (SIMs not discovered "
+                      "yet estimated)", registry=REGISTRY)
+BUDGET_PLANNED = Gauge(f"{P}_request_budget_planned_requests_per_second",
+                       "Requests per second the jobs make at the intervals they run at", registry=REGISTRY)
+BUDGET_STRETCH = Gauge(f"{P}_request_budget_stretch_ratio",
+                       "Factor by which every interval is stretched to fit 90% of platform.rate_limit "
+                       "(1: as configured)", registry=REGISTRY)
 JOB_LAG = Gauge(f"{P}_job_lag_seconds", "How late the last run of a job started", ["poll_job"], registry=REGISTRY)
 JOB_LAST_SUCCESS = Gauge(f"{P}_job_last_success_timestamp_seconds", "When a job last finished without error",
                          ["poll_job"], registry=REGISTRY)
-POLLS = Counter(f"{P}_entity_polls_total", "Entities polled by kind and outcome", ["kind", "outcome"],
-                registry=REGISTRY)
+POLLS = Counter(f"{P}_entity_polls_total",
+                "Entities polled by kind and outcome (ok, error, not_found: the platform does not know it)",
+                ["kind", "outcome"], registry=REGISTRY)
 
 # --- sinks and spool -----------------------------------------------------------------------------------
 POINTS_COLLECTED = Counter(f"{P}_points_collected_total", "Points accepted into the spool", registry=REGISTRY)

@@ -1,23 +1,40 @@
 """Staggered polling on APScheduler 3 (asyncio): one job per data kind, each entity at a stable
-offset within the job's interval, so requests flow at an even rate instead of bursting.
+offset within the job's interval, so requests flow at an even rate instead of bursting; the request
+budget those jobs need, re-planned while the fleet's SIMs are discovered; first polls of entities
+found between two cycles; and when the first cycle counts as done (`readyz`).
 
 How a cycle works: every `interval` APScheduler starts the job's cycle. The cycle walks the job's
 work items (one device, or one batch of up to 10/100 cards) in the order of their stable offset,
 sleeping until each item's slot and dispatching its poll as a task. The offset of an item is its rank
 by a hash of its id (so the n items of a job are spread exactly evenly over the interval) plus a phase
-per job (so jobs of different kinds don't start together). A cycle that is still dispatching when its
-next run is due is an overrun: APScheduler skips the new run (max_instances=1) and we count it; a poll
-whose previous run for the same item is still in flight is skipped too. Nothing queues up.
+per job (so jobs of different kinds don't start together). Nothing queues up:
+
+* an **overrun** is a cycle still dispatching when its next run is due: APScheduler skips the new run
+  (max_instances=1) and we count it. It means the dispatching could not keep up with the interval.
+* a poll whose previous turn for the same item is still in flight (a slow answer being retried) is
+  **skipped in flight**: counted on its own, never as an overrun, since the job itself runs on time.
+
+The budget: each job needs (requests per cycle) / interval requests per second, from the number of
+entities it covers (`PollJob.planned`: SIMs not discovered yet are estimated). When the total is over
+90% of the rate limit, every interval is stretched by the same factor. `replan()` recomputes it when
+the counts change; a new stretch applies from each job's next cycle.
+
+An entity tracked after the start (a SIM discovered inside a device, a card added to the inventory)
+is polled by every job of its kind within CATCH_UP_DELAY + CATCH_UP_SPREAD seconds (`discovered`),
+not a whole interval later (6 h for card info); its job's cycles then include it as usual. Those
+first polls use the part of the rate limit the plan leaves free: when a large fleet is discovered at
+start, they are spread over as long as that takes (minutes), rather than crowding the cycles out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -30,9 +47,34 @@ from collector import metrics
 log = structlog.get_logger("collector.schedule")
 
 DISCOVERY_RETRY = 30.0  # seconds before a job with nothing to poll yet looks again
+CATCH_UP_DELAY = 10.0  # seconds new entities are gathered before their first polls (so they share requests)
+CATCH_UP_SPREAD = 20.0  # seconds over which those first polls are spread, at least
+ASSUMED_SIMS_PER_DEVICE = 2  # SIMs the budget counts for a device that has not shown its SIMs yet
+USABLE_SHARE = 0.9  # of the rate limit the schedule plans; the rest is kept for retries
+REPLAN_TOLERANCE = 0.01  # a stretch changing by less than this share leaves the intervals alone
 
-PollFn = Callable[[Sequence[str]], Coroutine[Any, Any, bool]]
-"""Polls one work item (a device, a batch of cards, the account); True when it succeeded."""
+
+@dataclass(frozen=True, slots=True)
+class PollOutcome:
+    """What one poll of a work item came to, in entities: how many it asked about, how many failed
+    and how many the platform said it does not know. True when none failed and none was unknown."""
+
+    entities: int
+    failed: int = 0
+    not_found: int = 0
+
+    def __bool__(self) -> bool:
+        return self.failed == 0 and self.not_found == 0
+
+
+PollFn = Callable[[Sequence[str]], Coroutine[Any, Any, "PollOutcome | bool"]]
+"""Polls one work item (a device, a batch of cards, the account)."""
+
+
+def _outcome(result: PollOutcome | bool, entities: int) -> PollOutcome:
+    if isinstance(result, PollOutcome):
+        return result
+    return PollOutcome(entities, failed=0 if result else entities)
 
 
 def stable_fraction(text: str) -> float:
@@ -43,13 +85,24 @@ def stable_fraction(text: str) -> float:
 
 @dataclass
 class PollJob:
-    """One kind of data to poll: its name, interval, the entity ids it covers and how to poll a batch."""
+    """One kind of data to poll: its name, interval, the entity ids it covers and how to poll a batch.
+
+    `entities` gives the ids to poll now (an entity backing off is left out); `kind` is what they are
+    ("device", "card" or "account"); `planned` how many entities the request budget counts (by
+    default those of `entities`)."""
 
     name: str
     interval: float
     batch_limit: int  # 1: one entity a request; 0: a single request with no ids (the account)
     entities: Callable[[], Sequence[str]]
     poll: PollFn
+    kind: str = "device"
+    planned: Callable[[], int] | None = None
+
+    def planned_count(self) -> int:
+        if self.batch_limit == 0:
+            return 1
+        return self.planned() if self.planned is not None else len(self.entities())
 
     def work_items(self) -> list[tuple[float, tuple[str, ...]]]:
         """(offset fraction in [0, 1), ids) for one cycle, sorted by offset."""
@@ -63,57 +116,99 @@ class PollJob:
         return sorted((((k / n) + phase) % 1.0, batch) for k, batch in enumerate(batches))
 
 
+@dataclass(eq=False)
+class Cycle:
+    """One cycle of a job, in entities: how many it covers, has started polls for, has outcomes for
+    (failed and unknown among them) and skipped because their previous poll was still in flight."""
+
+    start: float  # its scheduled start
+    entities: int
+    dispatched: int = 0
+    done: int = 0
+    failed: int = 0
+    not_found: int = 0
+    skipped: int = 0
+    dispatch_end: float | None = None  # when its last poll was started
+    end: float | None = None  # when every poll it started had an outcome
+    abort: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def settled(self) -> int:
+        """Entities with an outcome, skipped ones included."""
+        return self.done + self.skipped
+
+    @property
+    def outcome(self) -> str:
+        bad = self.failed + self.not_found
+        if self.done == 0:
+            return "skipped" if self.skipped else "ok"
+        return "ok" if bad == 0 else "error" if bad >= self.done else "partial"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"entities": self.entities, "dispatched": self.dispatched, "done": self.settled,
+                "failed": self.failed, "not_found": self.not_found, "skipped": self.skipped}
+
+
 @dataclass
 class JobStatus:
     name: str
     interval: float
     effective_interval: float
+    kind: str = "device"
     enabled: bool = True
     runs: int = 0
     overruns: int = 0
     last_start: float | None = None
     last_end: float | None = None
-    last_outcome: str = ""
-    last_failures: int = 0
-    last_items: int = 0
     lag_seconds: float = 0.0
     skipped_in_flight: int = 0
+    first_polls: int = 0
+    cycle: Cycle | None = None  # the cycle running now (dispatching, or waiting for its last outcomes)
+    last: Cycle | None = None  # the last cycle that finished
+    first: Cycle | None = None  # the first cycle (readiness)
 
     def as_dict(self, next_run: float | None) -> dict[str, Any]:
+        last = self.last
         return {
-            "name": self.name, "interval_seconds": self.interval,
+            "name": self.name, "kind": self.kind, "interval_seconds": self.interval,
             "effective_interval_seconds": self.effective_interval, "runs": self.runs,
             "overruns": self.overruns, "last_start": self.last_start, "last_end": self.last_end,
-            "last_outcome": self.last_outcome, "last_failures": self.last_failures,
-            "last_items": self.last_items, "lag_seconds": round(self.lag_seconds, 3),
-            "skipped_in_flight": self.skipped_in_flight, "next_run": next_run,
+            "last_outcome": last.outcome if last else "",
+            "last_entities": last.entities if last else 0,
+            "last_failures": (last.failed + last.not_found) if last else 0,
+            "last_not_found": last.not_found if last else 0,
+            "cycle": self.cycle.as_dict() if self.cycle is not None else None,
+            "lag_seconds": round(self.lag_seconds, 3), "skipped_in_flight": self.skipped_in_flight,
+            "first_polls": self.first_polls, "next_run": next_run,
         }
 
 
-def budget(jobs: Sequence[PollJob], rate_limit: float) -> tuple[float, float]:
-    """(requests per second the jobs need, factor >= 1 by which intervals must stretch to fit)."""
-    lines, need = plan_budget([(j.name, j.interval, j.batch_limit, len(j.entities())) for j in jobs], rate_limit)
-    stretch = max((line.effective_interval / line.interval for line in lines), default=1.0)
-    return need, stretch
-
-
 class Scheduler:
-    """Runs the poll jobs on an AsyncIOScheduler. Single event loop; `start()` inside it."""
+    """Runs the poll jobs on an AsyncIOScheduler. Single event loop; `start()` inside it.
 
-    def __init__(self, jobs: Sequence[PollJob], rate_limit: float, *, first_cycle_done: Callable[[str], None]
-                 | None = None) -> None:
+    `ready_grace`: how long after its last poll started a first cycle waits for slow answers
+    before it counts as done for readiness (the daemon passes `platform.timeout`)."""
+
+    def __init__(self, jobs: Sequence[PollJob], rate_limit: float, *, ready_grace: float = 10.0) -> None:
         self.jobs = {j.name: j for j in jobs}
         self.rate_limit = rate_limit
+        self.ready_grace = ready_grace
         self._scheduler = AsyncIOScheduler()
         self._scheduler.add_listener(self._on_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
-        self._in_flight: dict[tuple[str, tuple[str, ...]], asyncio.Task[bool]] = {}
+        self._in_flight: dict[tuple[str, tuple[str, ...]], asyncio.Task[Any]] = {}
         self._finishers: set[asyncio.Task[None]] = set()
         self._cycles: set[asyncio.Task[Any]] = set()
         self._origin: dict[str, float] = {}
+        self._intervals: dict[str, float] = {}
+        self._pending: dict[str, dict[str, None]] = {}  # per job: ids waiting for their first poll
+        self._catch_up: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._first_cycle_done = first_cycle_done
-        self.need, self.stretch = budget(jobs, rate_limit)
-        self.status = {j.name: JobStatus(j.name, j.interval, j.interval * self.stretch) for j in jobs}
+        self._started = False
+        self.need, self.stretch = 0.0, 1.0
+        self.lines: list[BudgetLine] = []
+        self.status = {j.name: JobStatus(j.name, j.interval, j.interval, kind=j.kind) for j in jobs}
+        self._logged_need = 0.0
+        self.replan()
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -122,9 +217,10 @@ class Scheduler:
         for job in self.jobs.values():
             self._add(job, now)
         self._scheduler.start()
+        self._started = True
 
     def _add(self, job: PollJob, now: float) -> None:
-        interval = job.interval * self.stretch
+        interval = self._intervals.setdefault(job.name, job.interval * self.stretch)
         # The first cycle starts within a second or two: the stagger inside the cycle prevents a burst.
         first = now + 0.5 + stable_fraction("start:" + job.name) * min(interval, 2.0)
         self._origin[job.name] = first
@@ -135,34 +231,55 @@ class Scheduler:
         )
 
     def reschedule(self, jobs: Sequence[PollJob]) -> None:
-        """Apply a new set of jobs (after a configuration reload); running cycles finish as they are."""
-        self.need, self.stretch = budget(jobs, self.rate_limit)
+        """Apply a new set of jobs (after a configuration reload). A job whose configured interval
+        changed starts a new cycle at once (the one dispatching stops; its polls in flight finish)."""
         now = time.time()
-        for name in list(self.jobs):
-            if name not in {j.name for j in jobs}:
+        names = {j.name for j in jobs}
+        for name in [n for n in self.jobs if n not in names]:
+            self._abort(name)
+            if self._started:
                 self._scheduler.remove_job(name)
-                del self.jobs[name]
-                self.status.pop(name, None)
+            del self.jobs[name]
+            self.status.pop(name, None)
+            self._intervals.pop(name, None)
+            self._pending.pop(name, None)
+        restart = []
         for job in jobs:
             old = self.jobs.get(job.name)
             self.jobs[job.name] = job
-            status = self.status.setdefault(job.name, JobStatus(job.name, job.interval, job.interval))
-            status.interval, status.effective_interval = job.interval, job.interval * self.stretch
+            status = self.status.setdefault(job.name, JobStatus(job.name, job.interval, job.interval, kind=job.kind))
+            status.interval = job.interval
             if old is None or old.interval != job.interval:
+                self._abort(job.name)
+                self._intervals.pop(job.name, None)
+                restart.append(job)
+        self.replan()
+        if self._started:
+            for job in restart:
                 self._add(job, now)
+                self.status[job.name].effective_interval = self._intervals[job.name]
+
+    def _abort(self, name: str) -> None:
+        status = self.status.get(name)
+        if status is not None and status.cycle is not None:
+            status.cycle.abort.set()
 
     async def stop(self, grace: float) -> None:
         """Stop starting polls, then wait (bounded) for the in-flight ones to finish. Every poll's
         outcome is taken (logged if it crashed), so nothing is left to asyncio's "exception was never
         retrieved" at exit."""
         self._stopping.set()
+        for name in self.status:
+            self._abort(name)
         if self._scheduler.running:
-            # Paused first: the cycles still dispatching see _stopping and return by themselves;
+            # Paused first: the cycles still dispatching see the abort and return by themselves;
             # shutdown() would cancel them, which APScheduler logs with a traceback.
             self._scheduler.pause()
             if self._cycles:
                 await asyncio.wait(self._cycles, timeout=1.0)
             self._scheduler.shutdown(wait=False)
+        if self._catch_up is not None and not self._catch_up.done():
+            await asyncio.wait([self._catch_up], timeout=1.0)
         pending = [t for t in self._in_flight.values() if not t.done()]
         if pending:
             _done, still = await asyncio.wait(pending, timeout=grace)
@@ -171,7 +288,162 @@ class Scheduler:
         if self._finishers:
             await asyncio.wait(self._finishers, timeout=1.0)
 
+    # --- the budget -------------------------------------------------------------------------------------
+
+    def replan(self) -> bool:
+        """Recompute the request budget from the entity counts now. When the stretch factor changed,
+        every job takes its new interval from its next cycle on. True when the intervals changed."""
+        lines, need = plan_budget([(j.name, j.interval, j.batch_limit, j.planned_count())
+                                   for j in self.jobs.values()], self.rate_limit)
+        stretch = max((line.effective_interval / line.interval for line in lines), default=1.0)
+        self.need, self.lines = need, lines
+        changed = abs(stretch - self.stretch) > REPLAN_TOLERANCE * self.stretch
+        if changed:
+            self.stretch = stretch
+        for job in self.jobs.values():
+            target = job.interval * self.stretch
+            current = self._intervals.setdefault(job.name, target)
+            if abs(target - current) > REPLAN_TOLERANCE * current:
+                self._retime(job.name, current, target)
+            self.status[job.name].effective_interval = self._intervals[job.name]
+            metrics.JOB_INTERVAL.labels(job.name).set(self._intervals[job.name])
+        metrics.BUDGET_NEEDED.set(need)
+        metrics.BUDGET_PLANNED.set(self.planned_rps())
+        metrics.BUDGET_STRETCH.set(self.stretch)
+        if self._started and (changed or abs(need - self._logged_need) > 0.05 * max(self._logged_need, 1e-9)):
+            self._logged_need = need
+            event = ("request budget too small: intervals stretched" if self.stretch > 1.0
+                     else "request budget re-planned")
+            log.info(event, need_rps=round(need, 3), planned_rps=round(self.planned_rps(), 3),
+                     rate_limit=self.rate_limit, stretch=round(self.stretch, 3),
+                     entities={line.job: line.entities for line in lines})
+        else:
+            self._logged_need = self._logged_need or need
+        return changed
+
+    def planned_rps(self) -> float:
+        """Requests per second the jobs make at the intervals they run at now."""
+        return sum(line.requests_per_cycle / self._intervals.get(line.job, line.effective_interval)
+                   for line in self.lines)
+
+    def _retime(self, name: str, old: float, new: float) -> None:
+        """Job `name` runs every `new` seconds from its next cycle on. The cycle dispatching now
+        keeps its pace, so the next one starts when it is done, or `new` after it started."""
+        self._intervals[name] = new
+        if not self._started or self._scheduler.get_job(name) is None:
+            return
+        now = time.time()
+        origin = self._origin.get(name, now)
+        if origin > now:  # the first run (or a retry of an empty job) is still ahead: keep it
+            next_run = origin
+        else:
+            current = origin + max(0, math.floor((now - origin) / old + 0.01)) * old
+            next_run = max(current + max(old, new), now + 0.5)
+        self._origin[name] = next_run
+        self._scheduler.reschedule_job(name, trigger=IntervalTrigger(seconds=new, start_date=_dt(next_run)))
+        self._scheduler.modify_job(name, misfire_grace_time=max(int(new), 1))
+
+    def budget(self) -> dict[str, Any]:
+        """The request budget now, for `status`."""
+        return {
+            "needed_rps": self.need, "planned_rps": self.planned_rps(), "stretch": self.stretch,
+            "jobs": [{"job": line.job, "entities": line.entities, "requests_per_cycle": line.requests_per_cycle,
+                      "interval": line.interval, "effective_interval": self._intervals.get(line.job)}
+                     for line in self.lines],
+        }
+
+    # --- first polls of new entities ------------------------------------------------------------------
+
+    def discovered(self, kind: str, ids: Sequence[str]) -> None:
+        """Entities of `kind` ("card", ...) tracked for the first time: every job of that kind polls
+        them within about CATCH_UP_DELAY + CATCH_UP_SPREAD seconds, ahead of its cycle."""
+        if not ids or self._stopping.is_set() or not self._started:
+            return
+        for name, job in self.jobs.items():
+            if job.kind == kind and job.batch_limit > 0:
+                self._pending.setdefault(name, {}).update(dict.fromkeys(ids))
+        if self._pending and (self._catch_up is None or self._catch_up.done()):
+            self._catch_up = asyncio.create_task(self._first_polls(), name="first polls")
+
+    async def _sleep(self, delay: float) -> bool:
+        """Sleep `delay` seconds; True when the scheduler is stopping."""
+        if delay <= 0:
+            return self._stopping.is_set()
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _first_polls(self) -> None:
+        while self._pending and not await self._sleep(CATCH_UP_DELAY):
+            self.replan()
+            pending, self._pending = self._pending, {}
+            batches: list[tuple[float, str, PollJob, tuple[str, ...]]] = []
+            for name, new in pending.items():
+                job = self.jobs.get(name)
+                if job is None:
+                    continue
+                order = sorted(new, key=functools.partial(_offset, name))
+                size = max(job.batch_limit, 1)
+                n = math.ceil(len(order) / size)
+                batches += [(k / n, name, job, tuple(order[k * size:(k + 1) * size])) for k in range(n)]
+            if not batches:
+                continue
+            batches.sort(key=lambda b: b[0])  # the jobs interleaved: each starts its first polls at once
+            log.info("first polls of newly found entities", jobs=sorted(pending),
+                     entities=max(len(new) for new in pending.values()), requests=len(batches))
+            tasks: list[asyncio.Task[Any]] = []
+            start = time.time()
+            spare = max(self.rate_limit - self.planned_rps(), self.rate_limit * (1 - USABLE_SHARE))
+            spread = max(CATCH_UP_SPREAD, len(batches) / spare)
+            try:
+                for k, (_, name, job, ids) in enumerate(batches):
+                    if await self._sleep(start + k / len(batches) * spread - time.time()):
+                        return
+                    if not self._start_poll(name, job, ids, tasks):
+                        continue
+                    if name in self.status:
+                        self.status[name].first_polls += len(ids)
+                    metrics.JOB_FIRST_POLLS.labels(name).inc(len(ids))
+            finally:
+                self._take_outcomes("first polls", tasks)
+
     # --- cycles ----------------------------------------------------------------------------------------
+
+    def _start_poll(self, name: str, job: PollJob, ids: tuple[str, ...], tasks: list[asyncio.Task[Any]],
+                    cycle: Cycle | None = None) -> bool:
+        """Start polling `ids`, unless their previous poll is still in flight (False)."""
+        key = (name, ids)
+        previous = self._in_flight.get(key)
+        if previous is not None and not previous.done():
+            return False
+        task = asyncio.create_task(job.poll(ids), name=f"poll:{name}")
+        self._in_flight[key] = task
+        task.add_done_callback(functools.partial(self._forget, key))
+        if cycle is not None:
+            task.add_done_callback(functools.partial(_settle, cycle, max(len(ids), 1)))
+        tasks.append(task)
+        return True
+
+    def _forget(self, key: tuple[str, tuple[str, ...]], task: asyncio.Task[Any]) -> None:
+        if self._in_flight.get(key) is task:
+            del self._in_flight[key]
+
+    def _take_outcomes(self, what: str, tasks: list[asyncio.Task[Any]],
+                       then: Callable[[], None] | None = None) -> None:
+        """Await `tasks` in the background (logging any that crashed), then call `then`."""
+        async def finish() -> None:
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                    log.error("poll crashed", job=what, error=f"{type(r).__name__}: {r}")
+            if then is not None:
+                then()
+
+        finisher = asyncio.create_task(finish())
+        self._finishers.add(finisher)
+        finisher.add_done_callback(self._finishers.discard)
 
     async def _cycle(self, name: str) -> None:
         job = self.jobs.get(name)
@@ -182,7 +454,7 @@ class Scheduler:
             self._cycles.add(current)
             current.add_done_callback(self._cycles.discard)
         status = self.status[name]
-        interval = job.interval * self.stretch
+        interval = self._intervals.get(name, job.interval * self.stretch)
         now = time.time()
         # The scheduled start of this cycle (first run + k * interval), not the moment the loop got to
         # it, so every item keeps its place in every cycle and the last one is dispatched before the
@@ -192,95 +464,111 @@ class Scheduler:
         status.last_start, status.runs = now, status.runs + 1
         items = job.work_items()
         if not items:
-            # Nothing to poll yet (SIMs are discovered by the device jobs): look again soon rather than
-            # a whole interval later.
+            # Nothing to poll yet (SIMs are discovered by the device jobs), or every entity is backing
+            # off: look again soon rather than a whole interval later.
+            if status.first is None:
+                status.first = Cycle(start, 0, dispatch_end=now, end=now)
             retry = min(interval, DISCOVERY_RETRY)
             self._scheduler.modify_job(name, next_run_time=_dt(now + retry))
             self._origin[name] = now + retry
             return
+        cycle = Cycle(start, sum(max(len(ids), 1) for _, ids in items))
+        status.cycle = cycle
+        if status.first is None:
+            status.first = cycle
         # Spread over the interval less a small guard, so dispatching never runs into the next cycle.
         spread = interval - min(1.0, interval * 0.02)
-        tasks: list[asyncio.Task[bool]] = []
+        tasks: list[asyncio.Task[Any]] = []
         complete = False
         try:
-            complete = await self._dispatch(name, job, status, start, spread, items, tasks)
+            complete = await self._dispatch(name, job, status, cycle, spread, items, tasks)
         finally:
             # Also when stopping or cancelled: the polls already started are awaited and their
             # outcomes taken, and only a whole cycle counts as one.
-            finisher = asyncio.create_task(self._finish(name, start, tasks, complete=complete))
-            self._finishers.add(finisher)
-            finisher.add_done_callback(self._finishers.discard)
+            self._take_outcomes(name, tasks, functools.partial(self._finish, name, cycle, complete))
 
-    async def _dispatch(self, name: str, job: PollJob, status: JobStatus, start: float, spread: float,
-                        items: list[tuple[float, tuple[str, ...]]], tasks: list[asyncio.Task[bool]]) -> bool:
+    async def _dispatch(self, name: str, job: PollJob, status: JobStatus, cycle: Cycle, spread: float,
+                        items: list[tuple[float, tuple[str, ...]]], tasks: list[asyncio.Task[Any]]) -> bool:
         """Start the polls of one cycle at their slots (into `tasks`); False when stopped midway."""
         max_lag = 0.0
-        skipped = 0
         for fraction, ids in items:
-            slot = start + fraction * spread
+            slot = cycle.start + fraction * spread
             delay = slot - time.time()
             if delay > 0:
                 try:
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                    return False  # stopping
+                    await asyncio.wait_for(cycle.abort.wait(), timeout=delay)
+                    return False  # stopping, or the job was rescheduled
                 except TimeoutError:
                     pass
-            elif self._stopping.is_set():
+            elif cycle.abort.is_set():
                 return False
             max_lag = max(max_lag, time.time() - slot)
-            key = (name, ids)
-            previous = self._in_flight.get(key)
-            if previous is not None and not previous.done():
-                # Its last poll is still running: skip this turn rather than pile up.
-                skipped += 1
-                status.skipped_in_flight += 1
-                if skipped == 1:
-                    status.overruns += 1
-                    metrics.JOB_OVERRUNS.labels(name).inc()
-                continue
-            task = asyncio.create_task(job.poll(ids), name=f"poll:{name}")
-            self._in_flight[key] = task
-            tasks.append(task)
+            n = max(len(ids), 1)
+            if self._start_poll(name, job, ids, tasks, cycle):
+                cycle.dispatched += n
+            else:
+                # Its last poll is still running (a slow answer being retried): skip this turn rather
+                # than pile up. The job itself is on time: this is not an overrun.
+                cycle.skipped += n
+                status.skipped_in_flight += n
+                metrics.JOB_SKIPPED_IN_FLIGHT.labels(name).inc(n)
+        cycle.dispatch_end = time.time()
         status.lag_seconds = max_lag
         metrics.JOB_LAG.labels(name).set(max_lag)
-        if skipped:
-            log.warning("job overrun: polls of the previous cycle still in flight were not started again",
-                        job=name, skipped=skipped, items=len(items))
+        if cycle.skipped:
+            log.debug("polls still in flight from an earlier turn were not started again", job=name,
+                      skipped=cycle.skipped, entities=cycle.entities)
         return True
 
-    async def _finish(self, name: str, start: float, tasks: list[asyncio.Task[bool]], *, complete: bool) -> None:
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for key in [k for k, t in self._in_flight.items() if k[0] == name and t.done()]:
-            self._in_flight.pop(key, None)
-        for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                log.error("poll crashed", job=name, error=f"{type(r).__name__}: {r}")
+    def _finish(self, name: str, cycle: Cycle, complete: bool) -> None:
+        status = self.status.get(name)
+        if status is not None and status.cycle is cycle:
+            status.cycle = None
         if not complete:
             return
-        failures = sum(1 for r in results if r is not True)
-        outcome = "ok" if failures == 0 else "error" if failures == len(results) else "partial"
-        end = time.time()
-        status = self.status.get(name)
+        end = cycle.end = time.time()
+        outcome = cycle.outcome
         if status is not None:
-            status.last_end, status.last_outcome = end, outcome
-            status.last_failures, status.last_items = failures, len(results)
+            status.last_end, status.last = end, cycle
         metrics.JOB_RUNS.labels(name, outcome).inc()
-        metrics.JOB_DURATION.labels(name).observe(end - start)
+        metrics.JOB_DURATION.labels(name).observe(end - cycle.start)
         if outcome != "error":
             metrics.JOB_LAST_SUCCESS.labels(name).set(end)
-        log.info("cycle done", job=name, items=len(results), failures=failures,
-                 duration_s=round(end - start, 2))
-        if self._first_cycle_done is not None:
-            self._first_cycle_done(name)
+        log.info("cycle done", job=name, entities=cycle.entities, failed=cycle.failed, not_found=cycle.not_found,
+                 skipped=cycle.skipped, duration_s=round(end - cycle.start, 2))
+        job = self.jobs.get(name)
+        if job is not None and job.kind == "device":
+            self.replan()  # the devices polled have shown their SIMs
 
     def _on_event(self, event: JobExecutionEvent) -> None:
         if event.code == EVENT_JOB_MAX_INSTANCES:
             metrics.JOB_OVERRUNS.labels(event.job_id).inc()
             if event.job_id in self.status:
                 self.status[event.job_id].overruns += 1
-            log.warning("job overrun: previous cycle still dispatching, this run skipped", job=event.job_id)
+            log.warning("job overrun: the previous cycle was still dispatching when this one was due, "
+                        "this run skipped", job=event.job_id)
         elif event.exception is not None:
             log.error("job failed", job=event.job_id, error=str(event.exception))
+
+    # --- what it is doing -----------------------------------------------------------------------------
+
+    def ready(self, now: float | None = None) -> tuple[bool, str]:
+        """Whether the first cycle of the device jobs is done: every device has an outcome, or the
+        cycle started its last poll at least `ready_grace` ago (slow answers do not hold it up).
+        Without device jobs there is nothing to wait for."""
+        now = time.time() if now is None else now
+        firsts = [s.first for name, s in self.status.items() if s.kind == "device" and name in self.jobs]
+        if not firsts:
+            return True, "ok"
+        for c in firsts:
+            if c is not None and c.dispatch_end is not None and (
+                    c.settled >= c.entities or now - c.dispatch_end >= self.ready_grace):
+                return True, "ok"
+        started = [c for c in firsts if c is not None]
+        if not started:
+            return False, "first polling cycle not started"
+        best = max(started, key=lambda c: c.settled / max(c.entities, 1))
+        return False, f"first polling cycle not finished: {best.settled}/{best.entities} devices polled"
 
     def next_run(self, name: str) -> float | None:
         job = self._scheduler.get_job(name)
@@ -288,6 +576,21 @@ class Scheduler:
 
     def describe(self) -> list[dict[str, Any]]:
         return [s.as_dict(self.next_run(n)) for n, s in self.status.items()]
+
+
+def _offset(job: str, entity: str) -> float:
+    return stable_fraction(f"{job}:{entity}")
+
+
+def _settle(cycle: Cycle, entities: int, task: asyncio.Task[Any]) -> None:
+    """Count a finished poll's entities in its cycle."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    outcome = PollOutcome(entities, failed=entities) if error is not None else _outcome(task.result(), entities)
+    cycle.done += entities
+    cycle.failed += outcome.failed
+    cycle.not_found += outcome.not_found
 
 
 def _dt(ts: float) -> Any:
@@ -316,7 +619,7 @@ def plan_budget(jobs: Sequence[tuple[str, float, int, int]], rate_limit: float) 
         rows.append((name, interval, count, requests))
     need = sum(r / i for _, i, _, r in rows)
     # Keep 10% headroom for retries; stretch every interval by the same factor when over budget.
-    usable = rate_limit * 0.9
+    usable = rate_limit * USABLE_SHARE
     stretch = max(1.0, need / usable) if usable > 0 else 1.0
     lines = [BudgetLine(n, i, c, r, r / i, i * stretch) for n, i, c, r in rows]
     return lines, need

@@ -100,9 +100,12 @@ def _cycle_progress(job: Mapping[str, Any], devices: int, now: float) -> str:
     at even offsets over the job's interval, so the share of the interval gone since the cycle
     started is the share of items dispatched."""
     name = str(job.get("name", "?"))
+    cycle = job.get("cycle")
+    if cycle:  # the scheduler's own count of the cycle running now
+        return f"{name} {cycle['done']}/{cycle['entities']}"
     start, end = job.get("last_start"), job.get("last_end")
     interval = float(job.get("effective_interval_seconds") or 0.0)
-    items = int(job.get("last_items") or 0) or devices
+    items = int(job.get("last_entities") or job.get("last_items") or 0) or devices
     if start is None:
         return f"{name} waiting for its first cycle"
     if end is not None and end >= start:
@@ -119,7 +122,7 @@ def status_line(status: Mapping[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     parts: list[str] = []
     device = (status.get("entities") or {}).get("device") or {}
-    devices = sum(int(device.get(k, 0)) for k in ("online", "offline", "unknown"))
+    devices = sum(int(n) for n in device.values())  # each device is in one state
     jobs = list(status.get("jobs") or [])
     job = next((j for j in jobs if j.get("name") == MAIN_JOB), None)
     if job is None and jobs:

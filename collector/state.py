@@ -7,6 +7,9 @@ endpoints share: observing a device with its SIMs (device_flow, device_info), ob
 (also card_info) and a SIM's usage history. How one endpoint's observation updates the state is in
 that endpoint's module (`collector.endpoints`).
 
+It keeps which entities the platform says it does not know (`NotFound`: their polls back off until
+a given time) and which SIMs were tracked for the first time (for their first polls).
+
 The state is also where derived values live, so they are computed once: staleness (poll time minus
 platform refresh time), remaining data, usage rate over a recent window, projected exhaustion and
 the end of the billing cycle. `FIELDS` lists, per entity kind, the names an alert rule may use.
@@ -283,6 +286,23 @@ def _shared_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return shared
 
 
+@dataclass(slots=True)
+class NotFound:
+    """An entity the platform says it does not know (`kind` "device" or "sim"): how many answers in a
+    row said so, since when, the last error, and until when it is not polled."""
+
+    kind: str
+    id: str
+    since: float
+    until: float
+    error: str
+    count: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "id": self.id, "since": self.since, "until": self.until,
+                "not_found": self.count, "error": self.error}
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """What one observation changed: entity keys to re-evaluate, with their records (the state's
@@ -322,9 +342,12 @@ class FleetState:
         self.device_interval = device_interval
         self.sims: dict[str, SimState] = {}
         self.account = AccountState()
-        self.first_cycle_done = False
         self._card_labels: Mapping[str, Mapping[str, str]] = {}  # the inventory's own labels of cards
         self.recorder: Recorder | None = None
+        # Entities the platform does not know, by (kind, id): not polled until their `until`.
+        self.not_found: dict[tuple[str, str], NotFound] = {}
+        # ICCIDs tracked for the first time since the last `take_new_sims` (None: nobody asks).
+        self._new_sims: list[str] | None = None
 
     # --- inventory ---------------------------------------------------------------------------------
 
@@ -351,6 +374,8 @@ class FleetState:
             sim = self.sims.get(iccid)
             if sim is None:
                 self.sims[iccid] = SimState(iccid, _shared_labels(labels))
+                if self._new_sims is not None:
+                    self._new_sims.append(iccid)
             elif not sim.device_no:
                 sim.labels = _shared_labels(labels)
         for sim in self.sims.values():
@@ -358,11 +383,64 @@ class FleetState:
                 own = cards.get(sim.iccid)
                 device_labels = self.devices[sim.device_no].labels
                 sim.labels = _shared_labels({**device_labels, **own}) if own else device_labels
+        for key in [k for k in self.not_found if k[1] not in (self.devices if k[0] == "device" else self.sims)]:
+            del self.not_found[key]
         return removed_devices, removed_sims
 
     def iccids(self) -> list[str]:
         """Every known card: standalone ones and those discovered inside devices."""
         return list(self.sims)
+
+    def watch_new_sims(self) -> None:
+        """From now on, remember the SIMs tracked for the first time (for `take_new_sims`)."""
+        self._new_sims = []
+
+    def take_new_sims(self) -> list[str]:
+        """The ICCIDs tracked for the first time since the last call (discovered inside a device or
+        added by the inventory), oldest first."""
+        new = self._new_sims or []
+        if self._new_sims is not None:
+            self._new_sims = []
+        return [i for i in new if i in self.sims]
+
+    def planned_sims(self, per_device: int) -> tuple[int, int]:
+        """(SIMs known, SIMs assumed): the cards the request budget counts. A device not observed yet
+        has not shown its SIMs: `per_device` are assumed for it, unless the platform does not know it."""
+        unseen = sum(1 for d in self.devices.values()
+                     if d.obs is None and ("device", d.device_no) not in self.not_found)
+        return len(self.sims), unseen * per_device
+
+    # --- entities the platform does not know ------------------------------------------------------
+
+    def due(self, kind: str, now: float) -> list[str]:
+        """The ids of `kind` ("device" or "sim") to poll now: all but those backing off until later."""
+        ids = list(self.devices if kind == "device" else self.sims)
+        if not self.not_found:
+            return ids
+        resting = {key[1] for key, entry in self.not_found.items() if key[0] == kind and entry.until > now}
+        return [i for i in ids if i not in resting] if resting else ids
+
+    def mark_not_found(self, kind: str, ids: Iterable[str], at: float, error: str,
+                       pause: Callable[[int], float]) -> list[NotFound]:
+        """The platform said it does not know these entities: each rests for `pause(n)` seconds, n
+        the number of not-found answers in a row. Returns the entries that start backing off now."""
+        started = []
+        table = self.devices if kind == "device" else self.sims
+        for key in ((kind, i) for i in ids if i in table):
+            entry = self.not_found.get(key)
+            if entry is None:
+                entry = self.not_found[key] = NotFound(kind, key[1], since=at, until=at, error=error, count=0)
+                started.append(entry)
+            entry.count += 1
+            entry.error = error
+            entry.until = at + pause(entry.count)
+        return started
+
+    def mark_found(self, kind: str, ids: Iterable[str]) -> list[NotFound]:
+        """These entities answered: polled at full rate again. Returns those that were backing off."""
+        if not self.not_found:
+            return []
+        return [entry for entry in (self.not_found.pop((kind, i), None) for i in ids) if entry is not None]
 
     # --- observations --------------------------------------------------------------------------------
 
@@ -398,6 +476,8 @@ class FleetState:
         state = self.sims.get(sim.iccid)
         if state is None:
             state = self.sims[sim.iccid] = SimState(sim.iccid, _shared_labels(labels))
+            if self._new_sims is not None:
+                self._new_sims.append(sim.iccid)
         state.device_no = device_no or state.device_no
         if device_no:
             # The device's labels, then the card entry's own (as `sync_inventory` merges them).
@@ -464,14 +544,24 @@ class FleetState:
     # --- summaries ----------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Entities by kind and state, for /metrics and `status`."""
-        devices = {"online": 0, "offline": 0, "unknown": 0, "failing": 0}
+        """Entities by kind and state, for /metrics and `status`. Each entity is in exactly one state,
+        so the states of a kind add up to the number of its entities. Devices: `not_found` (the
+        platform does not know it), else `failing` (its last poll failed), else `online` /
+        `offline` as last observed, else `unknown`. SIMs: `not_found`, else `polled` or `unpolled`."""
+        not_found = self.not_found
+        devices = {"online": 0, "offline": 0, "unknown": 0, "failing": 0, "not_found": 0}
         for d in self.devices.values():
-            if d.consecutive_failures:
+            if not_found and ("device", d.device_no) in not_found:
+                devices["not_found"] += 1
+            elif d.consecutive_failures:
                 devices["failing"] += 1
-            online = d.obs.online if d.obs else None
-            devices["unknown" if online is None else "online" if online else "offline"] += 1
-        sims = {"tracked": len(self.sims), "polled": sum(1 for s in self.sims.values() if s.obs)}
+            else:
+                online = d.obs.online if d.obs else None
+                devices["unknown" if online is None else "online" if online else "offline"] += 1
+        sims = {"polled": 0, "unpolled": 0, "not_found": 0}
+        for s in self.sims.values():
+            sims["not_found" if not_found and ("sim", s.iccid) in not_found
+                 else "polled" if s.obs is not None else "unpolled"] += 1
         return {"device": devices, "sim": sims}
 
 

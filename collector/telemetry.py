@@ -47,13 +47,19 @@ log = structlog.get_logger("collector.telemetry")
 
 class FleetCollector(Collector):
     """Entities by state, spool depth and (optionally, capped) per-entity gauges, computed at scrape
-    time from the fleet state, so a device removed from the inventory vanishes with no bookkeeping."""
+    time from the fleet state, so a device removed from the inventory vanishes with no bookkeeping.
+
+    Per-entity gauges carry the entity's id and the inventory labels named in
+    `http.entity_metrics_labels` (empty when an entity has none). Past `http.entity_metrics_limit`
+    entities of a kind, the rest are left out: counted in `iot_collector_entity_metrics_cut_series`
+    and logged once."""
 
     def __init__(self, state: Callable[[], FleetState], spool: Callable[[], tuple[int, float | None]],
                  config: Callable[[], HttpConfig]) -> None:
         self._state = state
         self._spool = spool
         self._config = config
+        self._warned: set[str] = set()
 
     def describe(self) -> Iterable[Any]:
         return []  # dynamic: nothing to check at registration
@@ -61,7 +67,8 @@ class FleetCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         state, http = self._state(), self._config()
         p = metrics.P
-        entities = GaugeMetricFamily(f"{p}_entities", "Tracked entities by kind and state", labels=["kind", "state"])
+        entities = GaugeMetricFamily(f"{p}_entities", "Tracked entities by kind and state (each entity in one state)",
+                                     labels=["kind", "state"])
         for kind, by_state in state.counts().items():
             for name, count in by_state.items():
                 entities.add_metric([kind, name], count)
@@ -73,37 +80,52 @@ class FleetCollector(Collector):
                                 value=oldest or 0.0)
         if not http.entity_metrics:
             return
-        limit = http.entity_metrics_limit
-        rssi = GaugeMetricFamily(f"{p}_device_rssi_dbm", "Device signal strength", labels=["device_no"])
-        battery = GaugeMetricFamily(f"{p}_device_battery_ratio", "Device battery level (0-1)", labels=["device_no"])
-        online = GaugeMetricFamily(f"{p}_device_online", "1 when the device is online", labels=["device_no"])
-        used = GaugeMetricFamily(f"{p}_sim_used_bytes", "SIM data used in the cycle", labels=["iccid", "device_no"])
-        total = GaugeMetricFamily(f"{p}_sim_total_bytes", "SIM package allowance", labels=["iccid", "device_no"])
-        for n, d in enumerate(state.devices.values()):
-            if n >= limit:
-                break
+        limit, extra = http.entity_metrics_limit, list(http.entity_metrics_labels)
+        device_labels, sim_labels = ["device_no", *extra], ["iccid", "device_no", *extra]
+        rssi = GaugeMetricFamily(f"{p}_device_rssi_dbm", "Device signal strength", labels=device_labels)
+        battery = GaugeMetricFamily(f"{p}_device_battery_ratio", "Device battery level (0-1)", labels=device_labels)
+        online = GaugeMetricFamily(f"{p}_device_online", "1 when the device is online", labels=device_labels)
+        used = GaugeMetricFamily(f"{p}_sim_used_bytes", "SIM data used in the cycle", labels=sim_labels)
+        total = GaugeMetricFamily(f"{p}_sim_total_bytes", "SIM package allowance", labels=sim_labels)
+        shown = cut_devices = 0
+        for d in state.devices.values():
             o = d.obs
             if o is None:
                 continue
-            if o.rssi_dbm is not None:
-                rssi.add_metric([d.device_no], o.rssi_dbm)
-            if o.battery_percent is not None:
-                battery.add_metric([d.device_no], o.battery_percent / 100)
-            if o.online is not None:
-                online.add_metric([d.device_no], 1 if o.online else 0)
-        for n, s in enumerate(state.sims.values()):
-            if n >= limit:
-                break
-            if s.obs is None:
+            values = ((rssi, o.rssi_dbm), (battery, None if o.battery_percent is None else o.battery_percent / 100),
+                      (online, None if o.online is None else 1 if o.online else 0))
+            if shown >= limit:
+                cut_devices += sum(1 for _, v in values if v is not None)
                 continue
-            if s.obs.used_bytes is not None:
-                used.add_metric([s.iccid, s.device_no], s.obs.used_bytes)
-            if s.obs.total_bytes is not None:
-                total.add_metric([s.iccid, s.device_no], s.obs.total_bytes)
-        truncated = GaugeMetricFamily(f"{p}_entity_metrics_truncated",
-                                      "1 when per-entity gauges were cut at http.entity_metrics_limit",
-                                      value=1 if max(len(state.devices), len(state.sims)) > limit else 0)
-        yield from (rssi, battery, online, used, total, truncated)
+            shown += 1
+            names = [d.device_no, *(d.labels.get(name, "") for name in extra)]
+            for family, value in values:
+                if value is not None:
+                    family.add_metric(names, value)
+        shown = cut_sims = 0
+        for s in state.sims.values():
+            so = s.obs
+            if so is None:
+                continue
+            pairs = ((used, so.used_bytes), (total, so.total_bytes))
+            if shown >= limit:
+                cut_sims += sum(1 for _, v in pairs if v is not None)
+                continue
+            shown += 1
+            names = [s.iccid, s.device_no, *(s.labels.get(name, "") for name in extra)]
+            for family, value in pairs:
+                if value is not None:
+                    family.add_metric(names, value)
+        cut = GaugeMetricFamily(f"{p}_entity_metrics_cut_series",
+                                "Per-entity series left out of /metrics by http.entity_metrics_limit", labels=["kind"])
+        for kind, count in (("device", cut_devices), ("sim", cut_sims)):
+            cut.add_metric([kind], count)
+            if count and kind not in self._warned:
+                self._warned.add(kind)
+                log.warning("per-entity metrics cut at http.entity_metrics_limit: raise it, or turn "
+                            "http.entity_metrics off and read the points in InfluxDB", kind=kind,
+                            limit=limit, cut_series=count)
+        yield from (rssi, battery, online, used, total, cut)
 
 
 OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})

@@ -157,11 +157,11 @@ def test_missing_config_file_is_a_user_error(tmp_path: Path) -> None:
     assert "cannot read" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_budget_too_small_is_reported(tmp_path: Path) -> None:
+def test_budget_too_small_is_reported_with_exit_code_3(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("simulator: {embedded: true, devices: 5000}\nplatform: {rate_limit: 5}\n")
     result = run_cli("check-config", "-c", str(cfg))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr
     assert "TOO SMALL" in result.stdout
     assert "stretched to" in result.stdout
 

@@ -18,6 +18,7 @@ from collector.endpoints import ENDPOINTS
 from collector.metrics import REGISTRY
 from collector.pipeline import Pipeline
 from collector.platform.client import PlatformClient
+from collector.schedule import PollOutcome
 from collector.sinks.pipeline import SinkPipeline
 from collector.state import FleetState
 from tests.lineproto import Line, parse_line
@@ -38,27 +39,33 @@ def sample_for_devices(path: str, form: dict[str, str]) -> bytes:
 class Rig:
     """The platform at `url`, and a collector's pipeline writing `points`."""
 
-    def __init__(self, tmp: Path, url: str, **platform: Any) -> None:
+    def __init__(self, tmp: Path, url: str, clock: Callable[[], float] | None = None,
+                 scheduler: dict[str, Any] | None = None, **platform: Any) -> None:
         self.points = tmp / "points.lp"
         self.config: Config = parse_config({
             "platform": {"base_url": url, "app_id": "app", "app_secret": "secret", "rate_limit": 1000,
                          "retries": {"max_attempts": 1}, **platform},
             "sinks": {"file": {"enabled": True, "path": str(self.points)}, "flush_interval": "50ms"},
+            "scheduler": scheduler or {},
             "state_dir": str(tmp / "state"),
         }, env={})
+        self.clock = clock
         self.state = FleetState()
         self.state.sync_inventory({ASKED: {"customer": "acme"}}, {})
 
-    async def poll(self, endpoint: str, ids: list[str]) -> bool:
+    def pipeline(self, client: Any = None, submit: Any = None) -> Pipeline:
+        return Pipeline(self.config, client, self.state, submit, clock=self.clock)
+
+    async def poll(self, endpoint: str, ids: list[str]) -> PollOutcome:
         sinks = SinkPipeline(self.config.sinks, self.config.state_dir)
         await sinks.start()
         try:
             async with PlatformClient(self.config.platform, self.config.privacy) as client:
-                ok = await Pipeline(self.config, client, self.state, sinks.submit).poll(ENDPOINTS[endpoint], ids)
+                outcome = await self.pipeline(client, sinks.submit).poll(ENDPOINTS[endpoint], ids)
             assert await sinks.flush(10)
         finally:
             await sinks.stop(5)
-        return ok
+        return outcome
 
     def lines(self, measurement: str) -> list[Line]:
         text = self.points.read_text() if self.points.exists() else ""
@@ -120,17 +127,80 @@ def metric(name: str, **labels: str) -> float:
 
 async def test_a_failed_poll_is_logged_and_counted_once_and_recorded_on_the_device(tmp_path: Path,
                                                                                   platform: Any) -> None:
-    unknown = orjson.dumps({"code": 40404, "message": "设备不存在", "data": None, "traceID": "t-404"})
-    rig = Rig(tmp_path, await platform(lambda _path, _form: unknown))
+    refused = orjson.dumps({"code": 40000, "message": "参数错误", "data": None, "traceID": "t-400"})
+    rig = Rig(tmp_path, await platform(lambda _path, _form: refused))
     before = metric("iot_collector_entity_polls_total", kind="device", outcome="error")
     with capture_logs() as logs:
-        assert not await rig.poll("device_flow", [ASKED])
+        outcome = await rig.poll("device_flow", [ASKED])
+    assert not outcome and outcome.failed == 1 and outcome.not_found == 0
     failed = [e for e in logs if e["event"] == "poll failed"]
-    assert len(failed) == 1 and failed[0]["trace_id"] == "t-404" and failed[0]["error"] == "code 40404: 设备不存在"
+    assert len(failed) == 1 and failed[0]["trace_id"] == "t-400" and failed[0]["error"] == "code 40000: 参数错误"
     assert metric("iot_collector_entity_polls_total", kind="device", outcome="error") - before == 1
     device = rig.state.devices[ASKED]
-    assert device.consecutive_failures == 1 and device.last_error == "code 40404: 设备不存在"
+    assert device.consecutive_failures == 1 and device.last_error == "code 40000: 参数错误"
     assert rig.lines("device") == []
+    assert rig.state.counts()["device"]["failing"] == 1 and not rig.state.not_found
+
+
+async def test_an_unknown_device_backs_off_longer_each_time_until_it_answers(tmp_path: Path, platform: Any) -> None:
+    unknown = orjson.dumps({"code": 40404, "message": "设备不存在", "data": None, "traceID": "t-404"})
+    answers = [unknown, unknown, unknown, unknown, SAMPLE]
+    asked: list[str] = []
+
+    def answer(_path: str, form: dict[str, str]) -> bytes:
+        asked.append(form["deviceNo"])
+        return answers[len(asked) - 1]
+
+    now = [1_000_000.0]
+    rig = Rig(tmp_path, await platform(answer), clock=lambda: now[0],
+              scheduler={"not_found_backoff": "1m", "not_found_backoff_max": "3m"})
+    device_job = next(j for j in rig.pipeline().jobs() if j.name == "device_status")
+    before = metric("iot_collector_entity_polls_total", kind="device", outcome="not_found")
+    pauses = []
+    with capture_logs() as logs:
+        for _ in range(4):
+            outcome = await rig.poll("device_flow", [ASKED])
+            assert not outcome and outcome.not_found == 1 and outcome.failed == 0
+            entry = rig.state.not_found[("device", ASKED)]
+            pauses.append(entry.until - now[0])
+            assert device_job.entities() == []  # left out of its jobs while it rests
+            assert rig.state.counts()["device"] == {"online": 0, "offline": 0, "unknown": 0, "failing": 0,
+                                                   "not_found": 1}
+            now[0] = entry.until
+            assert device_job.entities() == [ASKED]  # due again once the pause is over
+        assert await rig.poll("device_flow", [ASKED])
+    # Exponential with jitter (half to all of 1, 2, 4 minutes), capped at 3 minutes.
+    assert 30 <= pauses[0] <= 60 and 60 <= pauses[1] <= 120 and 90 <= pauses[2] <= 180 and 90 <= pauses[3] <= 180
+    assert metric("iot_collector_entity_polls_total", kind="device", outcome="not_found") - before == 4
+    assert not rig.state.not_found and rig.state.counts()["device"]["online"] == 1
+    # One line when it starts backing off, one when it answers again; none per not-found answer.
+    polls = [e for e in logs if e["log_level"] != "debug" and e["event"].startswith(("poll", "the platform"))]
+    assert [(e["event"], e["log_level"]) for e in polls] == [
+        ("the platform does not know these entities: backing off", "warning"),
+        ("the platform knows this entity again: polled at full rate", "info")]
+    assert polls[0]["ids"] == [ASKED] and polls[0]["trace_id"] == "t-404"
+
+
+async def test_a_card_left_out_of_a_batch_answer_backs_off(tmp_path: Path, platform: Any) -> None:
+    def answer(path: str, form: dict[str, str]) -> bytes:
+        if path.endswith("querySimStatus"):  # knows only the first card
+            known = [{"iccid": "898608841925D2210999", "simStatus": 4}]
+            return orjson.dumps({"code": 0, "message": "ok", "data": known})
+        if path.endswith("querySimAction"):  # no operations for either card: nothing to conclude
+            return orjson.dumps({"code": 0, "message": "ok", "data": []})
+        return sample_for_devices(path, form)
+
+    rig = Rig(tmp_path, await platform(answer))
+    assert await rig.poll("device_flow", [ASKED])  # discovers the two SIMs
+    cards = ["898608841925D2210999", "8986032142201828602"]
+    assert await rig.poll("card_actions", cards)
+    assert not rig.state.not_found
+    outcome = await rig.poll("card_status", cards)
+    assert outcome.entities == 2 and outcome.not_found == 1 and outcome.failed == 0
+    assert list(rig.state.not_found) == [("sim", "8986032142201828602")]
+    card_job = next(j for j in rig.pipeline().jobs() if j.name == "card_status")
+    assert card_job.entities() == ["898608841925D2210999"]
+    assert rig.state.counts()["sim"] == {"polled": 1, "unpolled": 0, "not_found": 1}
 
 
 async def test_cards_the_platform_does_not_know_are_not_a_failure(tmp_path: Path, platform: Any) -> None:

@@ -7,9 +7,10 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
-from collector import metrics
-from collector.schedule import PollJob, Scheduler, plan_budget, stable_fraction
+from collector import metrics, schedule
+from collector.schedule import PollJob, PollOutcome, Scheduler, plan_budget, stable_fraction
 
 
 def make_job(name: str, ids: list[str], interval: float, batch: int, calls: list[tuple[float, tuple[str, ...]]],
@@ -55,13 +56,18 @@ def test_budget_stretches_intervals_when_the_rate_limit_is_too_small() -> None:
     assert lines[0].effective_interval == 300
 
 
+def metric(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_requests_flow_evenly_over_the_interval_and_never_overlap_themselves() -> None:
     calls: list[tuple[float, tuple[str, ...]]] = []
     ids = [f"d{i}" for i in range(200)]
     # Each poll takes longer than the interval: the second cycle must skip them, not stack them.
     job = make_job("device_status", ids, 2.0, 1, calls, hold=2.5)
     sched = Scheduler([job], rate_limit=1000.0)
-    overruns_before = metrics.JOB_OVERRUNS.labels("device_status")._value.get()
+    overruns_before = metric("iot_collector_job_overruns_total", poll_job="device_status")
+    skipped_before = metric("iot_collector_job_polls_skipped_in_flight_total", poll_job="device_status")
     sched.start()
     while not calls:  # noqa: ASYNC110 - the first cycle starts within a couple of seconds (phase per job)
         await asyncio.sleep(0.05)
@@ -76,10 +82,162 @@ async def test_requests_flow_evenly_over_the_interval_and_never_overlap_themselv
     assert max(per_bucket) <= 30 and min(per_bucket) >= 10, per_bucket
     # Every item was still in flight at its second turn, so nothing was started twice.
     assert len(calls) == 200
+    # Slow polls are skipped and counted as such: the job dispatched on time, so no overrun.
     assert sched.status["device_status"].skipped_in_flight >= 150
-    assert metrics.JOB_OVERRUNS.labels("device_status")._value.get() > overruns_before
+    assert metric("iot_collector_job_polls_skipped_in_flight_total", poll_job="device_status") - skipped_before >= 150
+    assert sched.status["device_status"].overruns == 0
+    assert metric("iot_collector_job_overruns_total", poll_job="device_status") == overruns_before
 
 
 def test_stable_fraction_is_deterministic() -> None:
     assert stable_fraction("x") == stable_fraction("x")
     assert 0 <= stable_fraction("y") < 1
+
+
+async def test_more_entities_than_planned_stretch_the_intervals_from_the_next_cycle() -> None:
+    devices = [f"d{i}" for i in range(30)]
+    cards: list[str] = []
+    calls: list[tuple[float, tuple[str, ...]]] = []
+    jobs = [make_job("device_status", devices, 3.0, 1, calls),
+            PollJob("card_status", 6.0, 10, lambda: cards, make_job("x", [], 1, 1, calls).poll, kind="card",
+                    planned=lambda: len(cards) or 2 * len(devices))]
+    # 30 devices / 3 s + 6 batches of 10 cards (60 assumed) / 6 s = 11 req/s: fits in 90% of 20.
+    sched = Scheduler(jobs, rate_limit=20.0)
+    assert sched.stretch == 1.0 and round(sched.need, 3) == 11.0
+    sched.start()
+    try:
+        first_run = sched.next_run("device_status")
+        assert first_run is not None
+        while not calls:  # noqa: ASYNC110 - the first cycle is under way
+            await asyncio.sleep(0.05)
+        cards.extend(f"c{i}" for i in range(300))  # the devices turned out to hold 5 SIMs each
+        # 10 + 30 / 6 = 15 req/s over 18 usable: still fits, the intervals stay...
+        assert not sched.replan() and round(sched.need, 3) == 15.0 and sched.stretch == 1.0
+        cards.extend(f"c{i}" for i in range(300, 900))
+        assert sched.replan()
+        # ...10 + 90 / 6 = 25 req/s does not: every interval stretched by 25 / 18.
+        assert round(sched.need, 3) == 25.0 and round(sched.stretch, 3) == round(25 / 18, 3)
+        assert round(sched.planned_rps(), 3) == 18.0
+        status = {j["name"]: j for j in sched.describe()}
+        assert round(status["device_status"]["effective_interval_seconds"], 3) == round(3 * 25 / 18, 3)
+        assert metrics.REGISTRY.get_sample_value("iot_collector_request_budget_stretch_ratio") == sched.stretch
+        # The cycle under way keeps its pace; the next one starts one new interval after it started.
+        next_run = sched.next_run("device_status")
+        assert next_run is not None and abs(next_run - (first_run + 3 * 25 / 18)) < 0.01
+        trigger = sched._scheduler.get_job("device_status").trigger
+        assert round(trigger.interval.total_seconds(), 3) == round(3 * 25 / 18, 3)
+    finally:
+        await sched.stop(grace=0.1)
+
+
+async def test_entities_found_between_cycles_get_their_first_poll_within_seconds(monkeypatch: Any) -> None:
+    monkeypatch.setattr(schedule, "CATCH_UP_DELAY", 0.3)
+    monkeypatch.setattr(schedule, "CATCH_UP_SPREAD", 0.3)
+    cards = [f"c{i}" for i in range(5)]
+    calls: list[tuple[float, tuple[str, ...]]] = []
+    job = make_job("card_info", cards, 3600.0, 100, calls)
+    job.kind = "card"
+    sched = Scheduler([job], rate_limit=100.0)
+    sched.start()
+    try:
+        # The five cards known at the start are polled in the hour of the first cycle; then 150 turn up.
+        new = [f"n{i}" for i in range(150)]
+        cards.extend(new)
+        found_at = time.monotonic()
+        sched.discovered("card", new)
+        sched.discovered("device", ["ignored"])  # other kinds are not this job's business
+        first = []
+        while len(first) < 2:
+            await asyncio.sleep(0.05)
+            first = [ids for _, ids in calls if any(i.startswith("n") for i in ids)]
+            assert time.monotonic() - found_at < 5, calls
+        # Batched to the job's limit, within a second, not in the hour of the cycle.
+        assert sorted(len(ids) for ids in first) == [50, 100]
+        assert sorted(i for ids in first for i in ids) == sorted(new)
+        assert sched.status["card_info"].first_polls == 150
+    finally:
+        await sched.stop(grace=0.1)
+
+
+async def test_ready_once_every_device_has_an_outcome_or_a_grace_after_the_last_poll() -> None:
+    release = asyncio.Event()
+
+    async def poll(ids: Sequence[str]) -> PollOutcome:
+        if "slow" in ids:
+            await release.wait()
+        return PollOutcome(len(ids))
+
+    devices = ["a", "b", "slow"]
+    sched = Scheduler([PollJob("device_status", 1.0, 1, lambda: devices, poll)], rate_limit=100.0, ready_grace=0.8)
+    assert sched.ready() == (False, "first polling cycle not started")
+    sched.start()
+    try:
+        cycle = None
+        while cycle is None or cycle.dispatch_end is None:
+            await asyncio.sleep(0.02)
+            cycle = sched.status["device_status"].first
+        ok, reason = sched.ready()
+        assert not ok and reason == "first polling cycle not finished: 2/3 devices polled"
+        await asyncio.sleep(0.9)
+        assert sched.ready() == (True, "ok")  # the slow answer does not hold it up longer than the grace
+        release.set()
+    finally:
+        await sched.stop(grace=0.5)
+    # Without a slow one, it is ready as soon as every device has an outcome.
+    quick = Scheduler([PollJob("device_status", 1.0, 1, lambda: ["a", "b"], poll)], rate_limit=100.0,
+                      ready_grace=60.0)
+    quick.start()
+    try:
+        while not quick.ready()[0]:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        first = quick.status["device_status"].first
+        assert first is not None and first.settled == 2
+    finally:
+        await quick.stop(grace=0.1)
+    assert Scheduler([PollJob("card_status", 1.0, 10, lambda: [], poll, kind="card")], 10.0).ready()[0]
+
+
+async def test_a_cycle_whose_dispatching_cannot_keep_up_is_an_overrun() -> None:
+    started: list[Sequence[str]] = []
+
+    async def poll(ids: Sequence[str]) -> bool:
+        started.append(ids)
+        if len(started) == 2:
+            time.sleep(1.3)  # noqa: ASYNC251 - holds the event loop past the next cycle's start, mid-dispatch
+        return True
+
+    job = PollJob("device_flow", 1.0, 1, lambda: [f"d{i}" for i in range(4)], poll)
+    sched = Scheduler([job], rate_limit=1000.0)
+    before = metric("iot_collector_job_overruns_total", poll_job="device_flow")
+    sched.start()
+    try:
+        await asyncio.sleep(4.0)
+    finally:
+        await sched.stop(grace=0.1)
+    assert sched.status["device_flow"].overruns >= 1
+    assert metric("iot_collector_job_overruns_total", poll_job="device_flow") > before
+
+
+async def test_first_polls_of_a_large_discovery_use_only_the_rate_the_plan_leaves_free(monkeypatch: Any) -> None:
+    monkeypatch.setattr(schedule, "CATCH_UP_DELAY", 0.1)
+    monkeypatch.setattr(schedule, "CATCH_UP_SPREAD", 0.1)
+    cards: list[str] = []
+    calls: list[tuple[float, tuple[str, ...]]] = []
+    job = make_job("card_status", cards, 3600.0, 10, calls)
+    job.kind = "card"
+    # The hourly job plans next to nothing: about 40 of the 40 req/s are free for first polls.
+    sched = Scheduler([job], rate_limit=40.0)
+    sched.start()
+    try:
+        new = [f"n{i}" for i in range(2000)]  # 200 requests: five seconds at 40 req/s
+        cards.extend(new)
+        found_at = time.monotonic()
+        sched.discovered("card", new)
+        await asyncio.sleep(1.6)
+        early = len(calls)
+        assert 20 <= early <= 80, early  # about 40 a second, not all 200 at once
+        while len(calls) < 200:
+            await asyncio.sleep(0.1)
+            assert time.monotonic() - found_at < 15, len(calls)
+    finally:
+        await sched.stop(grace=0.1)

@@ -68,6 +68,9 @@ class ReadEndpoint(Generic[T]):
     enabled: bool = True
     wire: WireTable
     measurements: tuple[Measurement, ...] = ()
+    # Whether an id asked for and left out of the answer is one the platform does not know (its job
+    # then backs off from it), rather than one with nothing to report.
+    absent_means_unknown: bool = False
 
     def table(self, ctx: ParseContext) -> WireTable:
         """The wire table with this endpoint's field-name overrides applied."""
@@ -123,6 +126,7 @@ class CardEndpoint(ReadEndpoint[C]):
 
     entity = "card"
     model: Callable[..., C]
+    absent_means_unknown = True
 
     def parse(self, data: Any, ctx: ParseContext, query: Query) -> Parsed[C]:
         t = self.table(ctx)

@@ -54,6 +54,7 @@ class CardActions(CardEndpoint[CardAction]):
         ("iccid", "iccid", ID), ("serial_no", "serialNo", ID), ("sim_no", "simNo", ID), ("action", "actionType", TEXT),
         ("status", "status", INT), ("remark", "remark", TEXT), ("created_at", "createdAt", TIME)), identity="iccid"))
     model, measurements = CardAction, (POINTS,)
+    absent_means_unknown = False  # the log lists only cards with recent operations
 
     def points(self, state: FleetState, items: Sequence[CardAction], change: Change) -> list[str]:
         lines = [action_line(a, sim.labels, sim.device_no)
