@@ -114,10 +114,8 @@ ALERT_EVALUATION_ERRORS = Counter(f"{P}_alert_evaluation_errors_total",
                                   registry=REGISTRY)
 
 # --- process -------------------------------------------------------------------------------------------
-# process_resident_memory_bytes, process_cpu_seconds_total ... and python_gc_*: what memory creep or
-# garbage-collection pauses look like from outside.
-ProcessCollector(registry=REGISTRY)
-GCCollector(registry=REGISTRY)
+# process_* and python_gc_* (registered above) show memory creep and garbage collections from outside;
+# the loop's lag shows what they cost.
 EVENT_LOOP_LAG = Histogram(f"{P}_event_loop_lag_seconds",
                            "How late a timer on the event loop fires: the time nothing else could run "
                            "(a long garbage collection, a blocking call)",
