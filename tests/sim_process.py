@@ -42,13 +42,6 @@ class SimProcess:
         return [d["deviceNo"] for d in self.admin("inventory")["devices"]]
 
 
-def simulator_has(flag: str) -> bool:
-    """Whether `iot-collector simulate` takes `flag` (a feature that may not be built yet)."""
-    result = subprocess.run([sys.executable, "-m", "collector", "simulate", "--help"], capture_output=True,
-                            text=True, cwd=ROOT, timeout=60)
-    return flag in result.stdout
-
-
 @contextmanager
 def simulator(folder: Path, platform: dict[str, Any] | None = None, *, devices: int = 4, seed: int = 5,
               replay: Path | None = None, name: str = "sim.yaml") -> Iterator[SimProcess]:

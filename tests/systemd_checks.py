@@ -165,6 +165,8 @@ def credential_and_environment() -> None:
         "secret_in_environment": any(secret in e for e in environ),
         "secret_in_command_line": secret in Path(f"/proc/{pid}/cmdline").read_bytes(),
         "polled_devices": sorted(points_devices(STATE / "points.lp")),
+        "core_file_limit": next((line.split()[4:6] for line in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                                 if line.startswith("Max core file size")), None),
     })
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from collector import metrics
 from collector.alerts.config import AlertsConfig
@@ -718,9 +719,13 @@ def test_a_rule_that_fails_to_evaluate_is_counted_by_rule(tmp_path: Path) -> Non
     before = errors()
     assert metrics.REGISTRY.get_sample_value("iot_collector_alert_evaluation_errors_total",
                                              {"rule": "TypedClear"}) is not None  # exported from the start
-    for i in range(3):
-        engine.evaluate("device", f"d{i}", device(f"d{i}", device_status="x"), T0)
+    with capture_logs() as logs:
+        for i in range(3):
+            engine.evaluate("device", f"d{i}", device(f"d{i}", device_status="x"), T0)
     assert engine.active() == [] and errors() == before + 3
+    # One warning for the rule, not one per entity, naming what failed.
+    [line] = [e for e in logs if e["event"].startswith("alert rule failed")]
+    assert line["rule"] == "Typed" and "TypeError" in line["error"]
     engine.evaluate("device", "w", device("w", rssi_dbm=-110, device_status="x"), T0)
     engine.evaluate("device", "w", device("w", rssi_dbm=-90, device_status="x"), T0 + 1)
     assert states(engine) == {"TypedClear/w": "firing"}  # a clear condition that fails has not cleared

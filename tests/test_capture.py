@@ -11,12 +11,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from collector.config import SignConfig
 from collector.firstcontact.shapes import is_secret_key
 from collector.platform.signing import Signer
-from tests.sim_process import APP_ID, APP_SECRET, SimProcess, cli, collector_config, simulator, simulator_has
+from tests.sim_process import APP_ID, APP_SECRET, SimProcess, cli, collector_config, simulator
 
 SECRET_KEYS = ("wifiPass", "wifiPass5G", "webPassword", "payPassword")
 
@@ -183,8 +181,6 @@ def observations(stdout: str) -> list[dict[str, Any]]:
 
 
 def test_a_replayed_capture_polls_to_the_same_observations_as_the_live_platform(tmp_path: Path) -> None:
-    if not simulator_has("--replay"):
-        pytest.skip("iot-collector simulate has no --replay yet")
     with simulator(tmp_path, devices=3) as sim:
         devices = sim.devices()
         config = collector_config(tmp_path, sim.url, devices, rate_limit=50)

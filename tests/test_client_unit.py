@@ -507,3 +507,22 @@ async def test_server_hanging_up_is_a_transport_error_not_a_timeout(transport: s
         async with c:
             with pytest.raises(TransportError):
                 await c.device_flow("1")
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_a_user_and_password_in_the_base_url_are_sent_as_basic_auth(transport: str) -> None:
+    seen: list[tuple[str, str]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append((request.headers.get("Authorization", ""), request.path))
+        return web.Response(body=SAMPLE, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/proxy/openapi/iot/queryDeviceFlow", handle)
+    async with TestServer(app, host="127.0.0.1") as server:
+        base = str(server.make_url("/proxy")).replace("http://", "http://re%40seller:p%3Ass@")
+        async with PlatformClient(config(transport=transport), base_url=base) as c:
+            device = await c.device_flow("1")
+    assert device.device_no
+    # "re@seller:p:ss", percent-decoded, as Basic credentials; the path under the base URL kept.
+    assert seen == [("Basic cmVAc2VsbGVyOnA6c3M=", "/proxy/openapi/iot/queryDeviceFlow")]

@@ -175,8 +175,7 @@ def test_probe_finds_a_millisecond_timestamp_recipe(tmp_path: Path) -> None:
                                          data=f"deviceNo={form['deviceNo']}".encode(), method="POST",
                                          headers={**headers, "Content-Type": "application/x-www-form-urlencoded"})
         with urllib.request.urlopen(request, timeout=10) as response:
-            if json.loads(response.read())["code"] != 0:
-                pytest.skip("this simulator does not verify millisecond timestamps yet")
+            assert json.loads(response.read())["code"] == 0, "the simulator refused a millisecond timestamp"
         config = collector_config(tmp_path, sim.url, sim.devices()[:1], rate_limit=50)
         result = cli("probe", "-c", str(config), "--json")
     report = json.loads(result.stdout)

@@ -320,6 +320,8 @@ def test_app_secret_arrives_through_load_credential_and_is_stored_nowhere_else(m
     assert not cred["secret_in_environment"] and not cred["secret_in_command_line"]
     # The platform (the embedded simulator) accepted requests signed with it.
     assert cred["polled_devices"], "nothing was polled"
+    # A crash leaves no core dump, which would hold the secret read into memory.
+    assert cred["core_file_limit"] == ["0", "0"]
     search = main_boot.result("secret_search")  # after every step, the service stopped
     assert search["files_scanned"] > 50
     # The search finds the one place it must, and nothing else: not the state directory, the spool,

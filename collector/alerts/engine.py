@@ -126,6 +126,7 @@ class AlertEngine:
         self._write_tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self.eval_errors = 0
+        self._failing_rules: set[str] = set()  # rules whose failure has been logged
         self._install_rules(compile_rules(config), {})
         self._build_receivers(config, {})
 
@@ -257,9 +258,9 @@ class AlertEngine:
         for r in records:
             try:
                 holds.append(condition(r, now))
-            except Exception:
+            except Exception as exc:
                 holds.append(False)
-                self._error(slot.rule)
+                self._error(slot.rule, exc)
         return holds
 
     def _stays(self, slot: _RuleAlerts, record: Any, now: float) -> bool:
@@ -270,13 +271,17 @@ class AlertEngine:
             return False
         try:
             return not clear.fn(record, now)
-        except Exception:
-            self._error(slot.rule)
+        except Exception as exc:
+            self._error(slot.rule, exc)
             return True
 
-    def _error(self, rule: Rule) -> None:
+    def _error(self, rule: Rule, exc: Exception) -> None:
         self.eval_errors += 1
         metrics.ALERT_EVALUATION_ERRORS.labels(rule.name).inc()
+        if rule.name not in self._failing_rules:  # once per rule: a bad rule fails for every entity
+            self._failing_rules.add(rule.name)
+            log.warning("alert rule failed to evaluate: read as false, counted from now on", rule=rule.name,
+                        error=f"{type(exc).__name__}: {exc}")
 
     def _update(self, slot: _RuleAlerts, alert: Alert, active: bool, record: Any, now: float) -> None:
         """An alert whose entity was evaluated; `active`: its condition holds, or it has not cleared."""

@@ -206,14 +206,20 @@ class PlatformClient:
         # platform.timeout bounds the whole request (connect included); httpx's own timeouts bound
         # each phase, and the deadline catches a server that drips bytes slowly enough to reset them.
         self._deadline = config.timeout
+        # A user and password in the base URL (a proxy in front of the platform) are sent as HTTP Basic
+        # auth on every request, by either transport: the URLs themselves carry none.
+        base = httpx.URL(base_url or str(config.base_url))
+        auth = httpx.BasicAuth(base.username, base.password) if base.userinfo else None
+        base = base.copy_with(userinfo=b"") if base.userinfo else base
         self._http = httpx.AsyncClient(
-            base_url=base_url or str(config.base_url),
+            base_url=base,
+            auth=auth,
             transport=transport or _transport(config, limits),
             timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
             follow_redirects=False,
         )
         # Absolute URLs built once: httpx would otherwise parse and merge base and path per request.
-        root = (base_url or str(config.base_url)).rstrip("/")
+        root = str(base).rstrip("/")
         self._urls = {spec.path: httpx.URL(root + spec.path) for spec in self._specs.values()}
         for name, spec in self._specs.items():
             if not is_read_path(spec.path):
