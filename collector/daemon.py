@@ -130,7 +130,8 @@ class Daemon:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.state = FleetState(device_interval=config.jobs.device_status.interval)
+        self.state = FleetState(device_interval=config.jobs.device_status.interval,
+                                refresh_period=config.platform.refresh_period)
         self.ledger = Ledger(ZoneInfo(config.platform.timezone))
         self.state.recorder = self.ledger
         self._ledger_saved = time.monotonic()

@@ -46,7 +46,7 @@ FIELDS: dict[str, dict[str, str]] = {
         "device_status": "obs.device_status", "wifi_clients": "obs.wifi_clients",
         "staleness_seconds": "staleness_seconds", "status_age_seconds": "status_age_seconds",
         "poll_age_seconds": "poll_age_seconds", "poll_interval_seconds": "poll_interval_seconds",
-        "consecutive_failures": "consecutive_failures",
+        "refresh_period_seconds": "refresh_period_seconds", "consecutive_failures": "consecutive_failures",
     },
     "sim": {
         "iccid": "iccid", "device_no": "device_no", "effective": "effective", "labels": "labels",
@@ -141,6 +141,9 @@ class DeviceState:
     consecutive_failures: int = 0
     last_event_at: float = 0.0
     poll_interval_seconds: float | None = None  # the device job's interval, for the staleness rule
+    # How often the platform itself refreshes a device's status (`platform.refresh_period`): polling
+    # faster than that cannot make the data fresher, so the staleness rule measures against it too.
+    refresh_period_seconds: float | None = None
     # Derived from each observation once, when it arrives: rules read them as plain attributes.
     online: bool | None = None
     staleness_seconds: float | None = None  # poll time minus the platform's last refresh of the device
@@ -335,11 +338,13 @@ class Recorder(Protocol):
 class FleetState:
     """Latest observation per entity. Single-threaded (the daemon's event loop) by design."""
 
-    def __init__(self, device_interval: float | None = None) -> None:
+    def __init__(self, device_interval: float | None = None, refresh_period: float | None = None) -> None:
         self.devices: dict[str, DeviceState] = {}
         # The device job's interval, handed to every device as `poll_interval_seconds` (the daemon
         # updates it on reload; devices pick it up at their next poll).
         self.device_interval = device_interval
+        # The platform's refresh period of device status, handed to every device likewise.
+        self.refresh_period = refresh_period
         self.sims: dict[str, SimState] = {}
         self.account = AccountState()
         self._card_labels: Mapping[str, Mapping[str, str]] = {}  # the inventory's own labels of cards
@@ -456,6 +461,7 @@ class FleetState:
         state.online = obs.online
         state.staleness_seconds = _status_age(obs, obs.polled_at)
         state.poll_interval_seconds = self.device_interval
+        state.refresh_period_seconds = self.refresh_period
         state.consecutive_failures = 0
         state.last_error = None
         if self.recorder is not None:
@@ -528,6 +534,7 @@ class FleetState:
         if state is not None:
             state.consecutive_failures += 1
             state.poll_interval_seconds = self.device_interval
+            state.refresh_period_seconds = self.refresh_period
             state.last_error = error
             state.last_error_at = at
 
