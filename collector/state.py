@@ -30,6 +30,10 @@ from collector.platform.models import DAY, AccountAssets, DeviceEvent, DeviceObs
 # How far back the usage rate looks, and how many samples it keeps per SIM (memory bound).
 USAGE_WINDOW_SECONDS = 24 * 3600.0
 USAGE_SAMPLES = 16
+# A SIM's usage numbers, all as of one platform refresh (`flow_at`). Answers refreshed at different
+# paces (queryDeviceInfo hourly, queryDeviceFlow and the card usage every 10 minutes) alternate: an
+# answer whose numbers are older than those held keeps the held ones.
+USAGE_NUMBERS = ("total_bytes", "used_bytes", "real_used_bytes", "carrier_used_bytes", "cycle_start", "flow_at")
 
 # The fields an alert rule may read, per entity kind, and where each lives on the record the engine is
 # handed (the DeviceState / SimState / AccountState itself, no copy): an attribute path, whose last
@@ -169,9 +173,11 @@ class SimState:
     obs: SimObservation | None = None
     polled_at: float | None = None
     effective: bool | None = None
-    # (poll time, used bytes) within the current cycle, oldest first; a small list, not a deque: at
-    # 200k SIMs an empty deque's 600-byte block would be a third of the state's memory.
+    # (platform flow time, used bytes) within the current cycle, oldest first; a small list, not a
+    # deque: at 200k SIMs an empty deque's 600-byte block would be a third of the state's memory.
     usage: list[tuple[float, int]] = field(default_factory=list)
+    # When the platform refreshed the usage numbers held in `obs` (its flow time, else the poll time).
+    usage_at: float | None = None
     last_error: str | None = None
     consecutive_failures: int = 0
     # Derived from each observation once, when it arrives (`derive`): the rules and the points read them.
@@ -183,13 +189,24 @@ class SimState:
     _cycle_start: float | None = None
     _cycle_end: float | None = None
 
+    def newer_usage(self, obs: SimObservation) -> bool:
+        """Whether `obs` carries usage numbers at least as recent as those held (by the platform's
+        flow time, or the poll time when the answer has none); if so they become the held ones."""
+        at = obs.flow_at if obs.flow_at is not None else obs.polled_at
+        if self.usage_at is not None and at < self.usage_at:
+            return False
+        self.usage_at = at
+        return True
+
     def record_usage(self, at: float, used: int | None) -> None:
+        """One usage reading as of platform time `at`. A reading not newer than the last one is
+        ignored; one that is newer but lower starts the history again."""
         if used is None:
+            return
+        if self.usage and at <= self.usage[-1][0]:
             return
         if self.usage and used < self.usage[-1][1]:
             self.usage.clear()  # a new billing cycle (or a correction): the old rate means nothing now
-        if self.usage and at <= self.usage[-1][0]:
-            return
         self.usage.append((at, used))
         drop = 0
         while len(self.usage) - drop > 2 and (at - self.usage[drop][0] > USAGE_WINDOW_SECONDS
@@ -490,11 +507,15 @@ class FleetState:
             own = self._card_labels.get(sim.iccid)
             state.labels = (_shared_labels({**labels, **own}) if own
                             else labels if isinstance(labels, dict) else _shared_labels(labels))
-        state.obs = sim
+        held = state.obs
+        if state.newer_usage(sim) or held is None:
+            state.obs = sim
+            state.record_usage(state.usage_at or sim.polled_at, sim.used_bytes)
+        else:  # older numbers than those held (a less promptly refreshed answer): keep the held ones
+            state.obs = sim = replace(sim, **{name: getattr(held, name) for name in USAGE_NUMBERS})
         state.polled_at = sim.polled_at
         state.effective = effective if effective is not None else state.effective
         state.consecutive_failures = 0
-        state.record_usage(sim.polled_at, sim.used_bytes)
         state.derive()
         if self.recorder is not None:
             self.recorder.sim(sim.iccid, sim, state.device_no)
@@ -511,12 +532,14 @@ class FleetState:
             if sim is None:
                 continue
             base = sim.obs or SimObservation(iccid=card.iccid, sim_no=card.sim_no)
-            values = {name: getattr(card, name) for name in fields}
-            values.update({name: getattr(base, name) for name in kept if values[name] is None})
+            newer = usage and sim.newer_usage(card)
+            values = {name: getattr(card, name) for name in fields
+                      if newer or not usage or name not in USAGE_NUMBERS}
+            values.update({name: getattr(base, name) for name in kept if name in values and values[name] is None})
             sim.obs = replace(base, **values, polled_at=card.polled_at)
             sim.polled_at = card.polled_at
-            if usage:
-                sim.record_usage(card.polled_at, card.used_bytes)
+            if newer:
+                sim.record_usage(sim.usage_at or card.polled_at, card.used_bytes)
                 if self.recorder is not None:
                     self.recorder.sim(sim.iccid, sim.obs, sim.device_no)
             sim.derive()

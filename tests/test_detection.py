@@ -7,15 +7,23 @@ both as the platform's own cadence, not as incidents.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from collector.alerts.config import AlertsConfig
+from collector.alerts.engine import AlertEngine
 from collector.config import parse_config
+from collector.endpoints.card_usage import ENDPOINT as CARD_USAGE
+from collector.platform.models import DeviceObservation, SimObservation
+from collector.platform.parse import ParseContext, parse_device
 from collector.simulator import Simulator
+from collector.state import FleetState
 from tests.alert_servers import HttpReceiver
 from tests.daemon_run import DaemonProcess, demo_config
 from tests.servers import free_port
@@ -96,3 +104,94 @@ async def test_data_stale_fires_for_a_device_the_platform_stopped_refreshing_and
             assert await asyncio.to_thread(daemon.stop) == 0
     finally:
         await sim.stop()
+
+
+# --- the exhaustion forecast over answers refreshed at different paces --------------------------------
+
+T0 = 1_750_000_000.0  # a poll time; the billing cycle started 20 days before, so it ends in about 10 days
+CYCLE_START = T0 - 20 * 86400
+GIB = 2**30
+# Two SIMs in two devices: one that runs out in about a day, one that lasts past its cycle's end.
+RUNS_OUT = ("dev-hungry", "8986000000000000001", 9.0 * GIB, 1.0 * GIB / 86400)
+LASTS = ("dev-modest", "8986000000000000002", 5.0 * GIB, 0.1 * GIB / 86400)
+
+
+def _answer(device_no: str, iccid: str, used0: float, rate: float, at: float, refresh: float) -> DeviceObservation:
+    """What a device answer polled at `at` shows when the platform refreshes the flow every `refresh`
+    seconds: the usage as of the last refresh, and that refresh's time as `lastDeviceFlowAt`."""
+    flow_at = (at // refresh) * refresh
+    used = int(used0 + rate * (flow_at - (T0 - 7200)))
+    sim = SimObservation(iccid=iccid, device_no=device_no, slot=1, total_bytes=10 * GIB, used_bytes=used,
+                         cycle_start=CYCLE_START, sim_status=4, internet_status=1, flow_at=flow_at, polled_at=at)
+    return DeviceObservation(device_no=device_no, online_status=1, status_at=at - 60, flow_at=flow_at,
+                             sims=(sim,), polled_at=at)
+
+
+async def test_the_exhaustion_forecast_holds_its_for_while_hourly_and_ten_minute_answers_alternate(
+        tmp_path: Path) -> None:
+    # The default rule: the remaining data runs out before the cycle ends at the recent rate, for 1h.
+    config = AlertsConfig.model_validate({"enabled": True, "default_rules": True, "notifiers": []})
+    clock = [T0]
+    engine = AlertEngine(config, tmp_path, clock=lambda: clock[0])
+    await engine.start()
+    try:
+        state = FleetState(device_interval=300.0, refresh_period=300.0)
+        state.sync_inventory({RUNS_OUT[0]: {}, LASTS[0]: {}}, {})
+        states: dict[str, list[str]] = {RUNS_OUT[1]: [], LASTS[1]: []}
+        fired_at = None
+        # Three hours of the daemon's defaults: queryDeviceInfo (flow refreshed hourly) every 5
+        # minutes, queryDeviceFlow (flow refreshed every 10 minutes) every 15 minutes.
+        for step in range(36):
+            at = T0 + step * 300.0
+            clock[0] = at
+            for device_no, iccid, used0, rate in (RUNS_OUT, LASTS):
+                answers = [_answer(device_no, iccid, used0, rate, at, 3600.0)]
+                if step % 3 == 0:
+                    answers.append(_answer(device_no, iccid, used0, rate, at + 1, 600.0))
+                for obs in answers:
+                    change = state.observe_device(obs)
+                    for record in change.sim_records:
+                        engine.evaluate("sim", record.iccid, record, obs.polled_at)
+                alerts = [a for a in engine.active()
+                          if a["rule"] == "SimDataExhaustionForecast" and a["entity"] == iccid]
+                states[iccid].append(alerts[0]["state"] if alerts else "inactive")
+                if alerts and alerts[0]["state"] == "firing" and fired_at is None:
+                    fired_at = at
+        hungry = states[RUNS_OUT[1]]
+        # Pending from the first poll that knows a rate, without a break, then firing after its hour.
+        first = hungry.index("pending")
+        assert first <= 3, hungry
+        assert set(hungry[:first]) == {"inactive"}
+        assert hungry[first:] == ["pending"] * (len(hungry[first:]) - hungry.count("firing")) + \
+            ["firing"] * hungry.count("firing"), hungry
+        assert fired_at is not None and fired_at - (T0 + first * 300.0) <= 3600.0 + 300.0, hungry
+        assert set(states[LASTS[1]]) == {"inactive"}, states[LASTS[1]]
+        # The usage history moved only with newer platform data: its times never go backwards.
+        history = state.sims[RUNS_OUT[1]].usage
+        assert [t for t, _ in history] == sorted({t for t, _ in history})
+    finally:
+        await engine.stop()
+
+
+def test_the_sims_of_a_device_answer_carry_the_devices_flow_time() -> None:
+    sample = json.loads((Path(__file__).parent / "data" / "sample-queryDeviceFlow.json").read_text())["data"]
+    obs = parse_device(sample, ParseContext(polled_at=T0))
+    assert obs.flow_at is not None and obs.sims
+    assert {sim.flow_at for sim in obs.sims} == {obs.flow_at}
+
+
+def test_a_card_usage_answer_older_than_the_usage_held_does_not_move_it() -> None:
+    device_no, iccid, used0, rate = RUNS_OUT
+    state = FleetState()
+    state.sync_inventory({device_no: {}}, {})
+    state.observe_device(_answer(device_no, iccid, used0, rate, T0, 600.0))
+    sim = state.sims[iccid]
+    assert sim.obs is not None
+    held, history = sim.obs.used_bytes, list(sim.usage)
+    older = SimObservation(iccid=iccid, total_bytes=10 * GIB, used_bytes=int(used0), cycle_start=CYCLE_START,
+                           flow_at=(T0 // 600) * 600 - 3600, polled_at=T0 + 10)
+    CARD_USAGE.observe(state, [older])
+    assert (sim.obs.used_bytes, sim.usage, sim.obs.polled_at) == (held, history, T0 + 10)
+    newer = replace(older, used_bytes=held + 1024, flow_at=(T0 // 600) * 600 + 600, polled_at=T0 + 700)
+    CARD_USAGE.observe(state, [newer])
+    assert sim.obs.used_bytes == held + 1024 and sim.usage[-1] == ((T0 // 600) * 600 + 600, held + 1024)
