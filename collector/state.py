@@ -20,16 +20,27 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import functools
+import json
 import operator
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
+
+import structlog
 
 from collector.platform.models import DAY, AccountAssets, DeviceEvent, DeviceObservation, SimObservation
 
 # How far back the usage rate looks, and how many samples it keeps per SIM (memory bound).
 USAGE_WINDOW_SECONDS = 24 * 3600.0
 USAGE_SAMPLES = 16
+log = structlog.get_logger(__name__)
+
+# The SIMs' usage histories, kept in the state directory across a restart (written at stop): the
+# forecast needs hours of them, and the platform's flow numbers change only every 10 minutes.
+USAGE_FILE = "usage.json"
+
 # A SIM's usage numbers, all as of one platform refresh (`flow_at`). Answers refreshed at different
 # paces (queryDeviceInfo hourly, queryDeviceFlow and the card usage every 10 minutes) alternate: an
 # answer whose numbers are older than those held keeps the held ones.
@@ -370,6 +381,8 @@ class FleetState:
         self.not_found: dict[tuple[str, str], NotFound] = {}
         # ICCIDs tracked for the first time since the last `take_new_sims` (None: nobody asks).
         self._new_sims: list[str] | None = None
+        # Usage histories read from the state directory, handed to each SIM when it is tracked again.
+        self._saved_usage: dict[str, tuple[float | None, list[tuple[float, int]]]] = {}
 
     # --- inventory ---------------------------------------------------------------------------------
 
@@ -395,7 +408,7 @@ class FleetState:
         for iccid, labels in cards.items():
             sim = self.sims.get(iccid)
             if sim is None:
-                self.sims[iccid] = SimState(iccid, _shared_labels(labels))
+                self.sims[iccid] = self._restored(SimState(iccid, _shared_labels(labels)))
                 if self._new_sims is not None:
                     self._new_sims.append(iccid)
             elif not sim.device_no:
@@ -498,7 +511,7 @@ class FleetState:
         now on, with `labels`; `effective` None keeps what the device said last."""
         state = self.sims.get(sim.iccid)
         if state is None:
-            state = self.sims[sim.iccid] = SimState(sim.iccid, _shared_labels(labels))
+            state = self.sims[sim.iccid] = self._restored(SimState(sim.iccid, _shared_labels(labels)))
             if self._new_sims is not None:
                 self._new_sims.append(sim.iccid)
         state.device_no = device_no or state.device_no
@@ -570,6 +583,51 @@ class FleetState:
         if kind == "account":
             return self.account
         return None
+
+    # --- usage histories across restarts ---------------------------------------------------------------
+
+    def _restored(self, sim: SimState) -> SimState:
+        saved = self._saved_usage.pop(sim.iccid, None) if self._saved_usage else None
+        if saved is not None:
+            sim.usage_at, sim.usage = saved
+        return sim
+
+    def save_usage(self, state_dir: str | os.PathLike[str]) -> bool:
+        """Writes every SIM's usage history (atomically); False, logged, when the disk refuses."""
+        sims = {i: {"at": s.usage_at, "usage": s.usage} for i, s in self.sims.items() if s.usage}
+        path = Path(state_dir) / USAGE_FILE
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"version": 1, "sims": sims}, separators=(",", ":")))
+            tmp.replace(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("usage histories not saved", path=str(path), error=exc.strerror or str(exc))
+            return False
+        return True
+
+    def load_usage(self, state_dir: str | os.PathLike[str]) -> None:
+        """Reads saved usage histories (each SIM gets its own when tracked); a missing file is none, an
+        unreadable one is logged and ignored (the forecast then waits for new readings)."""
+        path = Path(state_dir) / USAGE_FILE
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or data.get("version") != 1:
+                raise ValueError("not a usage file of this version")
+            saved = {str(i): (None if s["at"] is None else float(s["at"]),
+                              [(float(t), int(u)) for t, u in s["usage"]][-USAGE_SAMPLES:])
+                     for i, s in data["sims"].items()}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("usage histories not read", path=str(path), error=str(exc))
+            return
+        for iccid, entry in saved.items():
+            sim = self.sims.get(iccid)
+            if sim is None:
+                self._saved_usage[iccid] = entry
+            elif not sim.usage:
+                sim.usage_at, sim.usage = entry
 
     # --- summaries ----------------------------------------------------------------------------------
 

@@ -7,12 +7,15 @@ both as the platform's own cadence, not as incidents.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +31,7 @@ from tests.alert_servers import HttpReceiver
 from tests.daemon_run import DaemonProcess, demo_config
 from tests.servers import free_port
 
+REPO = Path(__file__).resolve().parent.parent
 APP_ID = "reseller-9"
 APP_SECRET = "detect-Secret-4410"
 
@@ -195,3 +199,66 @@ def test_a_card_usage_answer_older_than_the_usage_held_does_not_move_it() -> Non
     newer = replace(older, used_bytes=held + 1024, flow_at=(T0 // 600) * 600 + 600, polled_at=T0 + 700)
     CARD_USAGE.observe(state, [newer])
     assert sim.obs.used_bytes == held + 1024 and sim.usage[-1] == ((T0 // 600) * 600 + 600, held + 1024)
+
+
+def test_usage_histories_survive_a_restart_through_the_state_directory(tmp_path: Path) -> None:
+    device_no, iccid, used0, rate = RUNS_OUT
+    state = FleetState()
+    state.sync_inventory({device_no: {}}, {})
+    for step in range(3):
+        state.observe_device(_answer(device_no, iccid, used0, rate, T0 + step * 600, 600.0))
+    before = state.sims[iccid]
+    assert before.usage_rate_bytes_per_second is not None
+    assert state.save_usage(tmp_path)
+    again = FleetState()
+    again.load_usage(tmp_path)
+    again.sync_inventory({device_no: {}}, {})
+    # The first answer after the restart repeats the last refresh: the rate is known at once.
+    again.observe_device(_answer(device_no, iccid, used0, rate, T0 + 1300, 600.0))
+    after = again.sims[iccid]
+    assert after.usage == before.usage
+    assert after.usage_rate_bytes_per_second == pytest.approx(before.usage_rate_bytes_per_second)
+    assert after.exhausts_before_cycle_end is True
+    (tmp_path / "usage.json").write_text("{not json")
+    broken = FleetState()
+    broken.load_usage(tmp_path)  # logged and ignored
+    assert broken.sims == {}
+
+
+# --- the detection benchmark, reduced -----------------------------------------------------------------
+
+
+def _bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_detection", REPO / "bench" / "bench_detection.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.integration
+async def test_a_reduced_detection_run_sees_every_incident_once_in_time_and_nothing_else() -> None:
+    # bench/bench_detection.py with 20+11 devices, `for` at 2 % of the shipped rules, 5 s polls. Data
+    # that stops refreshing and a draining battery wait for the platform's 5-minute refreshes: the
+    # full run covers them (DataStale end to end: the test above).
+    bench = _bench()
+    opts = bench.Options(fleet=120, outage=20, for_scale=0.02, poll=5.0, group_wait=5.0, stale=False, drain=False,
+                         timeout=600.0, quiet=True)
+    result = await bench.Bench(opts).run()
+    summary = bench.report(result, opts)
+    assert result["exit_code"] == 0 and result["bad_signatures"] == 0, summary
+    assert set(result["rules"]) == {"DeviceOffline", "WeakSignal", "LowBattery", "SimSuspended", "SimDataLow",
+                                    "SimDataExhaustionForecast", "SimPackageExpiring", "AccountBalanceLow",
+                                    "UpstreamErrorRateHigh"}, summary
+    for rule, row in result["rules"].items():
+        assert row["detected"] == row["injected"], (rule, summary)
+        assert row["over_bound"] == 0, (rule, summary)
+        assert set(row["firing_msgs"]) == {1} and set(row["resolved_msgs"]) == {1}, (rule, summary)
+    assert result["false_fires"] == {}, summary
+    assert not any(result["flaps"].values()) and not any(result["refired"].values()), summary
+    assert [(status, firing, resolved) for _t, status, firing, resolved in result["outage_messages"]] == \
+        [("firing", 20, 0), ("resolved", 0, 20)], summary
+    restart = result["restart"]
+    assert restart["pending"] and restart["firing"], summary
+    assert restart["resent"] == [] and restart["delayed"] == [], summary
