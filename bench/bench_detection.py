@@ -387,7 +387,7 @@ class Bench:
         sim = Simulator(devices=opts.fleet, seed=opts.seed, speed=1.0, platform=platform)
         base_url = await sim.start("127.0.0.1", 0)
         receiver = Receiver()
-        work = Path(tempfile.mkdtemp(prefix="bench-detect-"))
+        work = self.work = Path(tempfile.mkdtemp(prefix="bench-detect-"))
         started = time.time()
         horizon = 2400.0 if opts.stale or opts.drain else 900.0
         inventory = self.plan(sim, horizon)
@@ -480,6 +480,26 @@ class Bench:
         result = self.result(receiver.snapshot(), outage_shown, receiver.bad_signatures)
         result.update(exit_code=code, seconds=time.time() - started, work=str(work), load=os.getloadavg())
         return result
+
+    def flaps(self) -> dict[str, int]:
+        """Pending alerts dropped while their incident (or the healthy entity) was still there, per rule,
+        from the `alerts` points the daemon wrote (one per transition). A pending alert dropped because
+        its incident was ended before its `for` ran out is not a flap."""
+        ended: dict[str, float] = {}
+        for inc in [*self.incidents, self.account, self.errors]:
+            if inc.ended_at is not None and not inc.control:
+                ended[inc.entity] = min(ended.get(inc.entity, inc.ended_at), inc.ended_at)
+        out = dict.fromkeys(self.fors, 0)
+        for path in sorted(self.work.glob("points.lp*")):
+            for line in path.read_text(errors="replace").splitlines():
+                if not line.startswith("alerts,") or 'state="inactive"' not in line:
+                    continue
+                tags = dict(re.findall(r',(\w+)=([^,\s]+)', line.split(" ", 1)[0]))
+                at = int(line.rsplit(" ", 1)[1]) / 1e9
+                if tags.get("entity") in ended and at >= ended[tags["entity"]] - 1.0:
+                    continue
+                out[tags.get("rule", "?")] = out.get(tags.get("rule", "?"), 0) + 1
+        return out
 
     def battery_crossing(self, sim: Simulator, device_no: str) -> float:
         """When the platform first shows the draining battery below the LowBattery threshold."""
@@ -574,7 +594,7 @@ class Bench:
         for (rule, entity), sent in per_alert.items():
             if (rule, entity) not in expected and (rule, entity) not in allowed and sent["firing"]:
                 false_fires.setdefault(rule, []).append(entity)
-        flaps = {rule: int(self.transitions.get((rule, "inactive"), 0.0)) for rule in self.fors}
+        flaps = self.flaps()
         refired = {rule: sum(1 for (r, _e), s in per_alert.items() if r == rule and len(s["firing"]) > 1)
                    for rule in self.fors}
         outage_msgs = [(t, m) for t, m in messages if m["groupLabels"].get("customer") == "outage"]
