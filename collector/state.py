@@ -18,6 +18,7 @@ the end of the billing cycle. `FIELDS` lists, per entity kind, the names an aler
 from __future__ import annotations
 
 import calendar
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -595,13 +596,16 @@ class FleetState:
     def save_usage(self, state_dir: str | os.PathLike[str]) -> bool:
         """Writes every SIM's usage history (atomically); False, logged, when the disk refuses."""
         sims = {i: {"at": s.usage_at, "usage": s.usage} for i, s in self.sims.items() if s.usage}
+        if not sims:  # nothing learnt (or a start that failed): leave whatever is there alone
+            return True
         path = Path(state_dir) / USAGE_FILE
         tmp = path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps({"version": 1, "sims": sims}, separators=(",", ":")))
             tmp.replace(path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             log.warning("usage histories not saved", path=str(path), error=exc.strerror or str(exc))
             return False
         return True
