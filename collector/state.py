@@ -554,8 +554,11 @@ class FleetState:
             sim.polled_at = card.polled_at
             if newer:
                 sim.record_usage(sim.usage_at or card.polled_at, card.used_bytes)
-                if self.recorder is not None:
-                    self.recorder.sim(sim.iccid, sim.obs, sim.device_no)
+            if usage and self.recorder is not None:
+                # The report's ledger sees the card's own numbers, as the card_usage points do.
+                seen = sim.obs if newer else replace(sim.obs, **{name: getattr(card, name) for name in fields
+                                                                 if name in USAGE_NUMBERS})
+                self.recorder.sim(sim.iccid, seen, sim.device_no)
             sim.derive()
             changed.append(sim)
         return sims_changed(changed)
