@@ -113,6 +113,10 @@ class PlatformConfig(SecretSection):
     fields: dict[str, dict[str, str]] = {}
     flow_unit: Literal["B", "KiB", "MiB"] = "KiB"
     timezone: TimeZoneName = "Asia/Shanghai"
+    # Undocumented by the vendor: how often the platform refreshes a device's status
+    # (lastDeviceStatusAt). Data cannot be fresher than this, whatever the poll interval.
+    refresh_period: Duration = Field(default=300.0, gt=0,
+                                     description="how often the platform refreshes a device's status")
 
     @model_validator(mode="after")
     def _known_names(self) -> PlatformConfig:

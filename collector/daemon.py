@@ -130,7 +130,8 @@ class Daemon:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.state = FleetState(device_interval=config.jobs.device_status.interval)
+        self.state = FleetState(device_interval=config.jobs.device_status.interval,
+                                refresh_period=config.platform.refresh_period)
         self.ledger = Ledger(ZoneInfo(config.platform.timezone))
         self.state.recorder = self.ledger
         self._ledger_saved = time.monotonic()
@@ -209,6 +210,7 @@ class Daemon:
         except OSError as exc:  # read-only, not a directory...: the operator's to fix, not a crash
             raise SettingError(state_dir_problem(state_dir, exc)) from None
         self.ledger.load(state_dir)
+        self.state.load_usage(state_dir)
         base_url = await self._start_simulator()
         self.client = PlatformClient(self.config.platform, self.config.privacy, base_url=base_url)
         if self.config.alerts.enabled:
@@ -395,6 +397,9 @@ class Daemon:
             await self.alerts.stop()
         if self.ledger.dirty:
             self.ledger.save(self.config.state_dir)
+        # At stop only: at 200k SIMs the histories are tens of MB of JSON, too much to write on the
+        # event loop every minute; after a crash the forecast learns the rates again.
+        self.state.save_usage(self.config.state_dir)
         if self.sinks is not None:
             await self.sinks.stop(max(deadline - time.monotonic() - 1.0, 0.5))
         if self.client is not None:

@@ -18,18 +18,34 @@ the end of the billing cycle. `FIELDS` lists, per entity kind, the names an aler
 from __future__ import annotations
 
 import calendar
+import contextlib
 import datetime as dt
 import functools
+import json
 import operator
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
+
+import structlog
 
 from collector.platform.models import DAY, AccountAssets, DeviceEvent, DeviceObservation, SimObservation
 
 # How far back the usage rate looks, and how many samples it keeps per SIM (memory bound).
 USAGE_WINDOW_SECONDS = 24 * 3600.0
 USAGE_SAMPLES = 16
+log = structlog.get_logger(__name__)
+
+# The SIMs' usage histories, kept in the state directory across a restart (written at stop): the
+# forecast needs hours of them, and the platform's flow numbers change only every 10 minutes.
+USAGE_FILE = "usage.json"
+
+# A SIM's usage numbers, all as of one platform refresh (`flow_at`). Answers refreshed at different
+# paces (queryDeviceInfo hourly, queryDeviceFlow and the card usage every 10 minutes) alternate: an
+# answer whose numbers are older than those held keeps the held ones.
+USAGE_NUMBERS = ("total_bytes", "used_bytes", "real_used_bytes", "carrier_used_bytes", "cycle_start", "flow_at")
 
 # The fields an alert rule may read, per entity kind, and where each lives on the record the engine is
 # handed (the DeviceState / SimState / AccountState itself, no copy): an attribute path, whose last
@@ -46,7 +62,7 @@ FIELDS: dict[str, dict[str, str]] = {
         "device_status": "obs.device_status", "wifi_clients": "obs.wifi_clients",
         "staleness_seconds": "staleness_seconds", "status_age_seconds": "status_age_seconds",
         "poll_age_seconds": "poll_age_seconds", "poll_interval_seconds": "poll_interval_seconds",
-        "consecutive_failures": "consecutive_failures",
+        "refresh_period_seconds": "refresh_period_seconds", "consecutive_failures": "consecutive_failures",
     },
     "sim": {
         "iccid": "iccid", "device_no": "device_no", "effective": "effective", "labels": "labels",
@@ -141,6 +157,9 @@ class DeviceState:
     consecutive_failures: int = 0
     last_event_at: float = 0.0
     poll_interval_seconds: float | None = None  # the device job's interval, for the staleness rule
+    # How often the platform itself refreshes a device's status (`platform.refresh_period`): polling
+    # faster than that cannot make the data fresher, so the staleness rule measures against it too.
+    refresh_period_seconds: float | None = None
     # Derived from each observation once, when it arrives: rules read them as plain attributes.
     online: bool | None = None
     staleness_seconds: float | None = None  # poll time minus the platform's last refresh of the device
@@ -166,9 +185,11 @@ class SimState:
     obs: SimObservation | None = None
     polled_at: float | None = None
     effective: bool | None = None
-    # (poll time, used bytes) within the current cycle, oldest first; a small list, not a deque: at
-    # 200k SIMs an empty deque's 600-byte block would be a third of the state's memory.
+    # (platform flow time, used bytes) within the current cycle, oldest first; a small list, not a
+    # deque: at 200k SIMs an empty deque's 600-byte block would be a third of the state's memory.
     usage: list[tuple[float, int]] = field(default_factory=list)
+    # When the platform refreshed the usage numbers held in `obs` (its flow time, else the poll time).
+    usage_at: float | None = None
     last_error: str | None = None
     consecutive_failures: int = 0
     # Derived from each observation once, when it arrives (`derive`): the rules and the points read them.
@@ -180,13 +201,24 @@ class SimState:
     _cycle_start: float | None = None
     _cycle_end: float | None = None
 
+    def newer_usage(self, obs: SimObservation) -> bool:
+        """Whether `obs` carries usage numbers at least as recent as those held (by the platform's
+        flow time, or the poll time when the answer has none); if so they become the held ones."""
+        at = obs.flow_at if obs.flow_at is not None else obs.polled_at
+        if self.usage_at is not None and at < self.usage_at:
+            return False
+        self.usage_at = at
+        return True
+
     def record_usage(self, at: float, used: int | None) -> None:
+        """One usage reading as of platform time `at`. A reading not newer than the last one is
+        ignored; one that is newer but lower starts the history again."""
         if used is None:
+            return
+        if self.usage and at <= self.usage[-1][0]:
             return
         if self.usage and used < self.usage[-1][1]:
             self.usage.clear()  # a new billing cycle (or a correction): the old rate means nothing now
-        if self.usage and at <= self.usage[-1][0]:
-            return
         self.usage.append((at, used))
         drop = 0
         while len(self.usage) - drop > 2 and (at - self.usage[drop][0] > USAGE_WINDOW_SECONDS
@@ -335,11 +367,13 @@ class Recorder(Protocol):
 class FleetState:
     """Latest observation per entity. Single-threaded (the daemon's event loop) by design."""
 
-    def __init__(self, device_interval: float | None = None) -> None:
+    def __init__(self, device_interval: float | None = None, refresh_period: float | None = None) -> None:
         self.devices: dict[str, DeviceState] = {}
         # The device job's interval, handed to every device as `poll_interval_seconds` (the daemon
         # updates it on reload; devices pick it up at their next poll).
         self.device_interval = device_interval
+        # The platform's refresh period of device status, handed to every device likewise.
+        self.refresh_period = refresh_period
         self.sims: dict[str, SimState] = {}
         self.account = AccountState()
         self._card_labels: Mapping[str, Mapping[str, str]] = {}  # the inventory's own labels of cards
@@ -348,6 +382,8 @@ class FleetState:
         self.not_found: dict[tuple[str, str], NotFound] = {}
         # ICCIDs tracked for the first time since the last `take_new_sims` (None: nobody asks).
         self._new_sims: list[str] | None = None
+        # Usage histories read from the state directory, handed to each SIM when it is tracked again.
+        self._saved_usage: dict[str, tuple[float | None, list[tuple[float, int]]]] = {}
 
     # --- inventory ---------------------------------------------------------------------------------
 
@@ -373,7 +409,7 @@ class FleetState:
         for iccid, labels in cards.items():
             sim = self.sims.get(iccid)
             if sim is None:
-                self.sims[iccid] = SimState(iccid, _shared_labels(labels))
+                self.sims[iccid] = self._restored(SimState(iccid, _shared_labels(labels)))
                 if self._new_sims is not None:
                     self._new_sims.append(iccid)
             elif not sim.device_no:
@@ -456,6 +492,7 @@ class FleetState:
         state.online = obs.online
         state.staleness_seconds = _status_age(obs, obs.polled_at)
         state.poll_interval_seconds = self.device_interval
+        state.refresh_period_seconds = self.refresh_period
         state.consecutive_failures = 0
         state.last_error = None
         if self.recorder is not None:
@@ -475,7 +512,7 @@ class FleetState:
         now on, with `labels`; `effective` None keeps what the device said last."""
         state = self.sims.get(sim.iccid)
         if state is None:
-            state = self.sims[sim.iccid] = SimState(sim.iccid, _shared_labels(labels))
+            state = self.sims[sim.iccid] = self._restored(SimState(sim.iccid, _shared_labels(labels)))
             if self._new_sims is not None:
                 self._new_sims.append(sim.iccid)
         state.device_no = device_no or state.device_no
@@ -484,11 +521,15 @@ class FleetState:
             own = self._card_labels.get(sim.iccid)
             state.labels = (_shared_labels({**labels, **own}) if own
                             else labels if isinstance(labels, dict) else _shared_labels(labels))
-        state.obs = sim
+        held = state.obs
+        if state.newer_usage(sim) or held is None:
+            state.obs = sim
+            state.record_usage(state.usage_at or sim.polled_at, sim.used_bytes)
+        else:  # older numbers than those held (a less promptly refreshed answer): keep the held ones
+            state.obs = sim = replace(sim, **{name: getattr(held, name) for name in USAGE_NUMBERS})
         state.polled_at = sim.polled_at
         state.effective = effective if effective is not None else state.effective
         state.consecutive_failures = 0
-        state.record_usage(sim.polled_at, sim.used_bytes)
         state.derive()
         if self.recorder is not None:
             self.recorder.sim(sim.iccid, sim, state.device_no)
@@ -505,14 +546,19 @@ class FleetState:
             if sim is None:
                 continue
             base = sim.obs or SimObservation(iccid=card.iccid, sim_no=card.sim_no)
-            values = {name: getattr(card, name) for name in fields}
-            values.update({name: getattr(base, name) for name in kept if values[name] is None})
+            newer = usage and sim.newer_usage(card)
+            values = {name: getattr(card, name) for name in fields
+                      if newer or not usage or name not in USAGE_NUMBERS}
+            values.update({name: getattr(base, name) for name in kept if name in values and values[name] is None})
             sim.obs = replace(base, **values, polled_at=card.polled_at)
             sim.polled_at = card.polled_at
-            if usage:
-                sim.record_usage(card.polled_at, card.used_bytes)
-                if self.recorder is not None:
-                    self.recorder.sim(sim.iccid, sim.obs, sim.device_no)
+            if newer:
+                sim.record_usage(sim.usage_at or card.polled_at, card.used_bytes)
+            if usage and self.recorder is not None:
+                # The report's ledger sees the card's own numbers, as the card_usage points do.
+                seen = sim.obs if newer else replace(sim.obs, **{name: getattr(card, name) for name in fields
+                                                                 if name in USAGE_NUMBERS})
+                self.recorder.sim(sim.iccid, seen, sim.device_no)
             sim.derive()
             changed.append(sim)
         return sims_changed(changed)
@@ -528,6 +574,7 @@ class FleetState:
         if state is not None:
             state.consecutive_failures += 1
             state.poll_interval_seconds = self.device_interval
+            state.refresh_period_seconds = self.refresh_period
             state.last_error = error
             state.last_error_at = at
 
@@ -540,6 +587,54 @@ class FleetState:
         if kind == "account":
             return self.account
         return None
+
+    # --- usage histories across restarts ---------------------------------------------------------------
+
+    def _restored(self, sim: SimState) -> SimState:
+        saved = self._saved_usage.pop(sim.iccid, None) if self._saved_usage else None
+        if saved is not None:
+            sim.usage_at, sim.usage = saved
+        return sim
+
+    def save_usage(self, state_dir: str | os.PathLike[str]) -> bool:
+        """Writes every SIM's usage history (atomically); False, logged, when the disk refuses."""
+        sims = {i: {"at": s.usage_at, "usage": s.usage} for i, s in self.sims.items() if s.usage}
+        if not sims:  # nothing learnt (or a start that failed): leave whatever is there alone
+            return True
+        path = Path(state_dir) / USAGE_FILE
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"version": 1, "sims": sims}, separators=(",", ":")))
+            tmp.replace(path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            log.warning("usage histories not saved", path=str(path), error=exc.strerror or str(exc))
+            return False
+        return True
+
+    def load_usage(self, state_dir: str | os.PathLike[str]) -> None:
+        """Reads saved usage histories (each SIM gets its own when tracked); a missing file is none, an
+        unreadable one is logged and ignored (the forecast then waits for new readings)."""
+        path = Path(state_dir) / USAGE_FILE
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or data.get("version") != 1:
+                raise ValueError("not a usage file of this version")
+            saved = {str(i): (None if s["at"] is None else float(s["at"]),
+                              [(float(t), int(u)) for t, u in s["usage"]][-USAGE_SAMPLES:])
+                     for i, s in data["sims"].items()}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("usage histories not read", path=str(path), error=str(exc))
+            return
+        for iccid, entry in saved.items():
+            sim = self.sims.get(iccid)
+            if sim is None:
+                self._saved_usage[iccid] = entry
+            elif not sim.usage:
+                sim.usage_at, sim.usage = entry
 
     # --- summaries ----------------------------------------------------------------------------------
 

@@ -104,9 +104,11 @@ def render(language: str, rule: str, kind: str, **fields: Any) -> dict[str, str]
 
 
 def test_the_default_rules_speak_chinese_with_chinese_durations_and_binary_units() -> None:
-    stale = render("zh", "DataStale", "device", device_no="d1", staleness_seconds=93784, poll_interval_seconds=300)
+    stale = render("zh", "DataStale", "device", device_no="d1", staleness_seconds=93784, poll_interval_seconds=300,
+                   refresh_period_seconds=300)
     assert stale == {"title": "平台数据未更新", "summary": "设备 d1 的平台数据已过时",
-                     "description": "轮询时，平台已有 1天2小时 未刷新设备 d1（超过 3 个轮询周期，每个周期 5分钟0秒）。"}
+                     "description": "轮询时，平台已有 1天2小时 未刷新设备 d1（超过 3 个轮询周期，每个周期 5分钟0秒；"
+                                    "也超过平台的 2 个刷新周期，每个周期 5分钟0秒）。"}
     low = render("zh", "SimDataLow", "sim", iccid="8986A", device_no="d1", remaining_ratio=0.05,
                  remaining_bytes=512 * 2**20, total_bytes=10 * 2**30)
     assert low["summary"] == "SIM 8986A（设备 d1）剩余流量 512 MiB（5%）"

@@ -37,6 +37,7 @@ MAIN = SimObservation(
     break_remove_at=1_755_741_599.0,  # 2025-08-21 09:59:59 CST
     status_at=1_758_191_049.0,  # 2025-09-18 18:24:09 CST
     last_active_at=1_757_431_493.0,  # 2025-09-09 23:24:53 CST
+    flow_at=1_755_685_519.0,  # the device's lastDeviceFlowAt: the usage numbers are as of then
     polled_at=POLLED,
 )
 VICE1 = SimObservation(
@@ -51,6 +52,7 @@ VICE1 = SimObservation(
     break_at=None, break_remove_at=None,  # null in the sample
     status_at=1_758_191_050.0,  # 2025-09-18 18:24:10 CST
     last_active_at=1_755_685_386.0,  # 2025-08-20 18:23:06 CST
+    flow_at=1_755_685_519.0,  # the device's lastDeviceFlowAt
     polled_at=POLLED,
 )
 DEVICE = DeviceObservation(

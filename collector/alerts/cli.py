@@ -231,7 +231,8 @@ def entities_from_file(path: str, config: Any, now: float) -> dict[str, dict[str
         return dict(records_from_document(doc))
     envelopes = doc if isinstance(doc, list) else [doc]
     ctx = ParseContext.from_config(config.platform, config.privacy, polled_at=now)
-    state = FleetState(device_interval=config.jobs.device_status.interval)
+    state = FleetState(device_interval=config.jobs.device_status.interval,
+                       refresh_period=config.platform.refresh_period)
     for env in envelopes:
         data = env.get("data", env) if isinstance(env, dict) else env
         obs = parse_device(data, ctx)
@@ -300,7 +301,8 @@ async def entities_from_poll(config: Any, progress: TextIO | None = None) -> Pol
             devices = {no: {**config.inventory.labels, "customer": DEMO_CUSTOMERS[i % len(DEMO_CUSTOMERS)]}
                        for i, no in enumerate(sim.device_numbers())}
     try:
-        state = FleetState(device_interval=config.jobs.device_status.interval)
+        state = FleetState(device_interval=config.jobs.device_status.interval,
+                           refresh_period=config.platform.refresh_period)
         state.sync_inventory(devices, inventory.cards)
         failed: dict[str, str] = {}
         cards_failed: list[tuple[int, str]] = []

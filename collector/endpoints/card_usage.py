@@ -41,7 +41,7 @@ class CardUsage(CardEndpoint[SimObservation]):
     model, measurements = SimObservation, (POINTS,)
 
     def observe(self, state: FleetState, items: Sequence[SimObservation]) -> Change:
-        return state.update_sims(items, USAGE, kept=("cycle_start", "expires_at"), usage=True)
+        return state.update_sims(items, (*USAGE, "flow_at"), kept=("cycle_start", "expires_at"), usage=True)
 
     def points(self, state: FleetState, items: Sequence[SimObservation], change: Change) -> list[str]:
         lines = [usage_line(u, sim.labels, sim.usage_rate_bytes_per_second, sim.device_no)

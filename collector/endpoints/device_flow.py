@@ -147,15 +147,16 @@ EVENT_POINTS = Measurement("device_event", ("device_no", "event_type"), {
 
 
 def parse_sim(rec: Any, ctx: ParseContext, sim: Record, path: str, endpoint: str,
-              device_no: str | None = None) -> SimObservation:
+              device_no: str | None = None, flow_at: float | None = None) -> SimObservation:
     """One SIM record (`data.sims[]`, or a card info record). `device_no`, when given, is the device
-    the record came inside."""
+    the record came inside, and `flow_at` when that device's platform last refreshed the flow numbers
+    (`lastDeviceFlowAt`): the time the SIM's usage is as of."""
     rec = record(rec, path, endpoint)
     iccid = sim.identify(rec, path, endpoint)
     if device_no is None:
         return SimObservation(iccid=iccid, **sim.read(rec, ctx), polled_at=ctx.polled_at)
     return SimObservation(iccid=iccid, device_no=device_no, **sim.only(IN_DEVICE).read(rec, ctx),
-                          polled_at=ctx.polled_at)
+                          flow_at=flow_at, polled_at=ctx.polled_at)
 
 
 def parse_location(position: Any, ctx: ParseContext, location: Record) -> Location | None:
@@ -252,20 +253,22 @@ class DeviceFlow(ReadEndpoint[DeviceObservation]):
         device = record(data.get(root.key("device")), at, self.name)
         wire_no = device_record.identify(device, at, self.name)
         key = query.ids[0] if len(query.ids) == 1 else wire_no
+        values = device_record.read(device, ctx)
         sims_key = root.key("sims")
         raw_sims = data.get(sims_key)
         if raw_sims is None:
             sims: tuple[SimObservation, ...] = ()
         elif raw_sims.__class__ is list:
             sim = t["sim"]
-            sims = tuple(parse_sim(rec, ctx, sim, f"data.{sims_key}[{i}]", self.name, key)
+            flow_at = values["flow_at"]
+            sims = tuple(parse_sim(rec, ctx, sim, f"data.{sims_key}[{i}]", self.name, key, flow_at)
                          for i, rec in enumerate(raw_sims))
         else:
             raise ParseError(f"expected an array, got {kind_of(raw_sims)}", path=f"data.{sims_key}",
                              endpoint=self.name)
         events_key = device_record.key("events")
         return Parsed([DeviceObservation(
-            device_no=key, **device_record.read(device, ctx),
+            device_no=key, **values,
             location=parse_location(device.get(device_record.key("location")), ctx, t["location"]),
             events=parse_events(device.get(events_key), events_key, key, ctx, t["event"]),
             sims=sims, polled_at=ctx.polled_at)])
