@@ -3,7 +3,7 @@
 - `AlertmanagerServer`: Debian's `prometheus-alertmanager`, started with a temporary configuration
   (clustering off, storage in a temp dir) that routes every alert to a webhook of `HttpReceiver`,
   so a test can count Alertmanager's own notifications as well as query its API v2;
-- `HttpReceiver`: an aiohttp server recording every JSON POST by path (Apprise `json://`, the
+- `HttpReceiver`: an HTTP server (a thread) recording every JSON POST by path (Apprise `json://`, the
   generic webhook, Alertmanager's webhook);
 - `SmtpReceiver`: an aiosmtpd SMTP server recording every message (Apprise `mailto://`);
 - `ChatRobots`: DingTalk, WeCom and Feishu robots behind an HTTPS proxy, with their checks
@@ -89,7 +89,27 @@ def start_alertmanager(root: Path, webhook_url: str) -> AlertmanagerServer:
     return server
 
 
-class HttpReceiver:
+class _ThreadedHttp:
+    """An HTTP server on a free loopback port, served from a background thread between start and stop."""
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class HttpReceiver(_ThreadedHttp):
     """Records JSON POSTs in a background thread: `received[path]` is a list of (headers, raw body,
     parsed JSON). Paths in `fail_paths` answer 503."""
 
@@ -121,20 +141,7 @@ class HttpReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._serve(Handler)
 
     def bodies(self, path: str) -> list[Any]:
         with self._lock:
@@ -238,7 +245,7 @@ class RobotMessage:
     errmsg: str
 
 
-class ChatRobots:
+class ChatRobots(_ThreadedHttp):
     """DingTalk, WeCom and Feishu custom robots on loopback, behind an HTTPS proxy: a client given
     `HTTPS_PROXY=<proxy_url>` and the CA opens a tunnel to oapi.dingtalk.com (or the others) and talks
     TLS to this server. Each robot checks what the real one checks and answers as it does (HTTP 200
@@ -292,20 +299,11 @@ class ChatRobots:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._serve(Handler)
 
     @property
     def proxy_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return self.url
 
     def of(self, service: str, accepted: bool = True) -> list[RobotMessage]:
         with self._lock:
