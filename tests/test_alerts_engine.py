@@ -84,8 +84,9 @@ async def settle(engine: AlertEngine, clock: Clock) -> None:
 Make = Callable[..., Awaitable[tuple[AlertEngine, Recorder]]]
 
 
-@pytest.fixture
-async def make(tmp_path: Path) -> AsyncIterator[Make]:
+@pytest.fixture(name="make")
+async def make_engine(tmp_path: Path) -> AsyncIterator[Make]:
+    """Engines on a fake clock whose notifiers record what they would deliver."""
     engines: list[AlertEngine] = []
 
     async def build(config: AlertsConfig, clock: Clock, lines: list[str] | None = None) -> tuple[AlertEngine, Recorder]:

@@ -4,7 +4,6 @@ SIM alerts naming their device, and links built from `alerts.external_url`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,34 +15,21 @@ from collector.alerts.notifiers.alertmanager import AlertmanagerReceiver
 from collector.alerts.rules import compile_rules
 from collector.config import ConfigError, parse_config
 from collector.state import FieldRecord
-from tests.test_alerts_engine import OFFLINE, T0, Clock, Make, Recorder, alerts_config, device, settle, use_recorders
+from tests.test_alerts_engine import (
+    OFFLINE,
+    T0,
+    Clock,
+    Make,
+    alerts_config,
+    device,
+    make_engine,  # noqa: F401 - registers the `make` fixture here
+    settle,
+)
 
 # T0 is 2025-06-15 15:06:40 UTC: 23:06 in Beijing.
 OFFLINE_ZH = {**OFFLINE, "translations": {"zh": {"title": "设备离线", "summary": "设备 {{ device_no }} 离线"}}}
 LOW_DATA = {"name": "SimDataLow", "kind": "sim", "condition": "remaining_ratio < 0.1",
             "annotations": {"summary": "SIM {{ iccid }} in {{ device_no }}"}}
-
-
-@pytest.fixture
-async def make(tmp_path: Path) -> AsyncIterator[Make]:
-    """Engines on a fake clock whose notifiers record what they would deliver."""
-    engines: list[AlertEngine] = []
-
-    async def build(config: AlertsConfig, clock: Clock, lines: list[str] | None = None) -> tuple[AlertEngine, Recorder]:
-        async def write(batch: list[str]) -> None:
-            if lines is not None:
-                lines.extend(batch)
-
-        engine = AlertEngine(config, tmp_path, write_points=write, clock=clock)
-        use_recorders(engine)
-        await engine.start()
-        engines.append(engine)
-        return engine, engine.receivers["rec"]  # type: ignore[return-value]
-
-    yield build
-    for engine in engines:
-        if engine._started:
-            await engine.stop(0.5)
 
 
 def sim(iccid: str, device_no: str, **fields: Any) -> FieldRecord:
