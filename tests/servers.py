@@ -114,33 +114,25 @@ class _Server:
             return ""
 
 
-class InfluxServer(_Server):
-    """InfluxDB 1.x (`influxd`, v1 HTTP API, InfluxQL)."""
-
-    name = "influxd"
-    ready_path = "/ping"
-
-    def __init__(self, root: Path, *, max_body_size: int = 25_000_000) -> None:
-        self.binary = find_binary(INFLUXD, "influxdb", "INFLUXD")
-        super().__init__(root)
-        self.bind_port = free_port()
-        self.config_path = root / "influxdb.conf"
-        self.config_path.write_text(f"""
+def influxdb_config(data: Path, http_port: int, bind_port: int, max_body_size: int = 25_000_000) -> str:
+    """An `influxd -config` file: data under `data`, HTTP and the backup port on loopback, nothing
+    else running (no reporting, monitor store, continuous queries or subscriptions), quiet logs."""
+    return f"""
 reporting-disabled = true
-bind-address = "127.0.0.1:{self.bind_port}"
+bind-address = "127.0.0.1:{bind_port}"
 
 [meta]
-  dir = "{root / 'meta'}"
+  dir = "{data / 'meta'}"
 
 [data]
-  dir = "{root / 'data'}"
-  wal-dir = "{root / 'wal'}"
+  dir = "{data / 'data'}"
+  wal-dir = "{data / 'wal'}"
   query-log-enabled = false
   trace-logging-enabled = false
 
 [http]
   enabled = true
-  bind-address = "127.0.0.1:{self.port}"
+  bind-address = "127.0.0.1:{http_port}"
   log-enabled = false
   max-body-size = {max_body_size}
 
@@ -155,7 +147,21 @@ bind-address = "127.0.0.1:{self.bind_port}"
 
 [logging]
   level = "warn"
-""")
+"""
+
+
+class InfluxServer(_Server):
+    """InfluxDB 1.x (`influxd`, v1 HTTP API, InfluxQL)."""
+
+    name = "influxd"
+    ready_path = "/ping"
+
+    def __init__(self, root: Path, *, max_body_size: int = 25_000_000) -> None:
+        self.binary = find_binary(INFLUXD, "influxdb", "INFLUXD")
+        super().__init__(root)
+        self.bind_port = free_port()
+        self.config_path = root / "influxdb.conf"
+        self.config_path.write_text(influxdb_config(root, self.port, self.bind_port, max_body_size))
 
     def command(self) -> list[str]:
         return [self.binary, "-config", str(self.config_path)]

@@ -35,7 +35,7 @@ import yaml
 from collector.inventory import shard_of
 from tests.lineproto import parse_line
 from tests.nspawn import boot, unavailable
-from tests.servers import free_port
+from tests.servers import free_port, influxdb_config
 from tests.test_deploy_install import build_wheel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,28 +122,6 @@ class Booted:
                 for line in json.loads((self.out / "journal.json").read_text())]
 
 
-def influxdb_conf(http_port: int, bind_port: int) -> str:
-    return f"""reporting-disabled = true
-bind-address = "127.0.0.1:{bind_port}"
-[meta]
-  dir = "/var/lib/boot-influxd/meta"
-[data]
-  dir = "/var/lib/boot-influxd/data"
-  wal-dir = "/var/lib/boot-influxd/wal"
-  query-log-enabled = false
-[http]
-  enabled = true
-  bind-address = "127.0.0.1:{http_port}"
-  log-enabled = false
-[monitor]
-  store-enabled = false
-[continuous_queries]
-  enabled = false
-[subscriber]
-  enabled = false
-"""
-
-
 def collector_config(http_port: str, influx_port: int, *, shards: int = 1) -> dict[str, Any]:
     return {
         "platform": {"app_id": "boot-test", "app_secret_credential": "iot-collector.app_secret", "rate_limit": 20},
@@ -188,7 +166,7 @@ def run_boot(tmp: Path, installation: Installation, scenario: str, *, opt: Path 
     (etc / "collector.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (etc / "devices.csv").write_text("device_no,group\n" + "".join(f"{d},fleet\n" for d in inventory))
     (checks / "plan.json").write_text(json.dumps(plan))
-    (checks / "influxdb.conf").write_text(influxdb_conf(influx_port, free_port()))
+    (checks / "influxdb.conf").write_text(influxdb_config(Path("/var/lib/boot-influxd"), influx_port, free_port()))
     shutil.copy(CHECKER, checks / "systemd_checks.py")
 
     credstore.chmod(0o700)
