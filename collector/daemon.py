@@ -196,7 +196,6 @@ class Daemon:
         if self.scheduler is not None:
             self.scheduler.discovered("card", self.state.take_new_sims())
             self.scheduler.replan()
-        freeze_heap()
 
     async def start(self) -> None:
         register_config_secrets(self.config)
@@ -350,6 +349,7 @@ class Daemon:
             log.error("inventory rejected, keeping the old one", reason=reason, problems=exc.problems)
             return
         self.apply_inventory(inventory)
+        freeze_heap()  # at start, once everything is built (`start`)
 
     def reload(self) -> None:
         """SIGHUP: re-read the configuration and the inventory."""
