@@ -210,7 +210,7 @@ async def evenness(config: Config, devices: list[str], interval: float) -> dict[
             return await pipeline.poll(ENDPOINTS["device_flow"], ids)  # type: ignore[arg-type]
 
         job = PollJob("device_flow", interval, 1, lambda: devices, poll)
-        scheduler = Scheduler([job], config.platform.rate_limit)
+        scheduler = Scheduler([job], config.platform.rate_limit, concurrency=config.platform.max_concurrency)
         scheduler.start()
         while len(starts) < len(devices):  # noqa: ASYNC110 - polling a plain list, once per 0.2 s
             await asyncio.sleep(0.2)

@@ -84,6 +84,11 @@ BUDGET_PLANNED = Gauge(f"{P}_request_budget_planned_requests_per_second",
 BUDGET_STRETCH = Gauge(f"{P}_request_budget_stretch_ratio",
                        "Factor by which every interval is stretched to fit 90% of platform.rate_limit "
                        "(1: as configured)", registry=REGISTRY)
+POLLS_IN_FLIGHT = Gauge(f"{P}_polls_in_flight",
+                        "Polls started and not finished (at most twice platform.max_concurrency)", registry=REGISTRY)
+JOB_DISPATCH_WAIT = Counter(f"{P}_job_dispatch_wait_seconds_total",
+                            "Seconds a job's dispatching waited because the most polls allowed were in flight "
+                            "(the platform answers slower than the plan)", ["poll_job"], registry=REGISTRY)
 JOB_LAG = Gauge(f"{P}_job_lag_seconds", "How late the last run of a job started", ["poll_job"], registry=REGISTRY)
 JOB_LAST_SUCCESS = Gauge(f"{P}_job_last_success_timestamp_seconds", "When a job last finished without error",
                          ["poll_job"], registry=REGISTRY)

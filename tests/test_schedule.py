@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import time
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -65,7 +67,7 @@ async def test_requests_flow_evenly_over_the_interval_and_never_overlap_themselv
     ids = [f"d{i}" for i in range(200)]
     # Each poll takes longer than the interval: the second cycle must skip them, not stack them.
     job = make_job("device_status", ids, 2.0, 1, calls, hold=2.5)
-    sched = Scheduler([job], rate_limit=1000.0)
+    sched = Scheduler([job], rate_limit=1000.0, concurrency=200)  # a platform that takes them all at once
     overruns_before = metric("iot_collector_job_overruns_total", poll_job="device_status")
     skipped_before = metric("iot_collector_job_polls_skipped_in_flight_total", poll_job="device_status")
     sched.start()
@@ -241,3 +243,91 @@ async def test_first_polls_of_a_large_discovery_use_only_the_rate_the_plan_leave
             assert time.monotonic() - found_at < 15, len(calls)
     finally:
         await sched.stop(grace=0.1)
+
+
+async def test_dispatching_waits_for_room_when_the_platform_answers_slower_than_planned() -> None:
+    release = asyncio.Event()
+    calls: list[str] = []
+    in_flight, most = 0, 0
+
+    async def poll(ids: Sequence[str]) -> bool:
+        nonlocal in_flight, most
+        calls.append(ids[0])
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await release.wait()  # the platform does not answer until released
+        finally:
+            in_flight -= 1
+        return True
+
+    ids = [f"d{i}" for i in range(40)]
+    # 40 polls in 5 s is 8 requests/s, inside the rate limit of 10; at most 2 x 7 in flight.
+    sched = Scheduler([PollJob("device_status", 5.0, 1, lambda: ids, poll)], rate_limit=10.0, concurrency=7)
+    assert sched.max_in_flight == 14
+    waited_before = metric("iot_collector_job_dispatch_wait_seconds_total", poll_job="device_status")
+    sched.start()
+    try:
+        for _ in range(80):
+            if len(calls) >= 14:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)
+        # The slots of 12 more polls have passed since: none was started, the dispatch is waiting.
+        assert len(calls) == 14 and most == 14
+        assert metric("iot_collector_polls_in_flight") == 14
+        cycle = sched.status["device_status"].cycle
+        assert cycle is not None and cycle.dispatched == 14
+        release.set()
+        for _ in range(100):
+            if sched.status["device_status"].last is not None:
+                break
+            await asyncio.sleep(0.1)
+        last = sched.status["device_status"].last
+        assert last is not None and last.done == 40 and last.outcome == "ok" and last.waited > 1.0
+        assert sorted(calls) == sorted(ids) and most == 14
+        assert metric("iot_collector_job_dispatch_wait_seconds_total", poll_job="device_status") - waited_before > 1.0
+        assert metric("iot_collector_polls_in_flight") == 0
+    finally:
+        release.set()
+        await sched.stop(grace=1.0)
+
+
+async def test_a_finished_poll_is_not_kept_until_its_cycle_ends() -> None:
+    slow_answer = asyncio.Event()
+    slow_called = asyncio.Event()
+    finished: list[weakref.ref[asyncio.Task[Any]]] = []
+
+    async def poll(ids: Sequence[str]) -> bool:
+        if ids[0] == "slow":
+            slow_called.set()
+            await slow_answer.wait()
+        else:
+            task = asyncio.current_task()
+            assert task is not None
+            finished.append(weakref.ref(task))
+        return True
+
+    ids = ["slow"] + [f"d{i}" for i in range(20)]
+    sched = Scheduler([PollJob("device_status", 6.0, 1, lambda: ids, poll)], rate_limit=100.0)
+    sched.start()
+    try:
+        await asyncio.wait_for(slow_called.wait(), timeout=10)
+        for _ in range(60):
+            if len(finished) >= 5:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)
+        cycle = sched.status["device_status"].cycle
+        assert cycle is not None and cycle.open >= 1 and cycle.done >= 5  # held open by "slow"
+        gc.collect()
+        assert len(finished) >= 5 and [ref for ref in finished if ref() is not None] == []  # none kept
+        slow_answer.set()
+        for _ in range(80):
+            if sched.status["device_status"].last is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert sched.status["device_status"].last is cycle and cycle.done == 21 and cycle.outcome == "ok"
+    finally:
+        slow_answer.set()
+        await sched.stop(grace=1.0)
