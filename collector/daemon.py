@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import json
 import os
 import signal
@@ -29,6 +28,7 @@ from collector import __version__, metrics
 from collector.alerts.rules import compile_rules
 from collector.apitoken import provision_token
 from collector.config import Config, ConfigError, SettingError, load_config
+from collector.heap import HeapPolicy, freeze_heap
 from collector.inventory import Inventory, InventoryError, file_mtime, load_inventory
 from collector.logs import redact_urls, register_secret, url_secrets
 from collector.pipeline import Pipeline
@@ -53,15 +53,6 @@ SHUTDOWN_BUDGET = 9.0  # seconds: a stop finishes within 10 s, well inside Timeo
 LEDGER_SAVE_INTERVAL = 60.0  # seconds between saves of the report ledger (and at stop)
 DEMO_CUSTOMERS = ("acme", "globex", "initech", "umbrella")
 RUNTIME_FILE = "collector.json"
-
-
-def freeze_heap() -> None:
-    """Collect everything, then move the objects still alive (modules, configuration, the fleet's
-    records as loaded) to the permanent generation, which no later collection scans: the full
-    collections of a large fleet stop stalling the event loop. Objects in it are still freed by
-    reference counting when dropped."""
-    gc.collect()
-    gc.freeze()
 
 
 def register_config_secrets(config: Config) -> None:
@@ -148,6 +139,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.inventory = Inventory()
         self._collector: FleetCollector | None = None
+        self._heap = HeapPolicy()
         self._health: FieldRecord | None = None  # the collector's own alert entity, refreshed every 5 s
         self._inventory_mtime: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -224,7 +216,8 @@ class Daemon:
         self.pipeline = Pipeline(self.config, self.client, self.state, self.sinks.submit, self.alerts)
         # readyz waits for slow answers of the first cycle at most one request timeout.
         self.scheduler = Scheduler(self.pipeline.jobs(), self.config.platform.rate_limit,
-                                   ready_grace=self.config.platform.timeout)
+                                   ready_grace=self.config.platform.timeout,
+                                   concurrency=self.config.platform.max_concurrency)
         self.pipeline.discovered = self.scheduler.discovered
         self._log_budget()
         if self.config.http.enabled:
@@ -243,12 +236,15 @@ class Daemon:
             self._write_runtime_file()
         self._collector = FleetCollector(lambda: self.state, self._spool_state, lambda: self.config.http)
         metrics.REGISTRY.register(self._collector)
+        if self.http is not None:
+            self.http.fleet = self._collector
         self.scheduler.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         if self.config.logging.summary_interval > 0:
             self._tasks.append(asyncio.create_task(log_summaries(self.config.logging.summary_interval,
                                                                  self._summary_facts)))
         freeze_heap()
+        self._heap.start()
         if self.notifier.enabled:
             self._tasks.append(asyncio.create_task(self.notifier.watchdog()))
             self._tasks.append(asyncio.create_task(self.notifier.publish_status(self.status)))
@@ -412,6 +408,7 @@ class Daemon:
             metrics.REGISTRY.unregister(self._collector)
         if self._tracer is not None:
             self._tracer.close()
+        self._heap.stop()
         self.notifier.close()
         log.info("stopped")
 
