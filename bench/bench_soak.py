@@ -199,6 +199,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="allocation sites listed")
     parser.add_argument("--scrape-interval", type=float, default=15.0, metavar="SECONDS",
                         help="scrape /metrics this often, as Prometheus would (0: only twice)")
+    parser.add_argument("--types", type=int, default=12, help="types listed with the most objects the collector scans")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, config)")
     args = parser.parse_args()
 
@@ -244,7 +245,8 @@ def main() -> None:
             time.sleep(min(SAMPLE_EVERY, max(started + duration - now, 0.1)))
         end_text = scrape(url)
         samples.append((time.monotonic() - started, rss_mb(daemon.pid)))
-        report = httpx.get(url + "/debug/memory", params={"top": str(args.top)}, timeout=600).json()
+        report = httpx.get(url + "/debug/memory", params={"top": str(args.top), "types": str(args.types)},
+                           timeout=600).json()
         devices, sims = entities(url)
         load = os.getloadavg()
     finally:
@@ -281,6 +283,10 @@ def main() -> None:
         for gen, p in report["gc_pauses"].items()))
     print(f"objects frozen out of the collector's scans: {middle['gc_frozen']} in the middle, "
           f"{report['gc_frozen']} at the end; GC thresholds {report['gc_thresholds']}")
+    if report.get("types"):
+        print(f"objects the collector scans at the end: {report['gc_tracked']}; the types with the most:")
+        for kind in report["types"]:
+            print(f"  {kind['count']:10d}  {kind['type']}")
     if report["top"]:
         print(f"tracemalloc over the second half ({report['seconds']:.0f} s): traced "
               f"{report['traced_bytes'] / 1e6:.1f} MB; top growing allocation sites (size, count, where):")

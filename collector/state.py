@@ -487,7 +487,12 @@ class FleetState:
             return Change()
         # The state keeps SIMs in SimState and events only until written: drop them from the kept
         # observation so a device's memory does not grow with its event log or stale SIM copies.
-        state.obs = replace(obs, events=(), sims=()) if obs.events or obs.sims else obs
+        kept: dict[str, Any] = {"events": (), "sims": ()} if obs.events or obs.sims else {}
+        held = state.obs
+        if held is not None and obs.location is not None and held.location == obs.location:
+            # A device seldom moves: the held location is kept rather than one more object per poll.
+            kept["location"] = held.location
+        state.obs = replace(obs, **kept) if kept else obs
         state.polled_at = obs.polled_at
         state.online = obs.online
         state.staleness_seconds = _status_age(obs, obs.polled_at)
@@ -639,25 +644,30 @@ class FleetState:
     # --- summaries ----------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Entities by kind and state, for /metrics and `status`. Each entity is in exactly one state,
-        so the states of a kind add up to the number of its entities. Devices: `not_found` (the
-        platform does not know it), else `failing` (its last poll failed), else `online` /
-        `offline` as last observed, else `unknown`. SIMs: `not_found`, else `polled` or `unpolled`."""
-        not_found = self.not_found
-        devices = {"online": 0, "offline": 0, "unknown": 0, "failing": 0, "not_found": 0}
-        for d in self.devices.values():
-            if not_found and ("device", d.device_no) in not_found:
-                devices["not_found"] += 1
-            elif d.consecutive_failures:
-                devices["failing"] += 1
-            else:
-                online = d.obs.online if d.obs else None
-                devices["unknown" if online is None else "online" if online else "offline"] += 1
-        sims = {"polled": 0, "unpolled": 0, "not_found": 0}
-        for s in self.sims.values():
-            sims["not_found" if not_found and ("sim", s.iccid) in not_found
-                 else "polled" if s.obs is not None else "unpolled"] += 1
-        return {"device": devices, "sim": sims}
+        """Entities by kind and state, for /metrics and `status` (see `count_states`)."""
+        return count_states(self.devices.values(), self.sims.values(), self.not_found)
+
+
+def count_states(devices: Iterable[DeviceState], sims: Iterable[SimState],
+                 not_found: Mapping[tuple[str, str], Any]) -> dict[str, dict[str, int]]:
+    """Entities by kind and state. Each entity is in exactly one state, so the states of a kind add
+    up to the number of its entities. Devices: `not_found` (the platform does not know it), else
+    `failing` (its last poll failed), else `online` / `offline` as last observed, else `unknown`.
+    SIMs: `not_found`, else `polled` or `unpolled`."""
+    by_device = {"online": 0, "offline": 0, "unknown": 0, "failing": 0, "not_found": 0}
+    for d in devices:
+        if not_found and ("device", d.device_no) in not_found:
+            by_device["not_found"] += 1
+        elif d.consecutive_failures:
+            by_device["failing"] += 1
+        else:
+            online = d.obs.online if d.obs else None
+            by_device["unknown" if online is None else "online" if online else "offline"] += 1
+    by_sim = {"polled": 0, "unpolled": 0, "not_found": 0}
+    for s in sims:
+        by_sim["not_found" if not_found and ("sim", s.iccid) in not_found
+               else "polled" if s.obs is not None else "unpolled"] += 1
+    return {"device": by_device, "sim": by_sim}
 
 
 def merge(changes: Sequence[Change]) -> Change:

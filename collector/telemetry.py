@@ -28,7 +28,9 @@ import hmac
 import os
 import time
 import tracemalloc
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,9 +42,22 @@ from prometheus_client.registry import Collector
 
 from collector import metrics
 from collector.config import HttpConfig, host_name
-from collector.state import FleetState
+from collector.state import DeviceState, FleetState, SimState, count_states
 
 log = structlog.get_logger("collector.telemetry")
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    """What one scrape reads of the fleet, taken on the event loop: lists of the records (a scrape in a
+    worker thread never iterates a dict the loop changes), the not-found marks, the spool's figures."""
+
+    devices: list[DeviceState]
+    sims: list[SimState]
+    not_found: dict[tuple[str, str], Any]
+    spool_bytes: int
+    spool_oldest_age: float | None
+    http: HttpConfig
 
 
 class FleetCollector(Collector):
@@ -52,7 +67,11 @@ class FleetCollector(Collector):
     Per-entity gauges carry the entity's id and the inventory labels named in
     `http.entity_metrics_labels` (empty when an entity has none). Past `http.entity_metrics_limit`
     entities of a kind, the rest are left out: counted in `iot_collector_entity_metrics_cut_series`
-    and logged once."""
+    and logged once.
+
+    At 100,000 devices a scrape takes about a second of Python: `/metrics` takes a snapshot on the
+    event loop (`snapshot`, milliseconds) and renders in a worker thread, which `collect` then reads,
+    so the loop keeps polling meanwhile. Without a snapshot, `collect` takes one itself."""
 
     def __init__(self, state: Callable[[], FleetState], spool: Callable[[], tuple[int, float | None]],
                  config: Callable[[], HttpConfig]) -> None:
@@ -60,24 +79,37 @@ class FleetCollector(Collector):
         self._spool = spool
         self._config = config
         self._warned: set[str] = set()
+        self._snapshot: FleetSnapshot | None = None
 
     def describe(self) -> Iterable[Any]:
         return []  # dynamic: nothing to check at registration
 
+    def take_snapshot(self) -> FleetSnapshot:
+        state = self._state()
+        spool_bytes, oldest = self._spool()
+        return FleetSnapshot(list(state.devices.values()), list(state.sims.values()), dict(state.not_found),
+                             spool_bytes, oldest, self._config())
+
+    def snapshot(self) -> None:
+        """On the event loop: take what the next `collect` reads."""
+        self._snapshot = self.take_snapshot()
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        state, http = self._state(), self._config()
+        snap, self._snapshot = self._snapshot, None
+        if snap is None:
+            snap = self.take_snapshot()
+        http = snap.http
         p = metrics.P
         entities = GaugeMetricFamily(f"{p}_entities", "Tracked entities by kind and state (each entity in one state)",
                                      labels=["kind", "state"])
-        for kind, by_state in state.counts().items():
+        for kind, by_state in count_states(snap.devices, snap.sims, snap.not_found).items():
             for name, count in by_state.items():
                 entities.add_metric([kind, name], count)
         yield entities
-        spool_bytes, oldest = self._spool()
         yield GaugeMetricFamily(f"{p}_spool_bytes", "Bytes in the durable spool not yet sent to every sink",
-                                value=spool_bytes)
+                                value=snap.spool_bytes)
         yield GaugeMetricFamily(f"{p}_spool_oldest_age_seconds", "Age of the oldest point not yet sent",
-                                value=oldest or 0.0)
+                                value=snap.spool_oldest_age or 0.0)
         if not http.entity_metrics:
             return
         limit, extra = http.entity_metrics_limit, list(http.entity_metrics_labels)
@@ -88,32 +120,32 @@ class FleetCollector(Collector):
         used = GaugeMetricFamily(f"{p}_sim_used_bytes", "SIM data used in the cycle", labels=sim_labels)
         total = GaugeMetricFamily(f"{p}_sim_total_bytes", "SIM package allowance", labels=sim_labels)
         shown = cut_devices = 0
-        for d in state.devices.values():
+        for d in snap.devices:
             o = d.obs
             if o is None:
                 continue
-            values = ((rssi, o.rssi_dbm), (battery, None if o.battery_percent is None else o.battery_percent / 100),
-                      (online, None if o.online is None else 1 if o.online else 0))
             if shown >= limit:
-                cut_devices += sum(1 for _, v in values if v is not None)
+                cut_devices += ((o.rssi_dbm is not None) + (o.battery_percent is not None)
+                                + (o.online_status is not None))
                 continue
             shown += 1
             names = [d.device_no, *(d.labels.get(name, "") for name in extra)]
-            for family, value in values:
+            for family, value in ((rssi, o.rssi_dbm),
+                                  (battery, None if o.battery_percent is None else o.battery_percent / 100),
+                                  (online, None if o.online is None else 1 if o.online else 0)):
                 if value is not None:
                     family.add_metric(names, value)
         shown = cut_sims = 0
-        for s in state.sims.values():
+        for s in snap.sims:
             so = s.obs
             if so is None:
                 continue
-            pairs = ((used, so.used_bytes), (total, so.total_bytes))
             if shown >= limit:
-                cut_sims += sum(1 for _, v in pairs if v is not None)
+                cut_sims += (so.used_bytes is not None) + (so.total_bytes is not None)
                 continue
             shown += 1
             names = [s.iccid, s.device_no, *(s.labels.get(name, "") for name in extra)]
-            for family, value in pairs:
+            for family, value in ((used, so.used_bytes), (total, so.total_bytes)):
                 if value is not None:
                     family.add_metric(names, value)
         cut = GaugeMetricFamily(f"{p}_entity_metrics_cut_series",
@@ -266,6 +298,14 @@ def _rss_bytes() -> int | None:
         return None
 
 
+def tracked_types(top: int) -> tuple[int, list[dict[str, Any]]]:
+    """How many objects the garbage collector tracks outside the frozen heap, and the `top` types
+    with the most of them (`module.QualName`)."""
+    counts: Counter[type] = Counter(type(obj) for obj in gc.get_objects())
+    return sum(counts.values()), [{"type": f"{kind.__module__}.{kind.__qualname__}", "count": count}
+                                  for kind, count in counts.most_common(top)]
+
+
 class MemoryTracer:
     """What makes memory grow or the loop stall, for diagnosis: off unless the environment variable
     `IOT_COLLECTOR_TRACEMALLOC` is set. Its value is the number of stack frames tracemalloc keeps
@@ -327,9 +367,11 @@ class MemoryTracer:
             tracemalloc.Filter(False, "<unknown>"),
         ))
 
-    def report(self, top: int = 25, rebase: bool = False) -> dict[str, Any]:
+    def report(self, top: int = 25, rebase: bool = False, types: int = 0) -> dict[str, Any]:
         """The allocation sites that grew most since the baseline (sizes in bytes), RSS, and the
-        garbage collector's pauses since the baseline."""
+        garbage collector's pauses since the baseline. With `types`, also that many types with the
+        most objects the collector tracks outside the frozen heap (what every full collection
+        scans; counting them walks the whole heap)."""
         now = self._snapshot()
         grown: list[dict[str, Any]] = []
         traced: dict[str, int] = {}
@@ -345,6 +387,8 @@ class MemoryTracer:
                "frames": self.frames, **traced, "rss_bytes": _rss_bytes(), "gc_counts": gc.get_count(),
                "gc_thresholds": gc.get_threshold(), "gc_frozen": gc.get_freeze_count(), "gc_pauses": pauses,
                "top": grown}
+        if types > 0:
+            out["gc_tracked"], out["types"] = tracked_types(types)
         if rebase:
             self._baseline, self._baseline_at = now, time.time()
             for stats_of_generation in self.gc_pauses.values():
@@ -378,6 +422,8 @@ class HttpServer:
             self.app.add_routes([web.get("/debug/memory", self._debug_memory)])
         self._runner: web.AppRunner | None = None
         self.port = config.port
+        self.fleet: FleetCollector | None = None  # snapshot on the loop before each scrape
+        self._scrape_lock = asyncio.Lock()
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -396,7 +442,11 @@ class HttpServer:
             self._runner = None
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        body = generate_latest(metrics.REGISTRY)
+        # One scrape at a time: the snapshot taken here on the loop is the one its thread renders.
+        async with self._scrape_lock:
+            if self.fleet is not None:
+                self.fleet.snapshot()
+            body = await asyncio.to_thread(generate_latest, metrics.REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
@@ -415,7 +465,11 @@ class HttpServer:
             top = int(request.query.get("top", "25"))
         except ValueError:
             return web.json_response({"error": "top must be a number"}, status=400)
+        try:
+            types = int(request.query.get("types", "0"))
+        except ValueError:
+            return web.json_response({"error": "types must be a number"}, status=400)
         rebase = request.query.get("rebase", "") in ("1", "true", "yes")
         # In a thread: comparing snapshots of a large heap takes seconds of mostly Python code.
-        report = await asyncio.to_thread(self._tracer.report, max(top, 1), rebase=rebase)
+        report = await asyncio.to_thread(self._tracer.report, max(top, 1), rebase=rebase, types=types)
         return web.json_response(report)

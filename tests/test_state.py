@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
-from collector.platform.models import DAY, DeviceEvent, DeviceObservation, SimObservation
+from collector.platform.models import DAY, DeviceEvent, DeviceObservation, Location, SimObservation
 from collector.state import FIELDS, FieldRecord, FleetState, SimState, add_month, field_values
 
 T0 = dt.datetime(2026, 1, 31, 16, 0, tzinfo=dt.UTC).timestamp()
@@ -163,3 +164,19 @@ def test_a_card_usage_poll_extends_the_usage_history_and_keeps_what_it_does_not_
     assert sim.obs is not None and sim.obs.cycle_start == T0 and sim.obs.slot == 1  # kept from the device poll
     assert sim.usage_rate_bytes_per_second == 1.0  # 3600 bytes in an hour
     assert field_values("sim", sim, T0 + 3600)["remaining_bytes"] == 0
+
+
+def test_a_device_that_has_not_moved_keeps_its_location_object() -> None:
+    state = FleetState()
+    state.sync_inventory({"d1": {}}, {})
+    here, there = Location("11", "1101", "Beijing"), Location("31", "3101", "Shanghai")
+    state.observe_device(replace(device("d1", T0, 10), location=here))
+    state.observe_device(replace(device("d1", T0 + 300, 20), location=Location("11", "1101", "Beijing")))
+    held = state.devices["d1"].obs
+    assert held is not None and held.location is here and held.polled_at == T0 + 300 and held.sims == ()
+    state.observe_device(replace(device("d1", T0 + 600, 30), location=there))
+    held = state.devices["d1"].obs
+    assert held is not None and held.location is there
+    state.observe_device(device("d1", T0 + 900, 40))  # an answer without a location has none
+    held = state.devices["d1"].obs
+    assert held is not None and held.location is None
