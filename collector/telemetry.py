@@ -84,7 +84,7 @@ class FleetCollector(Collector):
     def describe(self) -> Iterable[Any]:
         return []  # dynamic: nothing to check at registration
 
-    def take_snapshot(self) -> FleetSnapshot:
+    def _take(self) -> FleetSnapshot:
         state = self._state()
         spool_bytes, oldest = self._spool()
         return FleetSnapshot(list(state.devices.values()), list(state.sims.values()), dict(state.not_found),
@@ -92,12 +92,12 @@ class FleetCollector(Collector):
 
     def snapshot(self) -> None:
         """On the event loop: take what the next `collect` reads."""
-        self._snapshot = self.take_snapshot()
+        self._snapshot = self._take()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         snap, self._snapshot = self._snapshot, None
         if snap is None:
-            snap = self.take_snapshot()
+            snap = self._take()
         http = snap.http
         p = metrics.P
         entities = GaugeMetricFamily(f"{p}_entities", "Tracked entities by kind and state (each entity in one state)",

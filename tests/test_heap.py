@@ -27,7 +27,7 @@ async def test_what_survives_a_full_collection_is_frozen_and_still_freed_when_dr
     try:
         kept = [Node() for _ in range(5000)]
         await full_collection()
-        assert policy.freezes == 1 and gc.get_freeze_count() >= 5000
+        assert policy.freezes >= 1 and gc.get_freeze_count() >= 5000
         probe = weakref.ref(kept[0])
         frozen = gc.get_freeze_count()
         del kept
@@ -51,7 +51,7 @@ async def test_a_cycle_that_froze_is_freed_after_a_thaw() -> None:
         assert probe() is not None  # what a freeze cannot free
         policy.thaw_interval = 0  # the thaw is due
         await full_collection()  # after it: everything thawed
-        assert policy.thaws == 1 and gc.get_freeze_count() == 0
+        assert policy.thaws >= 1 and gc.get_freeze_count() == 0
         gc.collect()
         assert probe() is None
     finally:
