@@ -39,7 +39,7 @@ from collector.sdnotify import Notifier, status_line
 from collector.sinks.pipeline import SinkPipeline
 from collector.state import FieldRecord, FleetState
 from collector.summary import log_summaries
-from collector.telemetry import FleetCollector, HttpServer, MemoryTracer, watch_loop_lag
+from collector.telemetry import FleetMetrics, HttpServer, MemoryTracer, watch_loop_lag
 
 if TYPE_CHECKING:  # optional parts, imported when configured
     from aiohttp.web import RouteDef
@@ -138,7 +138,6 @@ class Daemon:
         self.http: HttpServer | None = None
         self.pipeline: Pipeline | None = None
         self.inventory = Inventory()
-        self._collector: FleetCollector | None = None
         self._heap = HeapPolicy()
         self._health: FieldRecord | None = None  # the collector's own alert entity, refreshed every 5 s
         self._inventory_mtime: float | None = None
@@ -234,10 +233,8 @@ class Daemon:
                 http = self.config.http
                 raise SettingError(listen_problem("http", http.listen, http.port, exc)) from None
             self._write_runtime_file()
-        self._collector = FleetCollector(lambda: self.state, self._spool_state, lambda: self.config.http)
-        metrics.REGISTRY.register(self._collector)
         if self.http is not None:
-            self.http.fleet = self._collector
+            self.http.fleet = FleetMetrics(lambda: self.state, self._spool_state, lambda: self.config.http)
         self.scheduler.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         if self.config.logging.summary_interval > 0:
@@ -404,8 +401,6 @@ class Daemon:
             await self.http.stop()
         if self.simulator is not None:
             await self.simulator.stop()
-        if self._collector is not None:
-            metrics.REGISTRY.unregister(self._collector)
         if self._tracer is not None:
             self._tracer.close()
         self._heap.stop()

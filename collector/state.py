@@ -24,6 +24,7 @@ import functools
 import json
 import operator
 import os
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -177,6 +178,58 @@ class DeviceState:
         return None if self.polled_at is None else now - self.polled_at
 
 
+class UsageHistory:
+    """A SIM's usage readings, (platform flow time, used bytes), oldest first, all in the current
+    billing cycle: at most USAGE_SAMPLES, and none older than USAGE_WINDOW_SECONDS before the newest
+    (the two newest always kept). One block of 2 * USAGE_SAMPLES doubles, allocated at the first
+    reading, so a SIM's memory does not grow as its history fills: 200,000 full histories take 70 MB
+    this way, 420 MB as lists of tuples. Byte counts are exact as doubles up to 9 PB."""
+
+    __slots__ = ("_data", "_n")
+
+    def __init__(self, readings: Iterable[tuple[float, int]] = ()) -> None:
+        self._data: array[float] | None = None
+        self._n = 0
+        for at, used in readings:
+            self.record(at, used)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def record(self, at: float, used: int) -> None:
+        """One reading. One not newer than the last is ignored; one that is newer but lower starts the
+        history again (a new billing cycle, or a correction: the old rate means nothing now)."""
+        data, n = self._data, self._n
+        if data is None:
+            data = self._data = array("d", bytes(16 * USAGE_SAMPLES))
+        elif n:
+            if at <= data[2 * n - 2]:
+                return
+            if used < data[2 * n - 1]:
+                n = 0
+        drop = 0
+        while n - drop >= 2 and (n - drop >= USAGE_SAMPLES or at - data[2 * drop] > USAGE_WINDOW_SECONDS):
+            drop += 1
+        if drop:
+            data[:2 * (n - drop)] = data[2 * drop:2 * n]
+            n -= drop
+        data[2 * n], data[2 * n + 1] = at, used
+        self._n = n + 1
+
+    def rate(self) -> float | None:
+        """Bytes per second from the oldest reading to the newest, None until two readings at least
+        60 s apart."""
+        data, n = self._data, self._n
+        if data is None or n < 2:
+            return None
+        t0, u0, t1, u1 = data[0], data[1], data[2 * n - 2], data[2 * n - 1]
+        return None if t1 - t0 < 60 else (u1 - u0) / (t1 - t0)
+
+    def readings(self) -> list[tuple[float, int]]:
+        data = self._data
+        return [] if data is None else [(data[2 * i], int(data[2 * i + 1])) for i in range(self._n)]
+
+
 @dataclass(slots=True)
 class SimState:
     iccid: str
@@ -185,9 +238,7 @@ class SimState:
     obs: SimObservation | None = None
     polled_at: float | None = None
     effective: bool | None = None
-    # (platform flow time, used bytes) within the current cycle, oldest first; a small list, not a
-    # deque: at 200k SIMs an empty deque's 600-byte block would be a third of the state's memory.
-    usage: list[tuple[float, int]] = field(default_factory=list)
+    usage: UsageHistory = field(default_factory=UsageHistory)
     # When the platform refreshed the usage numbers held in `obs` (its flow time, else the poll time).
     usage_at: float | None = None
     last_error: str | None = None
@@ -211,29 +262,9 @@ class SimState:
         return True
 
     def record_usage(self, at: float, used: int | None) -> None:
-        """One usage reading as of platform time `at`. A reading not newer than the last one is
-        ignored; one that is newer but lower starts the history again."""
-        if used is None:
-            return
-        if self.usage and at <= self.usage[-1][0]:
-            return
-        if self.usage and used < self.usage[-1][1]:
-            self.usage.clear()  # a new billing cycle (or a correction): the old rate means nothing now
-        self.usage.append((at, used))
-        drop = 0
-        while len(self.usage) - drop > 2 and (at - self.usage[drop][0] > USAGE_WINDOW_SECONDS
-                                             or len(self.usage) - drop > USAGE_SAMPLES):
-            drop += 1
-        if drop:
-            del self.usage[:drop]
-
-    def usage_rate(self) -> float | None:
-        """Bytes per second over the recent window, None until two samples at least 60 s apart."""
-        usage = self.usage
-        if len(usage) < 2:
-            return None
-        (t0, u0), (t1, u1) = usage[0], usage[-1]
-        return None if t1 - t0 < 60 else (u1 - u0) / (t1 - t0)
+        """One usage reading as of platform time `at` (see `UsageHistory.record`)."""
+        if used is not None:
+            self.usage.record(at, used)
 
     def cycle_end(self) -> float | None:
         o = self.obs
@@ -254,7 +285,7 @@ class SimState:
             return
         remaining = o.remaining_bytes
         self.remaining_ratio = o.remaining_ratio
-        rate = self.usage_rate_bytes_per_second = self.usage_rate()
+        rate = self.usage_rate_bytes_per_second = self.usage.rate()
         exhausts = None
         if remaining is not None and rate is not None and rate > 0:
             end = self.cycle_end()
@@ -383,7 +414,7 @@ class FleetState:
         # ICCIDs tracked for the first time since the last `take_new_sims` (None: nobody asks).
         self._new_sims: list[str] | None = None
         # Usage histories read from the state directory, handed to each SIM when it is tracked again.
-        self._saved_usage: dict[str, tuple[float | None, list[tuple[float, int]]]] = {}
+        self._saved_usage: dict[str, tuple[float | None, UsageHistory]] = {}
 
     # --- inventory ---------------------------------------------------------------------------------
 
@@ -603,7 +634,7 @@ class FleetState:
 
     def save_usage(self, state_dir: str | os.PathLike[str]) -> bool:
         """Writes every SIM's usage history (atomically); False, logged, when the disk refuses."""
-        sims = {i: {"at": s.usage_at, "usage": s.usage} for i, s in self.sims.items() if s.usage}
+        sims = {i: {"at": s.usage_at, "usage": s.usage.readings()} for i, s in self.sims.items() if s.usage}
         if not sims:  # nothing learnt (or a start that failed): leave whatever is there alone
             return True
         path = Path(state_dir) / USAGE_FILE
@@ -627,7 +658,7 @@ class FleetState:
             if not isinstance(data, dict) or data.get("version") != 1:
                 raise ValueError("not a usage file of this version")
             saved = {str(i): (None if s["at"] is None else float(s["at"]),
-                              [(float(t), int(u)) for t, u in s["usage"]][-USAGE_SAMPLES:])
+                              UsageHistory((float(t), int(u)) for t, u in s["usage"]))
                      for i, s in data["sims"].items()}
         except FileNotFoundError:
             return

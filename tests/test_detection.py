@@ -171,7 +171,7 @@ async def test_the_exhaustion_forecast_holds_its_for_while_hourly_and_ten_minute
         assert fired_at is not None and fired_at - (T0 + first * 300.0) <= 3600.0 + 300.0, hungry
         assert set(states[LASTS[1]]) == {"inactive"}, states[LASTS[1]]
         # The usage history moved only with newer platform data: its times never go backwards.
-        history = state.sims[RUNS_OUT[1]].usage
+        history = state.sims[RUNS_OUT[1]].usage.readings()
         assert [t for t, _ in history] == sorted({t for t, _ in history})
     finally:
         await engine.stop()
@@ -191,14 +191,14 @@ def test_a_card_usage_answer_older_than_the_usage_held_does_not_move_it() -> Non
     state.observe_device(_answer(device_no, iccid, used0, rate, T0, 600.0))
     sim = state.sims[iccid]
     assert sim.obs is not None
-    held, history = sim.obs.used_bytes, list(sim.usage)
+    held, history = sim.obs.used_bytes, sim.usage.readings()
     older = SimObservation(iccid=iccid, total_bytes=10 * GIB, used_bytes=int(used0), cycle_start=CYCLE_START,
                            flow_at=(T0 // 600) * 600 - 3600, polled_at=T0 + 10)
     CARD_USAGE.observe(state, [older])
-    assert (sim.obs.used_bytes, sim.usage, sim.obs.polled_at) == (held, history, T0 + 10)
+    assert (sim.obs.used_bytes, sim.usage.readings(), sim.obs.polled_at) == (held, history, T0 + 10)
     newer = replace(older, used_bytes=held + 1024, flow_at=(T0 // 600) * 600 + 600, polled_at=T0 + 700)
     CARD_USAGE.observe(state, [newer])
-    assert sim.obs.used_bytes == held + 1024 and sim.usage[-1] == ((T0 // 600) * 600 + 600, held + 1024)
+    assert sim.obs.used_bytes == held + 1024 and sim.usage.readings()[-1] == ((T0 // 600) * 600 + 600, held + 1024)
 
 
 def test_usage_histories_survive_a_restart_through_the_state_directory(tmp_path: Path) -> None:
@@ -216,7 +216,7 @@ def test_usage_histories_survive_a_restart_through_the_state_directory(tmp_path:
     # The first answer after the restart repeats the last refresh: the rate is known at once.
     again.observe_device(_answer(device_no, iccid, used0, rate, T0 + 1300, 600.0))
     after = again.sims[iccid]
-    assert after.usage == before.usage
+    assert after.usage.readings() == before.usage.readings() != []
     assert after.usage_rate_bytes_per_second == pytest.approx(before.usage_rate_bytes_per_second)
     assert after.exhausts_before_cycle_end is True
     (tmp_path / "usage.json").write_text("{not json")

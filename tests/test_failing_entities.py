@@ -43,7 +43,7 @@ def test_a_device_the_platform_does_not_know_is_asked_for_once_then_backs_off(tm
             assert entry["until"] - time.time() > 200  # the first pause is 5-10 minutes
             assert status["entities"]["device"]["not_found"] == 1
             metrics = daemon.get("/metrics").text
-            assert 'iot_collector_entities{kind="device",state="not_found"} 1.0' in metrics
+            assert 'iot_collector_entities{kind="device",state="not_found"} 1\n' in metrics
             text = subprocess.run([sys.executable, "-m", "collector", "status", "--url", daemon.url],
                                   capture_output=True, text=True, cwd=REPO, timeout=30).stdout
             assert unknown in text and "not found" in text

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import tracemalloc
 from dataclasses import replace
 
 from collector.platform.models import DAY, DeviceEvent, DeviceObservation, Location, SimObservation
-from collector.state import FIELDS, FieldRecord, FleetState, SimState, add_month, field_values
+from collector.state import (
+    FIELDS,
+    USAGE_SAMPLES,
+    USAGE_WINDOW_SECONDS,
+    FieldRecord,
+    FleetState,
+    SimState,
+    UsageHistory,
+    add_month,
+    field_values,
+)
 
 T0 = dt.datetime(2026, 1, 31, 16, 0, tzinfo=dt.UTC).timestamp()
 
@@ -33,7 +44,7 @@ def test_usage_rate_forecast_and_reset_at_a_new_cycle() -> None:
     sim.record_usage(T0 + 3600, 2_000)
     sim.record_usage(T0 + 7200, 4_000)
     sim.derive()
-    assert sim.usage_rate() == sim.usage_rate_bytes_per_second == 2_000 / 3600
+    assert sim.usage.rate() == sim.usage_rate_bytes_per_second == 2_000 / 3600
     fields = field_values("sim", sim, T0 + 9000)
     assert fields["remaining_bytes"] == 6_000 and fields["remaining_ratio"] == 0.6
     assert fields["seconds_to_exhaustion"] == 6_000 / (2_000 / 3600)
@@ -41,8 +52,42 @@ def test_usage_rate_forecast_and_reset_at_a_new_cycle() -> None:
     assert fields["seconds_to_cycle_end"] == add_month(T0) - (T0 + 7200)  # as of the poll, not the clock
     assert fields["days_to_expiry"] == 2.5
     sim.record_usage(T0 + 10800, 100)  # usage went down: a new cycle, the old rate is meaningless
-    assert sim.usage_rate() is None
+    assert sim.usage.rate() is None
 
+
+def test_a_usage_history_keeps_the_newest_readings_within_its_window() -> None:
+    history = UsageHistory()
+    for step in range(USAGE_SAMPLES + 5):
+        history.record(T0 + 300 * step, 1_000 * step)
+    history.record(T0 + 300 * (USAGE_SAMPLES + 4), 10**9)  # not newer than the last: ignored
+    readings = history.readings()
+    assert len(history) == len(readings) == USAGE_SAMPLES
+    assert readings == [(T0 + 300 * step, 1_000 * step) for step in range(5, USAGE_SAMPLES + 5)]
+    assert history.rate() == 1_000 / 300
+    # A reading a day later leaves the oldest ones behind, but the two newest make a rate.
+    history.record(T0 + USAGE_WINDOW_SECONDS * 2, 10**12 + 2**40)
+    assert history.readings() == [readings[-1], (T0 + USAGE_WINDOW_SECONDS * 2, 10**12 + 2**40)]
+    # Usage that went down starts again; so does a history restored from readings out of order.
+    history.record(T0 + USAGE_WINDOW_SECONDS * 3, 5)
+    assert history.readings() == [(T0 + USAGE_WINDOW_SECONDS * 3, 5)] and history.rate() is None
+    assert UsageHistory([(T0 + 600, 3), (T0, 1), (T0 + 1200, 9)]).readings() == [(T0 + 600, 3), (T0 + 1200, 9)]
+
+
+def test_a_sims_memory_does_not_grow_as_its_usage_history_fills() -> None:
+    histories = [UsageHistory() for _ in range(1_000)]
+    for history in histories:
+        history.record(T0, 0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for step in range(1, 3 * USAGE_SAMPLES):
+            for history in histories:
+                history.record(T0 + 300 * step, 1_000 * step)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert all(len(h) == USAGE_SAMPLES for h in histories)
+    assert grown < 1_000, grown  # no byte per SIM: the block was allocated at the first reading
 
 def test_slow_usage_does_not_exhaust_before_the_cycle_ends_and_unknowns_stay_unknown() -> None:
     sim = SimState("x", {})
