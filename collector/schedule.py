@@ -42,7 +42,7 @@ import functools
 import math
 import time
 import zlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,25 +107,50 @@ class PollJob:
     poll: PollFn
     kind: str = "device"
     planned: Callable[[], int] | None = None
+    _ids: list[str] = field(default_factory=list, init=False, repr=False)  # the last ids ordered
+    _order: list[str] = field(default_factory=list, init=False, repr=False)
 
     def planned_count(self) -> int:
         if self.batch_limit == 0:
             return 1
         return self.planned() if self.planned is not None else len(self.entities())
 
-    def work_items(self, entities: Sequence[str] | None = None) -> list[tuple[float, tuple[str, ...]]]:
-        """(offset fraction in [0, 1), ids) for one cycle, sorted by offset, of `entities` (by default
-        the job's entities now). Pure: the scheduler runs it in a worker thread for a large fleet."""
+    def order(self, entities: Sequence[str] | None = None) -> list[str]:
+        """The ids of one cycle (by default the job's entities now) in the order of their places: by
+        the CRC-32 of job name and id, so each keeps its place every cycle, whatever the inventory's
+        order. Kept while the ids stay the same: at 200,000 ids, ordering takes a quarter of a second
+        of the event loop, comparing with the last cycle's ids a hundredth."""
+        ids = list(self.entities() if entities is None else entities)
+        if ids != self._ids:
+            prefix = zlib.crc32(f"{self.name}:".encode())  # the CRC of "name:id", continued from "name:"
+            keys = [zlib.crc32(i.encode(), prefix) / 2.0**32 for i in ids]  # floats: the faster sort
+            self._ids, self._order = ids, [ids[k] for k in sorted(range(len(ids)), key=keys.__getitem__)]
+        return self._order
+
+    def work_items(self, ordered: Sequence[str] | None = None) -> Iterator[tuple[float, tuple[str, ...]]]:
+        """(offset fraction in [0, 1), ids) of one cycle's requests in offset order, made as they are
+        consumed, from `ordered` (by default `order()`). Batch k of n goes at k / n plus the job's
+        phase (so requests are exactly evenly spread and jobs are staggered), wrapping past 1."""
         phase = stable_fraction("job:" + self.name)
         if self.batch_limit == 0:
-            return [(phase, ())]
-        prefix = zlib.crc32(f"{self.name}:".encode())  # the CRC of "name:id", continued from "name:"
-        ids = sorted(self.entities() if entities is None else entities,
-                     key=lambda i: zlib.crc32(i.encode(), prefix))
+            yield phase, ()
+            return
+        ids = self.order() if ordered is None else ordered
         size = max(self.batch_limit, 1)
-        batches = [tuple(ids[i:i + size]) for i in range(0, len(ids), size)]
-        n = len(batches)
-        return sorted((((k / n) + phase) % 1.0, batch) for k, batch in enumerate(batches))
+        n = -(-len(ids) // size)
+        if n == 0:
+            return
+
+        def fraction(k: int) -> float:
+            return (k / n + phase) % 1.0
+
+        # The batch with the smallest fraction goes first: the first to wrap past 1 (computed, then
+        # settled among its neighbours against rounding).
+        wrap = math.ceil((1.0 - phase) * n)
+        first = min(((wrap + d) % n for d in (-1, 0, 1)), key=lambda k: (fraction(k), k))
+        for j in range(n):
+            k = (first + j) % n
+            yield fraction(k), tuple(ids[k * size:(k + 1) * size])
 
 
 @dataclass(eq=False)
@@ -501,11 +526,11 @@ class Scheduler:
         first = self._origin.get(name, now)
         start = first + max(0, math.floor((now - first) / interval + 0.01)) * interval if interval > 0 else now
         status.last_start, status.runs = now, status.runs + 1
-        # Ordering 200,000 ids takes a tenth of a second or more: in a worker thread, off the loop.
-        items = await asyncio.to_thread(job.work_items, list(job.entities())) if job.batch_limit else job.work_items()
-        if self._stopping.is_set():
-            return
-        if not items:
+        # On the loop: a worker thread doing Python for a quarter of a second would hold the interpreter
+        # lock against every I/O call of the loop, stalling it for seconds. The order is kept while
+        # the ids stay the same (see PollJob.order).
+        ordered = job.order() if job.batch_limit else []
+        if job.batch_limit and not ordered:
             # Nothing to poll yet (SIMs are discovered by the device jobs), or every entity is backing
             # off: look again soon rather than a whole interval later.
             if status.first is None:
@@ -514,14 +539,14 @@ class Scheduler:
             self._scheduler.modify_job(name, next_run_time=_dt(now + retry))
             self._origin[name] = now + retry
             return
-        cycle = Cycle(start, sum(max(len(ids), 1) for _, ids in items))
+        cycle = Cycle(start, len(ordered) if job.batch_limit else 1)
         status.cycle = cycle
         if status.first is None:
             status.first = cycle
         # Spread over the interval less a small guard, so dispatching never runs into the next cycle.
         spread = interval - min(1.0, interval * 0.02)
         try:
-            cycle.complete = await self._dispatch(name, job, status, cycle, spread, items)
+            cycle.complete = await self._dispatch(name, job, status, cycle, spread, job.work_items(ordered))
         finally:
             # Also when stopping or cancelled: the polls already started finish and are counted (by
             # `_poll_done`), and only a whole cycle counts as one.
@@ -530,7 +555,7 @@ class Scheduler:
                 self._finish(name, cycle)
 
     async def _dispatch(self, name: str, job: PollJob, status: JobStatus, cycle: Cycle, spread: float,
-                        items: list[tuple[float, tuple[str, ...]]]) -> bool:
+                        items: Iterable[tuple[float, tuple[str, ...]]]) -> bool:
         """Start the polls of one cycle at their slots; False when stopped midway."""
         max_lag = 0.0
         for fraction, ids in items:

@@ -29,24 +29,39 @@ def make_job(name: str, ids: list[str], interval: float, batch: int, calls: list
 def test_offsets_are_stable_and_spread_exactly_evenly() -> None:
     ids = [f"dev{i}" for i in range(1000)]
     job = make_job("device_status", ids, 300, 1, [])
-    items = job.work_items()
+    items = list(job.work_items())
     fractions = [f for f, _ in items]
     assert fractions == sorted(fractions)
     gaps = {round(b - a, 9) for a, b in itertools.pairwise(fractions)}
     assert gaps == {0.001}  # rank-based: one slot every interval/n
-    assert items == job.work_items()  # the same every cycle
-    shuffled = make_job("device_status", list(reversed(ids)), 300, 1, []).work_items()
+    assert items == list(job.work_items())  # the same every cycle
+    shuffled = list(make_job("device_status", list(reversed(ids)), 300, 1, []).work_items())
     assert shuffled == items  # independent of inventory order
-    other = make_job("device_flow", ids, 300, 1, []).work_items()
+    other = list(make_job("device_flow", ids, 300, 1, []).work_items())
     assert other[0][1] != items[0][1] or other[0][0] != items[0][0]  # other kinds are phased differently
 
 
 def test_card_jobs_batch_to_the_endpoint_limit() -> None:
     ids = [f"8986{i:06d}" for i in range(25)]
-    items = make_job("card_status", ids, 600, 10, []).work_items()
+    items = list(make_job("card_status", ids, 600, 10, []).work_items())
     assert sorted(len(b) for _, b in items) == [5, 10, 10]
     assert sorted(i for _, b in items for i in b) == sorted(ids)
-    assert make_job("account_assets", [], 3600, 0, []).work_items()[0][1] == ()
+    assert [f for f, _ in items] == sorted(f for f, _ in items)
+    account = make_job("account_assets", [], 3600, 0, [])
+    assert list(account.work_items()) == [(stable_fraction("job:account_assets"), ())]
+
+
+def test_the_order_is_kept_while_the_ids_stay_the_same_and_follows_them_when_they_change() -> None:
+    ids = [f"dev{i}" for i in range(1000)]
+    job = make_job("device_status", ids, 300, 1, [])
+    order = job.order()
+    assert sorted(order) == sorted(ids) and order != ids
+    assert job.order() is order  # not ordered again
+    ids.remove(order[10])
+    ids.append("dev-new")
+    again = job.order()
+    assert again is not order and sorted(again) == sorted(ids)
+    assert [i for i in again if i != "dev-new"] == [i for i in order if i != order[10]]  # the others keep their places
 
 
 def test_budget_stretches_intervals_when_the_rate_limit_is_too_small() -> None:
