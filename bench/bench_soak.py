@@ -121,8 +121,19 @@ def daemon_config(args: argparse.Namespace, work: Path, base_url: str) -> dict[s
     }
 
 
-def scrape(url: str) -> str:
-    return httpx.get(url + "/metrics", timeout=30).text
+def scrape(url: str, took: list[float] | None = None) -> str:
+    """/metrics, as Prometheus would get it; its duration appended to `took` (inf when it timed out)."""
+    started = time.monotonic()
+    try:
+        text = httpx.get(url + "/metrics", timeout=30).text
+    except httpx.TimeoutException:
+        if took is None:
+            raise
+        took.append(math.inf)
+        return ""
+    if took is not None:
+        took.append(time.monotonic() - started)
+    return text
 
 
 def histogram(text: str, name: str) -> list[tuple[float, float]]:
@@ -231,12 +242,14 @@ def main() -> None:
         middle: dict[str, Any] = {}
         half_at = started + duration / 2
         scraped = 0.0
+        scrapes: list[float] = []  # durations of the periodic scrapes over the second half
         while (now := time.monotonic()) < started + duration:
             if daemon.poll() is not None:
                 raise SystemExit(f"daemon exited with {daemon.returncode}")
             samples.append((now - started, rss_mb(daemon.pid)))
             if args.scrape_interval and now - scraped >= args.scrape_interval:
-                scrape(url)  # as Prometheus would: the scrape's own cost is part of the loop's lag
+                # As Prometheus would: the scrape's own cost is part of the loop's lag.
+                scrape(url, scrapes if half_text else None)
                 scraped = now
             if not half_text and now >= half_at:
                 half_text = scrape(url)
@@ -278,6 +291,11 @@ def main() -> None:
           f"p90 {percentile(lag, 0.9) * 1000:.1f} ms, p99 {percentile(lag, 0.99) * 1000:.1f} ms, "
           f"p99.9 {percentile(lag, 0.999) * 1000:.1f} ms; over 100 ms: {above(lag, 0.1):.0f}, "
           f"over 1 s: {above(lag, 1.0):.0f}")
+    if scrapes:
+        done = sorted(t for t in scrapes if t != math.inf)
+        print(f"scrapes of /metrics over the second half: {len(scrapes)}, {len(scrapes) - len(done)} timed out "
+              f"(30 s); duration median {done[len(done) // 2] * 1000:.0f} ms, longest {done[-1] * 1000:.0f} ms"
+              if done else f"scrapes of /metrics over the second half: {len(scrapes)}, all timed out (30 s)")
     print("garbage collections over the second half: " + ", ".join(
         f"gen{gen} {p['count']} (longest {p['max_seconds'] * 1000:.0f} ms, {p['total_seconds']:.2f} s in all)"
         for gen, p in report["gc_pauses"].items()))
