@@ -317,7 +317,7 @@ class Daemon:
             try:
                 if self.ledger.dirty and time.monotonic() - self._ledger_saved >= LEDGER_SAVE_INTERVAL:
                     self._ledger_saved = time.monotonic()
-                    self.ledger.save(self.config.state_dir)
+                    await self.ledger.save_in_slices(self.config.state_dir)
                 self._watch_inventory()
                 spool_bytes, oldest = self._spool_state()
                 ratio = self.rate_ratio()

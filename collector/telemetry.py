@@ -29,8 +29,8 @@ import os
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -39,17 +39,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from collector import metrics
 from collector.config import HttpConfig, host_name
+from collector.pacing import in_slices
 from collector.state import DeviceState, FleetState, SimState, count_states
 
 log = structlog.get_logger("collector.telemetry")
-_T = TypeVar("_T")
-
-
-# A scrape gives the event loop a turn once it has held it this long, checked every SCRAPE_SLICE
-# entities: short against the lag that matters (100 ms), long enough that a busy loop's turns do not
-# stretch a scrape past Prometheus's timeout.
-SCRAPE_HOLD = 0.02
-SCRAPE_SLICE = 500
 
 
 def _escape(value: str) -> str:
@@ -63,16 +56,6 @@ def _family(name: str, doc: str, lines: Iterable[str]) -> str:
     return f"# HELP {name} {doc}\n# TYPE {name} gauge\n" + "".join(lines)
 
 
-async def _slices(items: list[_T]) -> AsyncIterator[list[_T]]:
-    """`items` a slice at a time, giving the event loop a turn whenever SCRAPE_HOLD has passed."""
-    held = time.perf_counter()
-    for start in range(0, len(items), SCRAPE_SLICE):
-        yield items[start:start + SCRAPE_SLICE]
-        if time.perf_counter() - held > SCRAPE_HOLD:
-            await asyncio.sleep(0)
-            held = time.perf_counter()
-
-
 class FleetMetrics:
     """The fleet's part of /metrics: entities by state, spool depth and (optionally, capped)
     per-entity gauges, computed at scrape time from the fleet state, so a device removed from the
@@ -84,9 +67,7 @@ class FleetMetrics:
     and logged once.
 
     At 100,000 devices a scrape reads 300,000 entities: `render` writes the text itself on the event
-    loop, giving the loop a turn every `SCRAPE_HOLD` (20 ms), so polls and probes wait milliseconds,
-    not the whole scrape. (Rendered in a worker thread instead, the
-    thread would hold the interpreter lock against the loop's every I/O call for a second.)"""
+    loop in slices (`collector.pacing`), so polls and probes wait milliseconds, not the whole scrape."""
 
     def __init__(self, state: Callable[[], FleetState], spool: Callable[[], tuple[int, float | None]],
                  config: Callable[[], HttpConfig]) -> None:
@@ -102,9 +83,9 @@ class FleetMetrics:
         spool_bytes, oldest = self._spool()
         p = metrics.P
         totals = count_states((), (), {})
-        async for part in _slices(devices):
+        async for part in in_slices(devices):
             _add_counts(totals, count_states(part, (), not_found))
-        async for sim_part in _slices(sims):
+        async for sim_part in in_slices(sims):
             _add_counts(totals, count_states((), sim_part, not_found))
         out = [_family(f"{p}_entities", "Tracked entities by kind and state (each entity in one state)",
                        (f'{p}_entities{{kind="{kind}",state="{name}"}} {count}\n'
@@ -126,7 +107,7 @@ class FleetMetrics:
         total: list[str] = []
         cut = {"device": 0, "sim": 0}
         shown = 0
-        async for part in _slices(devices):
+        async for part in in_slices(devices):
             for d in part:
                 o = d.obs
                 if o is None:
@@ -145,7 +126,7 @@ class FleetMetrics:
                 if o.online is not None:
                     online.append(f"{p}_device_online{{{labels}}} {1 if o.online else 0}\n")
         shown = 0
-        async for sims_part in _slices(sims):
+        async for sims_part in in_slices(sims):
             for s in sims_part:
                 so = s.obs
                 if so is None:

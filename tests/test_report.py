@@ -5,7 +5,10 @@ endpoint's figure preferred, offline days, the ledger saved and read back, the r
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import io
+import time
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -133,6 +136,48 @@ def test_the_ledger_is_saved_and_read_back_and_keeps_two_months(tmp_path: Path) 
     assert again.to_json() == ledger.to_json()
     assert again.months["2025-09"].month_figures == {"A": 777} and again.months["2025-09"].sims["A"].device_no == "D1"
 
+
+
+async def test_the_running_daemon_saves_a_large_ledger_in_slices_to_the_same_file(tmp_path: Path) -> None:
+    ledger = Ledger(TZ)
+    for i in range(60_000):
+        iccid = f"898600{i:08d}"
+        ledger.sim(iccid, SimObservation(iccid, used_bytes=i, real_used_bytes=i, cycle_start=at(1, 0),
+                                         polled_at=at(2)), f"D{i // 2}")
+        if i % 3 == 0:
+            ledger.device(f"D{i // 2}", False, at(2 + i % 5))
+    ledger.month_figure("89860000000007", "202509", 777)
+    ledger.sim("客户", SimObservation("客户", used_bytes=1, cycle_start=at(1, 0), polled_at=at(2)), "设备")
+    gaps: list[float] = []
+
+    async def turns() -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0)
+            gaps.append(time.perf_counter() - started)
+
+    gc.collect()
+    gc.freeze()  # as the daemon does (collector.heap): a full collection is not what this measures
+    counter = asyncio.create_task(turns())
+    try:
+        started = time.perf_counter()
+        saving = asyncio.create_task(ledger.save_in_slices(tmp_path))
+        await asyncio.sleep(0)
+        ledger.device("D-late", False, at(9))  # while it is being saved
+        assert await saving
+        took = time.perf_counter() - started
+    finally:
+        counter.cancel()
+        gc.unfreeze()
+    # The loop had turns all along, none as long as the save; the late change waits for the next save.
+    assert len(gaps) > 5 and max(gaps) < took / 3, (max(gaps), len(gaps), took)
+    assert ledger.dirty
+    again = Ledger(TZ)
+    again.load(tmp_path)
+    assert again.months["2025-09"].sims.keys() == ledger.months["2025-09"].sims.keys()
+    del ledger.months["2025-09"].offline["D-late"]
+    assert again.to_json() == ledger.to_json()
+    assert again.months["2025-09"].sims["客户"].device_no == "设备"
 
 def test_an_unreadable_ledger_is_set_aside_and_the_collector_starts_empty(tmp_path: Path) -> None:
     (tmp_path / LEDGER_FILE).write_text("{not json")
