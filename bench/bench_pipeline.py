@@ -156,7 +156,7 @@ from collector.config import PlatformConfig
 from collector.platform.parse import ParseContext, parse_device
 from collector.platform.wire import decode_json
 from collector.simulator import Simulator
-from collector.state import FleetState
+from collector.state import USAGE_SAMPLES, FleetState
 
 def rss():
     with open('/proc/self/statm') as f:
@@ -179,11 +179,21 @@ for i in range(len(answers)):
     del raw
 gc.collect()
 heap = tracemalloc.get_traced_memory()[0]
-tracemalloc.stop()
 after = rss()
+# Hours later every SIM's usage history is full (USAGE_SAMPLES readings, one per platform refresh).
+for sim in state.sims.values():
+    used = sim.obs.used_bytes if sim.obs is not None and sim.obs.used_bytes is not None else 0
+    since = sim.usage_at or time.time()
+    for k in range(1, USAGE_SAMPLES):
+        sim.record_usage(since + 300 * k, used + 1000 * k)
+assert all(len(sim.usage) >= USAGE_SAMPLES - 1 for sim in state.sims.values())
+gc.collect()
+full = tracemalloc.get_traced_memory()[0]
+tracemalloc.stop()
 entities = len(state.devices) + len(state.sims)
 print(json.dumps({{"devices": len(state.devices), "sims": len(state.sims), "heap": heap, "rss": after - before,
-                  "per_entity": heap / entities, "rss_per_entity": (after - before) / entities}}))
+                  "per_entity": heap / entities, "rss_per_entity": (after - before) / entities,
+                  "full_per_entity": full / entities}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -280,7 +290,8 @@ def main() -> None:
             m = memory_per_entity(n)
             print(f"{m['devices']:>7} devices + {m['sims']:>7} SIMs: heap {m['heap'] / 2**20:7.1f} MiB = "
                   f"{m['per_entity']:.0f} bytes/entity (target <= 2048); RSS growth {m['rss'] / 2**20:.1f} MiB = "
-                  f"{m['rss_per_entity']:.0f} bytes/entity")
+                  f"{m['rss_per_entity']:.0f} bytes/entity; with every usage history full: "
+                  f"{m['full_per_entity']:.0f} bytes/entity")
     print(f"\nmax RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
           f"cores: {os.cpu_count()}")
 
