@@ -206,6 +206,11 @@ class Filler:
 
     def start(self) -> None:
         self.daemon.start(wait_ready=False)
+        self.inject()
+
+    def inject(self) -> None:
+        """The faults the panels show. Again while waiting: at speed 600 a simulated day passes in
+        2.4 minutes, and a SIM's billing cycle that starts meanwhile gives it its data back."""
         sim = f"http://127.0.0.1:{self.sim_port}/_sim"
         devices = httpx.get(f"{sim}/inventory", timeout=10).json()["devices"]
         with_sims = [d for d in devices if d["iccids"]]
@@ -298,6 +303,7 @@ def results(influxd_server: InfluxServer, tmp_path_factory: pytest.TempPathFacto
             if done or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
+            filler.inject()
     finally:
         filler.stop()
     yield Results(db, influx, outcomes, values, filler.daemon.logs()[-3000:])
