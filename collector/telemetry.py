@@ -29,7 +29,7 @@ import os
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -105,42 +105,17 @@ class FleetMetrics:
         online: list[str] = []
         used: list[str] = []
         total: list[str] = []
-        cut = {"device": 0, "sim": 0}
-        shown = 0
-        async for part in in_slices(devices):
-            for d in part:
-                o = d.obs
-                if o is None:
-                    continue
-                if shown >= limit:
-                    cut["device"] += ((o.rssi_dbm is not None) + (o.battery_percent is not None)
-                                      + (o.online_status is not None))
-                    continue
-                shown += 1
-                labels = f'device_no="{_escape(d.device_no)}"' + "".join(
-                    f',{name}="{_escape(d.labels.get(name, ""))}"' for name in extra)
-                if o.rssi_dbm is not None:
-                    rssi.append(f"{p}_device_rssi_dbm{{{labels}}} {o.rssi_dbm}\n")
-                if o.battery_percent is not None:
-                    battery.append(f"{p}_device_battery_ratio{{{labels}}} {o.battery_percent / 100}\n")
-                if o.online is not None:
-                    online.append(f"{p}_device_online{{{labels}}} {1 if o.online else 0}\n")
-        shown = 0
-        async for sims_part in in_slices(sims):
-            for s in sims_part:
-                so = s.obs
-                if so is None:
-                    continue
-                if shown >= limit:
-                    cut["sim"] += (so.used_bytes is not None) + (so.total_bytes is not None)
-                    continue
-                shown += 1
-                labels = f'iccid="{_escape(s.iccid)}",device_no="{_escape(s.device_no)}"' + "".join(
-                    f',{name}="{_escape(s.labels.get(name, ""))}"' for name in extra)
-                if so.used_bytes is not None:
-                    used.append(f"{p}_sim_used_bytes{{{labels}}} {so.used_bytes}\n")
-                if so.total_bytes is not None:
-                    total.append(f"{p}_sim_total_bytes{{{labels}}} {so.total_bytes}\n")
+        cut = {
+            "device": await _entity_series(devices, lambda d: (("device_no", d.device_no),), extra, limit, (
+                (rssi, f"{p}_device_rssi_dbm", lambda o: o.rssi_dbm),
+                (battery, f"{p}_device_battery_ratio",
+                 lambda o: None if o.battery_percent is None else o.battery_percent / 100),
+                (online, f"{p}_device_online", lambda o: None if o.online is None else int(o.online)))),
+            "sim": await _entity_series(sims, lambda s: (("iccid", s.iccid), ("device_no", s.device_no)), extra,
+                                        limit, (
+                (used, f"{p}_sim_used_bytes", lambda o: o.used_bytes),
+                (total, f"{p}_sim_total_bytes", lambda o: o.total_bytes))),
+        }
         for kind, count in cut.items():
             if count and kind not in self._warned:
                 self._warned.add(kind)
@@ -158,6 +133,31 @@ class FleetMetrics:
                     (f'{p}_entity_metrics_cut_series{{kind="{kind}"}} {count}\n' for kind, count in cut.items())),
         ])
 
+
+
+async def _entity_series(entities: Sequence[Any], ids: Callable[[Any], tuple[tuple[str, str], ...]],
+                         extra: list[str], limit: int,
+                         series: tuple[tuple[list[str], str, Callable[[Any], float | None]], ...]) -> int:
+    """The lines of each series (lines, metric name, value of an observation) for the first `limit`
+    entities with an observation, labelled with their ids and the inventory labels in `extra`; the
+    number of series left out past `limit`."""
+    shown = cut = 0
+    async for part in in_slices(entities):
+        for entity in part:
+            obs = entity.obs
+            if obs is None:
+                continue
+            values = [(lines, name, value(obs)) for lines, name, value in series]
+            if shown >= limit:
+                cut += sum(value is not None for _, _, value in values)
+                continue
+            shown += 1
+            labels = ",".join(f'{name}="{_escape(value)}"' for name, value in
+                              (*ids(entity), *((name, entity.labels.get(name, "")) for name in extra)))
+            for lines, name, value in values:
+                if value is not None:
+                    lines.append(f"{name}{{{labels}}} {value}\n")
+    return cut
 
 def _add_counts(totals: dict[str, dict[str, int]], part: dict[str, dict[str, int]]) -> None:
     for kind, by_state in part.items():

@@ -5,7 +5,6 @@ a scrape of a large fleet that does not stall the loop."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import subprocess
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from collector.platform.models import DeviceObservation, SimObservation
 from collector.state import FleetState
 from collector.telemetry import FleetMetrics, HttpServer, watch_loop_lag
 from tests.daemon_run import DaemonProcess, demo_config, wait_for
+from tests.loop_turns import loop_turns
 from tests.servers import require
 
 LAG = "iot_collector_event_loop_lag_seconds"
@@ -101,26 +101,12 @@ async def test_a_scrape_of_a_large_fleet_gives_the_event_loop_turns() -> None:
     server.fleet = FleetMetrics(lambda: state, lambda: (0, None),
                                 lambda: HttpConfig(entity_metrics_limit=100_000, entity_metrics_labels=["customer"]))
     await server.start()
-    turns: list[float] = []
-
-    async def probe() -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            start = loop.time()
-            await asyncio.sleep(0)
-            turns.append(loop.time() - start)
-
-    gc.collect()
-    gc.freeze()  # as the daemon does (collector.heap): a full collection is not what this measures
-    prober = asyncio.create_task(probe())
     try:
-        async with httpx.AsyncClient() as client:
+        async with loop_turns() as turns, httpx.AsyncClient() as client:
             started = time.perf_counter()
             answer = await client.get(f"http://127.0.0.1:{server.port}/metrics", timeout=60)
             took = time.perf_counter() - started
     finally:
-        prober.cancel()
-        gc.unfreeze()
         await server.stop()
     assert answer.status_code == 200
     text = answer.text

@@ -6,7 +6,6 @@ endpoint's figure preferred, offline days, the ledger saved and read back, the r
 from __future__ import annotations
 
 import asyncio
-import gc
 import io
 import time
 from datetime import datetime
@@ -30,6 +29,7 @@ from collector.report.model import (
 )
 from collector.report.render import write_csv, write_table
 from collector.state import FleetState
+from tests.loop_turns import loop_turns
 
 TZ = ZoneInfo("Asia/Shanghai")
 SEP = Month(2025, 9, TZ)
@@ -148,27 +148,13 @@ async def test_the_running_daemon_saves_a_large_ledger_in_slices_to_the_same_fil
             ledger.device(f"D{i // 2}", False, at(2 + i % 5))
     ledger.month_figure("89860000000007", "202509", 777)
     ledger.sim("客户", SimObservation("客户", used_bytes=1, cycle_start=at(1, 0), polled_at=at(2)), "设备")
-    gaps: list[float] = []
-
-    async def turns() -> None:
-        while True:
-            started = time.perf_counter()
-            await asyncio.sleep(0)
-            gaps.append(time.perf_counter() - started)
-
-    gc.collect()
-    gc.freeze()  # as the daemon does (collector.heap): a full collection is not what this measures
-    counter = asyncio.create_task(turns())
-    try:
+    async with loop_turns() as gaps:
         started = time.perf_counter()
         saving = asyncio.create_task(ledger.save_in_slices(tmp_path))
         await asyncio.sleep(0)
         ledger.device("D-late", False, at(9))  # while it is being saved
         assert await saving
         took = time.perf_counter() - started
-    finally:
-        counter.cancel()
-        gc.unfreeze()
     # The loop had turns all along, none as long as the save; the late change waits for the next save.
     assert len(gaps) > 5 and max(gaps) < took / 3, (max(gaps), len(gaps), took)
     assert ledger.dirty
