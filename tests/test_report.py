@@ -164,6 +164,15 @@ async def test_the_running_daemon_saves_a_large_ledger_in_slices_to_the_same_fil
     del ledger.months["2025-09"].offline["D-late"]
     assert again.to_json() == ledger.to_json()
     assert again.months["2025-09"].sims["客户"].device_no == "设备"
+    # A save cancelled midway (a stop) leaves the ledger dirty, so the save at stop still writes it.
+    assert ledger.save(tmp_path) and not ledger.dirty
+    ledger.device("D-later", False, at(10))
+    cancelled = asyncio.create_task(ledger.save_in_slices(tmp_path))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert ledger.dirty
 
 def test_an_unreadable_ledger_is_set_aside_and_the_collector_starts_empty(tmp_path: Path) -> None:
     (tmp_path / LEDGER_FILE).write_text("{not json")

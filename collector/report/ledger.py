@@ -174,15 +174,19 @@ class Ledger:
         on the event loop (200,000 SIMs are over a second of Python) and written, in those pieces,
         by a worker thread. A change made meanwhile leaves the ledger dirty for the next save."""
         self.dirty = False
-        chunks = [b'{"version":%d,"months":{' % VERSION]
-        for n, (key, entry) in enumerate(list(self.months.items())):
-            chunks += [b"," if n else b"", orjson.dumps(key), b':{"offline":']
-            chunks += await _object_in_slices(entry.offline, sorted)
-            chunks.append(b',"sims":')
-            chunks += await _object_in_slices(entry.sims, _sim_json)
-            chunks += [b',"month_figures":', orjson.dumps(entry.month_figures), b"}"]
-        chunks.append(b"}}")
-        return await asyncio.to_thread(self._write, Path(state_dir), chunks)
+        try:
+            chunks = [b'{"version":%d,"months":{' % VERSION]
+            for n, (key, entry) in enumerate(list(self.months.items())):
+                chunks += [b"," if n else b"", orjson.dumps(key), b':{"offline":']
+                chunks += await _object_in_slices(entry.offline, sorted)
+                chunks.append(b',"sims":')
+                chunks += await _object_in_slices(entry.sims, _sim_json)
+                chunks += [b',"month_figures":', orjson.dumps(entry.month_figures), b"}"]
+            chunks.append(b"}}")
+            return await asyncio.to_thread(self._write, Path(state_dir), chunks)
+        except BaseException:  # cancelled by a stop, say: the save at stop must still happen
+            self.dirty = True
+            raise
 
     def _write(self, state_dir: Path, chunks: list[bytes]) -> bool:
         path = state_dir / LEDGER_FILE
