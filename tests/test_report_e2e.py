@@ -14,8 +14,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -128,8 +130,11 @@ def test_current_month_from_the_running_collector(run: Run) -> None:
     suspended = sims[run.suspended]
     assert run.suspended in groups[suspended["group"]]["suspended"]
     offline = next(d for d in report["devices"] if d["device_no"] == run.offline)
-    today = time.localtime().tm_mday  # the test host's day; the platform's may differ by one near midnight
-    assert offline["offline_days"] and abs(offline["offline_days"][-1] - today) <= 1
+    # The day is the report's (Asia/Shanghai, not the test host's); it may have turned since the device was seen.
+    now = datetime.now(ZoneInfo("Asia/Shanghai"))
+    assert offline["offline_days"]
+    seen = date.fromisoformat(f"{report['month']}-{offline['offline_days'][-1]:02d}")
+    assert seen in {now.date(), (now - timedelta(minutes=10)).date()}, (seen, now)
     assert run.offline in groups[offline["group"]]["offline_devices"]
     # A device's usage is the sum of its SIMs'; a group's top devices are its busiest.
     for device in report["devices"]:
