@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector.config import parse_config
+from collector.config import PlatformConfig, parse_config
 from collector.configtypes import parse_duration
 from collector.simulator import Simulator
 from collector.state import add_month
@@ -61,11 +62,13 @@ SIGNATURE = "x-iot-collector-signature"
 SWEEP = 1.0  # alerts.evaluation_interval
 REFRESH = 300.0  # the simulator's status refresh at speed 1, and platform.refresh_period
 SLACK = 3.0  # processing and delivery
+MARGIN = 1.5  # the usage rates of the healthy SIMs stay this far from a forecast exhaustion
+
 
 
 @dataclass
 class Options:
-    fleet: int = 200  # simulated devices to pick from
+    fleet: int = 400  # simulated devices to pick from
     outage: int = 50
     seed: int = 3
     for_scale: float = 0.1
@@ -75,6 +78,7 @@ class Options:
     drain: bool = True  # inject a draining battery (shown at the platform's next refresh: up to 5 minutes)
     timeout: float = 1800.0
     quiet: bool = False
+    start: float | None = None  # the simulated time at the start (default: now), e.g. just before a month ends
 
 
 @dataclass
@@ -225,6 +229,10 @@ class Bench:
         index = fleet.find_device(device_no)
         assert index is not None
         iccids: list[str] = []
+        # The collector's usage rate runs from its first reading in the cycle to its newest one: after a
+        # cycle starts (the month's first minutes) that is a rate over minutes, so it is checked as well
+        # as the one over the last hour.
+        first: dict[str, tuple[float, float, int]] = {}  # iccid -> (cycle start, flow time, used)
         t = start
         while t <= start + horizon:
             d = fleet.device_state(index, t)
@@ -236,11 +244,17 @@ class Bench:
                     return None
                 if s.end_at - t < 10 * 86400:
                     return None
-                rate = max(s.used - before.used, 0) / 3600.0 if before.cycle_start == s.cycle_start else 0.0
-                if rate > 0 and (s.total - s.used) / rate < 3 * (add_month(s.cycle_start) - t):
+                iccid, left = s.profile.iccid, add_month(s.cycle_start) - t
+                seen = first.get(iccid)
+                if seen is None or seen[0] != s.cycle_start:
+                    seen = first[iccid] = (s.cycle_start, s.flow_at, s.used)
+                rates = [max(s.used - seen[2], 0) / (s.flow_at - seen[1])] if s.flow_at - seen[1] >= 60 else []
+                if before.cycle_start == s.cycle_start:
+                    rates.append(max(s.used - before.used, 0) / 3600.0)
+                if any(rate > 0 and (s.total - s.used) / rate < MARGIN * left for rate in rates):
                     return None
                 if t == start:
-                    iccids.append(s.profile.iccid)
+                    iccids.append(iccid)
             t += 120.0
         return iccids
 
@@ -381,15 +395,29 @@ class Bench:
                 return t
         return None
 
+    def simulator(self, platform: PlatformConfig, horizon: float) -> Simulator:
+        """The simulator at the start asked for, else now. Near a month's end (where the platform's
+        billing cycles start again and give back the data an incident took) simulated time starts a day
+        earlier, so the run stays inside one cycle; its answers are still reported on the wall clock."""
+        opts = self.opts
+        sim = Simulator(devices=opts.fleet, seed=opts.seed, speed=1.0, platform=platform, start=opts.start)
+        if opts.start is None:
+            now = sim.now()
+            begins, ends = sim.fleet.face.cycle(now)
+            if now - begins < 3600 or ends - now < horizon + 1800:
+                self.say("a billing cycle starts within the run: simulated time starts a day earlier")
+                sim = Simulator(devices=opts.fleet, seed=opts.seed, speed=1.0, platform=platform, start=now - 86400)
+        return sim
+
     async def run(self) -> dict[str, Any]:
         opts = self.opts
         platform = parse_config({"platform": {"app_id": APP_ID, "app_secret": APP_SECRET}}, env={}).platform
-        sim = Simulator(devices=opts.fleet, seed=opts.seed, speed=1.0, platform=platform)
+        horizon = 2400.0 if opts.stale or opts.drain else 900.0
+        sim = self.simulator(platform, horizon)
         base_url = await sim.start("127.0.0.1", 0)
         receiver = Receiver()
         work = self.work = Path(tempfile.mkdtemp(prefix="bench-detect-"))
         started = time.time()
-        horizon = 2400.0 if opts.stale or opts.drain else 900.0
         inventory = self.plan(sim, horizon)
         daemon = Daemon(work, self.config(work, base_url, inventory, receiver.url))
         client = httpx.AsyncClient(base_url=base_url, timeout=10)
@@ -659,7 +687,7 @@ def _span(counts: list[int]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fleet", type=int, default=200, help="simulated devices to choose from")
+    parser.add_argument("--fleet", type=int, default=400, help="simulated devices to choose from")
     parser.add_argument("--outage", type=int, default=50, help="devices that go offline at once")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--for-scale", type=float, default=0.1, help="the default rules' `for`, scaled")
@@ -668,10 +696,12 @@ def main() -> None:
     parser.add_argument("--no-stale", action="store_true", help="skip data that stops refreshing (10 minutes)")
     parser.add_argument("--no-drain", action="store_true", help="skip the draining battery (up to 5 minutes)")
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--start", type=datetime.fromisoformat, default=None,
+                        help="the simulated time at the start, ISO 8601 with its zone (default: now)")
     args = parser.parse_args()
     opts = Options(fleet=args.fleet, outage=args.outage, seed=args.seed, for_scale=args.for_scale, poll=args.poll,
                    group_wait=args.group_wait, stale=not args.no_stale, drain=not args.no_drain,
-                   timeout=args.timeout)
+                   timeout=args.timeout, start=None if args.start is None else args.start.timestamp())
     result = asyncio.run(Bench(opts).run())
     print(report(result, opts))
 

@@ -11,9 +11,11 @@ import importlib.util
 import json
 import re
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +245,7 @@ async def test_a_reduced_detection_run_sees_every_incident_once_in_time_and_noth
     # that stops refreshing and a draining battery wait for the platform's 5-minute refreshes: the
     # full run covers them (DataStale end to end: the test above).
     bench = _bench()
-    opts = bench.Options(fleet=120, outage=20, for_scale=0.02, poll=5.0, group_wait=5.0, stale=False, drain=False,
+    opts = bench.Options(fleet=240, outage=20, for_scale=0.02, poll=5.0, group_wait=5.0, stale=False, drain=False,
                          timeout=600.0, quiet=True)
     result = await bench.Bench(opts).run()
     summary = bench.report(result, opts)
@@ -262,3 +264,22 @@ async def test_a_reduced_detection_run_sees_every_incident_once_in_time_and_noth
     restart = result["restart"]
     assert restart["pending"] and restart["firing"], summary
     assert restart["resent"] == [] and restart["delayed"] == [], summary
+
+
+@pytest.mark.parametrize("now, shifted", [("2026-11-30T23:55:00+08:00", True), ("2026-12-01T00:20:00+08:00", True),
+                                          ("2026-12-15T12:00:00+08:00", False)])
+def test_the_detection_run_keeps_a_month_end_out_of_its_cycle(monkeypatch: pytest.MonkeyPatch, now: str,
+                                                               shifted: bool) -> None:
+    # A month's end in the run gives back the data an incident took (the new cycle starts from zero):
+    # the benchmark starts simulated time a day earlier then, and the run stays inside one cycle.
+    bench = _bench()
+    wall = datetime.fromisoformat(now).timestamp()
+    monkeypatch.setattr(time, "time", lambda: wall)
+    platform = parse_config({"platform": {"app_id": APP_ID, "app_secret": APP_SECRET}}, env={}).platform
+    run = bench.Bench(bench.Options(fleet=10, quiet=True))
+    sim = run.simulator(platform, 900.0)
+    start = sim.now()
+    assert abs(start - (wall - 86400 if shifted else wall)) < 5
+    begins, ends = sim.fleet.face.cycle(start)
+    assert begins <= start - 3600 and start + 900 + 1800 <= ends
+    assert bool(run.log_lines) == shifted
