@@ -156,7 +156,7 @@ from collector.config import PlatformConfig
 from collector.platform.parse import ParseContext, parse_device
 from collector.platform.wire import decode_json
 from collector.simulator import Simulator
-from collector.state import USAGE_SAMPLES, FleetState
+from collector.state import USAGE_SAMPLES, USAGE_SPACING_SECONDS, FleetState
 
 def rss():
     with open('/proc/self/statm') as f:
@@ -180,12 +180,12 @@ for i in range(len(answers)):
 gc.collect()
 heap = tracemalloc.get_traced_memory()[0]
 after = rss()
-# Hours later every SIM's usage history is full (USAGE_SAMPLES readings, one per platform refresh).
+# A day later every SIM's usage history is full (USAGE_SAMPLES readings, spread over the day).
 for sim in state.sims.values():
     used = sim.obs.used_bytes if sim.obs is not None and sim.obs.used_bytes is not None else 0
     since = sim.usage_at or time.time()
     for k in range(1, USAGE_SAMPLES):
-        sim.record_usage(since + 300 * k, used + 1000 * k)
+        sim.record_usage(since + USAGE_SPACING_SECONDS * k, used + 1000 * k)
 assert all(len(sim.usage) >= USAGE_SAMPLES - 1 for sim in state.sims.values())
 gc.collect()
 full = tracemalloc.get_traced_memory()[0]

@@ -34,9 +34,12 @@ import structlog
 
 from collector.platform.models import DAY, AccountAssets, DeviceEvent, DeviceObservation, SimObservation
 
-# How far back the usage rate looks, and how many samples it keeps per SIM (memory bound).
+# How far back the usage rate looks, and how many samples it keeps per SIM (memory bound). The
+# samples are kept at least USAGE_SPACING_SECONDS apart (the newest excepted), so they span the whole
+# window: a rate over a day, not over the last few platform refreshes (an evening's burst).
 USAGE_WINDOW_SECONDS = 24 * 3600.0
 USAGE_SAMPLES = 16
+USAGE_SPACING_SECONDS = USAGE_WINDOW_SECONDS / (USAGE_SAMPLES - 1)
 log = structlog.get_logger(__name__)
 
 # The SIMs' usage histories, kept in the state directory across a restart (written at stop): the
@@ -180,10 +183,12 @@ class DeviceState:
 
 class UsageHistory:
     """A SIM's usage readings, (platform flow time, used bytes), oldest first, all in the current
-    billing cycle: at most USAGE_SAMPLES, and none older than USAGE_WINDOW_SECONDS before the newest
-    (the two newest always kept). One block of 2 * USAGE_SAMPLES doubles, allocated at the first
-    reading, so a SIM's memory does not grow as its history fills: 200,000 full histories take 70 MB
-    this way, 420 MB as lists of tuples. Byte counts are exact as doubles up to 9 PB."""
+    billing cycle: at most USAGE_SAMPLES, none older than USAGE_WINDOW_SECONDS before the newest (the
+    two newest always kept), and the older ones about USAGE_SPACING_SECONDS apart: a reading that
+    comes sooner than that after the one before the newest replaces the newest. One block of
+    2 * USAGE_SAMPLES doubles, allocated at the first reading, so a SIM's memory does not grow as its
+    history fills: 200,000 full histories take 70 MB this way, 420 MB as lists of tuples. Byte counts
+    are exact as doubles up to 9 PB."""
 
     __slots__ = ("_data", "_n")
 
@@ -207,6 +212,8 @@ class UsageHistory:
                 return
             if used < data[2 * n - 1]:
                 n = 0
+            elif n >= 2 and at - data[2 * n - 4] < USAGE_SPACING_SECONDS:
+                n -= 1
         drop = 0
         while n - drop >= 2 and (n - drop >= USAGE_SAMPLES or at - data[2 * drop] > USAGE_WINDOW_SECONDS):
             drop += 1

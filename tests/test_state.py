@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import tracemalloc
 from dataclasses import replace
+from itertools import pairwise
 
 from collector.platform.models import DAY, DeviceEvent, DeviceObservation, Location, SimObservation
 from collector.state import (
     FIELDS,
     USAGE_SAMPLES,
+    USAGE_SPACING_SECONDS,
     USAGE_WINDOW_SECONDS,
     FieldRecord,
     FleetState,
@@ -55,21 +57,32 @@ def test_usage_rate_forecast_and_reset_at_a_new_cycle() -> None:
     assert sim.usage.rate() is None
 
 
-def test_a_usage_history_keeps_the_newest_readings_within_its_window() -> None:
-    history = UsageHistory()
-    for step in range(USAGE_SAMPLES + 5):
-        history.record(T0 + 300 * step, 1_000 * step)
-    history.record(T0 + 300 * (USAGE_SAMPLES + 4), 10**9)  # not newer than the last: ignored
+def test_a_usage_history_spans_a_day_of_readings_so_a_burst_does_not_make_its_rate() -> None:
+    # A reading every 10 minutes (the platform's flow refresh) for three days: 2 GB an hour from
+    # 18:00 to 21:00, 10 MB an hour otherwise, so 6.2 GB a day.
+    history, used, at, hours = UsageHistory(), 0, T0, 0.0
+    for _ in range((2 * 24 + 20) * 6):
+        at += 600
+        hours = (at - T0) / 3600
+        used += (2_000_000_000 if 18 <= hours % 24 < 21 else 10_000_000) // 6
+        history.record(at, used)
+    history.record(at, 10**15)  # not newer than the last: ignored
     readings = history.readings()
-    assert len(history) == len(readings) == USAGE_SAMPLES
-    assert readings == [(T0 + 300 * step, 1_000 * step) for step in range(5, USAGE_SAMPLES + 5)]
-    assert history.rate() == 1_000 / 300
+    assert len(history) == len(readings) <= USAGE_SAMPLES and readings[-1] == (at, used)
+    times = [t for t, _ in readings]
+    assert at - USAGE_WINDOW_SECONDS <= times[0] <= at - USAGE_WINDOW_SECONDS + 2 * USAGE_SPACING_SECONDS
+    assert all(b - a >= USAGE_SPACING_SECONDS - 600 for a, b in pairwise(times[:-1]))
+    # At 20:00, in the burst, the rate is about a day's usage (4.5-6.2 GB over the 22.5-24 h held),
+    # not the burst's: over the last 16 refreshes that would be 38 GB a day.
+    assert hours % 24 == 20
+    rate = history.rate()
+    assert rate is not None and 4e9 / 86400 < rate < 7e9 / 86400, rate * 86400
     # A reading a day later leaves the oldest ones behind, but the two newest make a rate.
-    history.record(T0 + USAGE_WINDOW_SECONDS * 2, 10**12 + 2**40)
-    assert history.readings() == [readings[-1], (T0 + USAGE_WINDOW_SECONDS * 2, 10**12 + 2**40)]
+    history.record(at + USAGE_WINDOW_SECONDS * 2, used + 2**40)
+    assert history.readings() == [(at, used), (at + USAGE_WINDOW_SECONDS * 2, used + 2**40)]
     # Usage that went down starts again; so does a history restored from readings out of order.
-    history.record(T0 + USAGE_WINDOW_SECONDS * 3, 5)
-    assert history.readings() == [(T0 + USAGE_WINDOW_SECONDS * 3, 5)] and history.rate() is None
+    history.record(at + USAGE_WINDOW_SECONDS * 3, 5)
+    assert history.readings() == [(at + USAGE_WINDOW_SECONDS * 3, 5)] and history.rate() is None
     assert UsageHistory([(T0 + 600, 3), (T0, 1), (T0 + 1200, 9)]).readings() == [(T0 + 600, 3), (T0 + 1200, 9)]
 
 
@@ -82,7 +95,7 @@ def test_a_sims_memory_does_not_grow_as_its_usage_history_fills() -> None:
         before = tracemalloc.get_traced_memory()[0]
         for step in range(1, 3 * USAGE_SAMPLES):
             for history in histories:
-                history.record(T0 + 300 * step, 1_000 * step)
+                history.record(T0 + USAGE_SPACING_SECONDS * step, 1_000 * step)
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
