@@ -65,7 +65,6 @@ SLACK = 3.0  # processing and delivery
 MARGIN = 1.5  # the usage rates of the healthy SIMs stay this far from a forecast exhaustion
 
 
-
 @dataclass
 class Options:
     fleet: int = 400  # simulated devices to pick from
