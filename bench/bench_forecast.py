@@ -3,8 +3,8 @@
 ends, over the simulator's fleet model, whose usage comes in bursts (busy and quiet hours).
 
 For each SIM, the usage readings a collector sees (one per platform flow refresh, every 10 minutes,
-over the last 36 hours of the cycle) go into the collector's own `UsageHistory`, and, as the baseline,
-into a history of the last USAGE_SAMPLES refreshes (2.5 hours). Each forecasts at the newest reading;
+over the last 36 hours of the cycle) go into the collector's own `SimState` (its `UsageHistory` and
+`derive`), and, as the baseline, into a history of the last USAGE_SAMPLES refreshes (2.5 hours). Each forecasts at the newest reading;
 the truth is the model's usage at the end of the cycle. Prints, per time of the month, the SIMs
 flagged, how many of them do run out (precision) and how many of those that run out were flagged
 (recall), for both, and the ratio of false flags.
@@ -23,22 +23,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from collector.config import parse_config
+from collector.platform.models import SimObservation
 from collector.simulator import Simulator
 from collector.simulator.fleet import FLOW_REFRESH
-from collector.state import USAGE_SAMPLES, UsageHistory, add_month
+from collector.state import USAGE_SAMPLES, SimState
 
 HOURS = 36
 
 
-def exhausts(at: float, used: float, total: float, rate: float | None, end: float) -> bool:
-    """The collector's condition (SimState.derive): the remaining data runs out before the cycle ends."""
-    return rate is not None and rate > 0 and at + (total - used) / rate < end
-
-
-def baseline_rate(readings: list[tuple[float, float]]) -> float | None:
-    """The rate over the last USAGE_SAMPLES readings, from the oldest of them to the newest."""
+def baseline_exhausts(readings: list[tuple[float, int]], total: int, end: float) -> bool:
+    """The collector's condition at the rate over the last USAGE_SAMPLES readings only, from the oldest
+    of them to the newest."""
     (t0, u0), (t1, u1) = readings[-USAGE_SAMPLES], readings[-1]
-    return None if t1 - t0 < 60 else (u1 - u0) / (t1 - t0)
+    rate = None if t1 - t0 < 60 else (u1 - u0) / (t1 - t0)
+    return rate is not None and rate > 0 and t1 + (total - u1) / rate < end
 
 
 def measure(sim: Simulator, now: float) -> dict[str, int]:
@@ -50,21 +48,28 @@ def measure(sim: Simulator, now: float) -> dict[str, int]:
         for slot, newest in enumerate(states[-1].sims):
             if newest.total <= 0 or newest.used >= newest.total:
                 continue  # no package, or already out: the forecast has nothing to say
-            history = UsageHistory()
-            seen: list[tuple[float, float]] = []
+            # The collector's own state of the SIM, fed the readings it would see (flow in KiB: a
+            # forecast is a ratio, the unit cancels out).
+            sim_state = SimState(newest.profile.iccid, {})
+            seen: list[tuple[float, int]] = []
             for state in states:
                 s = state.sims[slot]
                 if s.cycle_start != newest.cycle_start or (seen and s.flow_at <= seen[-1][0]):
                     continue
-                history.record(s.flow_at, s.used)
+                sim_state.record_usage(s.flow_at, s.used)
                 seen.append((s.flow_at, s.used))
             if len(seen) < USAGE_SAMPLES:
                 continue  # too early in the cycle for both to have their readings
-            end = add_month(newest.cycle_start)
+            sim_state.obs = SimObservation(iccid=newest.profile.iccid, total_bytes=newest.total,
+                                           used_bytes=newest.used, cycle_start=newest.cycle_start,
+                                           polled_at=newest.flow_at)
+            sim_state.derive()
+            end = sim_state.cycle_end()
+            assert end is not None
             final = fleet.device_state(index, end - 1).sims[slot]
             run_out = final.used >= 0.999 * final.total
-            flagged = exhausts(newest.flow_at, newest.used, newest.total, history.rate(), end)
-            base = exhausts(newest.flow_at, newest.used, newest.total, baseline_rate(seen), end)
+            flagged = bool(sim_state.exhausts_before_cycle_end)
+            base = baseline_exhausts(seen, newest.total, end)
             counts["sims"] += 1
             counts["run_out"] += run_out
             counts["flagged"] += flagged
