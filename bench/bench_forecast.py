@@ -4,10 +4,10 @@ ends, over the simulator's fleet model, whose usage comes in bursts (busy and qu
 
 For each SIM, the usage readings a collector sees (one per platform flow refresh, every 10 minutes,
 over the last 36 hours of the cycle) go into the collector's own `SimState` (its `UsageHistory` and
-`derive`), and, as the baseline, into a history of the last USAGE_SAMPLES refreshes (2.5 hours). Each forecasts at the newest reading;
-the truth is the model's usage at the end of the cycle. Prints, per time of the month, the SIMs
-flagged, how many of them do run out (precision) and how many of those that run out were flagged
-(recall), for both, and the ratio of false flags.
+`derive`), and, as the baseline, into a history of the last USAGE_SAMPLES refreshes (2.5 hours).
+Each forecasts at the newest reading; the truth is the model's usage at the end of the cycle. Prints,
+per time of the month, the SIMs flagged, how many of them do run out (precision) and how many of
+those that run out were flagged (recall), for both, and the ratio of false flags.
 
     .venv/bin/python bench/bench_forecast.py [--devices 400] [--at 2026-12-10T20:00:00+08:00 ...]
 """
